@@ -1,0 +1,61 @@
+"""Domain errors. Each carries a message a person can act on; the CLI and the API translate them once."""
+
+from __future__ import annotations
+
+
+class LoaError(Exception):
+    """Base of every error Loa reports to a person. `code` is stable for API clients."""
+
+    code = "error"
+    http_status = 400
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFound(LoaError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(LoaError):
+    """The request is valid but the current state does not allow it (e.g. an illegal transition)."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class InvalidInput(LoaError):
+    code = "invalid"
+    http_status = 422
+
+
+class SpecError(InvalidInput):
+    """A campaign spec is wrong; the message names the file, the wave and the field."""
+
+    code = "invalid_spec"
+
+
+class ImportFileError(InvalidInput):
+    """A file to import cannot be read at all (as opposed to single bad rows, which are reported)."""
+
+    code = "invalid_file"
+
+
+class DatabaseUnavailable(LoaError):
+    code = "database_unavailable"
+    http_status = 503
+
+
+class SchemaOutOfDate(LoaError):
+    code = "schema_out_of_date"
+    http_status = 503
+
+
+class NotBuilt(LoaError):
+    """A part of the product that is designed but not built yet. Fails loudly instead of pretending."""
+
+    code = "not_built"
+    http_status = 501

@@ -1,0 +1,263 @@
+"""The schema: every table of Loa, with the indexes that the planner, the dispatcher and the stats use.
+
+Changing a table here needs a migration in migrations/versions (both databases run the same files).
+Statuses are plain strings (not database enums) so that adding one is a one-line migration.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Column, ForeignKey, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from loa.db import BigId, JsonDoc, UTCDateTime
+
+
+class AreaLevel(StrEnum):
+    PROVINCE = "province"
+    DISTRICT = "district"  # also a culture centre's service area after the 2025 reform
+    COMMUNE = "commune"
+
+
+class CampaignStatus(StrEnum):
+    DRAFT = "draft"
+    APPROVED = "approved"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class WaveStatus(StrEnum):
+    PENDING = "pending"  # campaign not launched yet
+    SCHEDULED = "scheduled"  # fire_at is set; the scheduler fires it then
+    EXPANDING = "expanding"  # being written into the outbox; re-running is harmless
+    EXPANDED = "expanded"  # every recipient has an outbox row
+    DONE = "done"  # every outbox row is final
+
+
+class MessageStatus(StrEnum):
+    PLANNED = "planned"
+    CLAIMED = "claimed"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    UNDELIVERED = "undelivered"
+    SUPPRESSED = "suppressed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"  # ambiguous provider answer: reconciled, never blindly re-sent
+
+
+# Statuses after which nothing is sent and no callback may move the message back.
+FINAL_MESSAGE_STATUSES = frozenset(
+    {
+        MessageStatus.DELIVERED,
+        MessageStatus.FAILED,
+        MessageStatus.UNDELIVERED,
+        MessageStatus.SUPPRESSED,
+        MessageStatus.EXPIRED,
+        MessageStatus.CANCELLED,
+    }
+)
+
+
+class Area(SQLModel, table=True):
+    """A node of province > district > commune; codes as in the national statistics coding.
+
+    `path` lists the codes from the root down ("/42/436/18301/") so that "everything under X" is one
+    indexed prefix match instead of a recursive query at every expansion.
+    """
+
+    __tablename__ = "area"
+
+    code: str = Field(primary_key=True, max_length=16)
+    name: str = Field(max_length=200)
+    level: str = Field(max_length=16)
+    parent_code: str | None = Field(
+        default=None, foreign_key="area.code", index=True, max_length=16
+    )
+    path: str = Field(max_length=255, index=True)
+
+
+class Recipient(SQLModel, table=True):
+    __tablename__ = "recipient"
+    __table_args__ = (Index("ix_recipient_area_id", "area_code", "id"),)
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    phone: str = Field(max_length=20, unique=True)  # E.164
+    name: str | None = Field(default=None, max_length=200)
+    area_code: str | None = Field(default=None, foreign_key="area.code", max_length=16)
+    carrier: str | None = Field(default=None, max_length=32)  # from the prefix: an estimate
+    phone_converted: bool = False  # an old 11-digit 01xx number converted with the 2018 table
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_type=JsonDoc)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class RecipientTag(SQLModel, table=True):
+    """Tags in their own table so that "tag X" is an indexed lookup on both databases."""
+
+    __tablename__ = "recipient_tag"
+    __table_args__ = (Index("ix_recipient_tag_tag", "tag", "recipient_id"),)
+
+    recipient_id: int = Field(
+        sa_column=Column(BigId, ForeignKey("recipient.id", ondelete="CASCADE"), primary_key=True)
+    )
+    tag: str = Field(primary_key=True, max_length=64)
+
+
+class Suppression(SQLModel, table=True):
+    """Numbers that must never receive a message, checked at expansion and again at send time."""
+
+    __tablename__ = "suppression"
+
+    phone: str = Field(primary_key=True, max_length=20)
+    reason: str = Field(max_length=32)  # opt_out | do_not_contact | invalid | manual
+    note: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Template(SQLModel, table=True):
+    __tablename__ = "template"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    channel: str = Field(max_length=32)
+    body: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Campaign(SQLModel, table=True):
+    __tablename__ = "campaign"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    timezone: str = Field(max_length=64)
+    status: str = Field(default=CampaignStatus.DRAFT, max_length=16, index=True)
+    spec: dict[str, Any] = Field(default_factory=dict, sa_type=JsonDoc)  # as submitted
+    created_by: str = Field(max_length=100)
+    approved_by: str | None = Field(default=None, max_length=100)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+    launched_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Wave(SQLModel, table=True):
+    __tablename__ = "wave"
+    __table_args__ = (Index("ix_wave_status_fire_at", "status", "fire_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id", index=True)
+    position: int  # order within the campaign spec
+    name: str = Field(max_length=200)
+    channel: str = Field(max_length=32)
+    message_class: str = Field(max_length=8)  # qc | info | care
+    trigger: dict[str, Any] = Field(sa_type=JsonDoc)  # {"at": "2026-05-08 07:30"} as written
+    audience: dict[str, Any] = Field(sa_type=JsonDoc)
+    template_id: int | None = Field(default=None, foreign_key="template.id")
+    body: str | None = Field(default=None, sa_type=Text)  # the template text this wave renders
+    options: dict[str, Any] = Field(default_factory=dict, sa_type=JsonDoc)
+    status: str = Field(default=WaveStatus.PENDING, max_length=16)
+    fire_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expanded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expanded_count: int = 0
+
+
+class OutboxMessage(SQLModel, table=True):
+    """One row per wave x recipient x channel: the unit of sending, of idempotency and of statistics."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("wave_id", "recipient_id", "channel", name="uq_outbox_wave_recipient_channel"),
+        Index("ix_outbox_status_due", "status", "due_at"),  # the dispatcher's claim
+        Index("ix_outbox_status_lease", "status", "lease_expires_at"),  # expired leases
+        Index("ix_outbox_wave_status", "wave_id", "status"),  # progress and stats per wave
+        Index("ix_outbox_recipient", "recipient_id"),  # per-recipient caps and suppression
+        Index("ix_outbox_provider_id", "provider_id"),  # provider callbacks
+    )
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    wave_id: int = Field(foreign_key="wave.id")
+    recipient_id: int = Field(sa_column=Column(BigId, ForeignKey("recipient.id"), nullable=False))
+    channel: str = Field(max_length=32)
+    status: str = Field(default=MessageStatus.PLANNED, max_length=16)
+    due_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    attempts: int = 0
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    provider_id: str | None = Field(default=None, max_length=64)
+    error_code: str | None = Field(default=None, max_length=32)
+    segments: int | None = None
+    # Copied from the recipient at expansion so per-area and per-carrier stats need no join.
+    area_code: str | None = Field(default=None, max_length=16)
+    carrier: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DeliveryEvent(SQLModel, table=True):
+    """Append-only: every attempt and every status change of an outbox message (or a loudspeaker play).
+
+    Queries filter by time so that the table can later be partitioned by month on PostgreSQL.
+    """
+
+    __tablename__ = "delivery_event"
+    __table_args__ = (
+        Index("ix_delivery_event_message", "message_id", "id"),
+        Index("ix_delivery_event_wave_time", "wave_id", "occurred_at"),
+        Index("ix_delivery_event_provider_id", "provider_id"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    message_id: int | None = Field(
+        default=None, sa_column=Column(BigId, ForeignKey("outbox.id"), nullable=True)
+    )
+    wave_id: int = Field(foreign_key="wave.id")
+    channel: str = Field(max_length=32)
+    kind: str = Field(max_length=16)  # attempt | status | play
+    status: str = Field(max_length=16)
+    provider_id: str | None = Field(default=None, max_length=64)
+    error_code: str | None = Field(default=None, max_length=32)
+    detail: str | None = Field(default=None, sa_type=Text)
+    occurred_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ApiKey(SQLModel, table=True):
+    """API keys are stored hashed; `prefix` is the public part used to find the row."""
+
+    __tablename__ = "api_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    prefix: str = Field(max_length=16, unique=True)
+    secret_hash: str = Field(max_length=128)
+    role: str = Field(max_length=16)  # admin | planner | approver | operator | district
+    area_code: str | None = Field(default=None, foreign_key="area.code", max_length=16)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class AuditEntry(SQLModel, table=True):
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_entity", "entity", "entity_id", "at"),)
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+    actor: str = Field(max_length=100)
+    action: str = Field(max_length=64)
+    entity: str = Field(max_length=32)
+    entity_id: str = Field(max_length=64)
+    before: dict[str, Any] | None = Field(default=None, sa_type=JsonDoc)
+    after: dict[str, Any] | None = Field(default=None, sa_type=JsonDoc)
