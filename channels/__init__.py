@@ -1,0 +1,1 @@
+"""Channel adapters behind one protocol (channels.base). They know messages, never campaigns."""

@@ -1,0 +1,42 @@
+"""The protocol every channel adapter implements, and the outcomes it reports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"  # the provider took it; provider_id says how to find it again
+    TRANSIENT = "transient"  # not sent; safe to retry after retry_after seconds
+    PERMANENT = "permanent"  # not sent and never will be (error_code says why)
+    AMBIGUOUS = "ambiguous"  # may or may not have been sent: reconcile, never resend blindly
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    message_id: int
+    wave_id: int
+    to: str  # E.164
+    body: str  # rendered, NFC
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message_id: int
+    outcome: Outcome
+    provider_id: str | None = None
+    error_code: str | None = None
+    retry_after: float | None = None
+    detail: str | None = None
+
+
+class Channel(Protocol):
+    name: str
+
+    def send_batch(self, messages: Sequence[OutgoingMessage], *, now: datetime) -> list[SendResult]:
+        """Send each message once; return exactly one result per message, in any order."""
+        ...

@@ -1,0 +1,37 @@
+"""Channel adapters by name, chosen by settings: a wave says `sms`, the settings say who carries it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from channels.base import Channel
+from channels.console import ConsoleChannel
+from loa.errors import InvalidInput, NotBuilt
+from loa.settings import Settings
+
+# Channels a wave may name, and the adapters that are built.
+WAVE_CHANNELS = ("sms", "loudspeaker")
+_PLANNED_ADAPTERS = ("twilio", "http_gateway")
+
+
+def channel_for(wave_channel: str, settings: Settings) -> Channel:
+    if wave_channel != "sms":
+        raise NotBuilt(f"channel {wave_channel!r} has no adapter yet; only 'sms' can be sent")
+    adapter = settings.sms_channel
+    if adapter == "console":
+        return ConsoleChannel(settings.console_sink)
+    if adapter in _PLANNED_ADAPTERS:
+        raise NotBuilt(f"LOA_SMS_CHANNEL={adapter!r}: that adapter is not built yet; use 'console'")
+    raise InvalidInput(f"LOA_SMS_CHANNEL={adapter!r} is not a known channel adapter", field="sms_channel")
+
+
+def channel_lookup(settings: Settings) -> Callable[[str], Channel]:
+    """A lookup that builds each adapter once (adapters may hold connections or pools)."""
+    built: dict[str, Channel] = {}
+
+    def lookup(wave_channel: str) -> Channel:
+        if wave_channel not in built:
+            built[wave_channel] = channel_for(wave_channel, settings)
+        return built[wave_channel]
+
+    return lookup

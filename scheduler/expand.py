@@ -1,0 +1,95 @@
+"""Expansion: a due wave becomes one outbox row per recipient, in bulk.
+
+Each chunk is one INSERT ... SELECT ... ON CONFLICT DO NOTHING over a range of recipient ids, in its
+own transaction. Memory does not depend on the audience size, and a crash mid-wave is repaired by
+running the expansion again: rows already there are left alone (the outbox UNIQUE key).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Engine, Insert, case, exists, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from audience.resolve import audience_condition
+from loa.db import session_scope
+from loa.models import MessageStatus, OutboxMessage, Recipient, Suppression, Wave, WaveStatus
+
+_COLUMNS = (
+    "wave_id", "recipient_id", "channel", "status", "due_at", "attempts",
+    "area_code", "carrier", "created_at", "updated_at",
+)
+
+
+def _insert_ignoring_existing(session: Session) -> Insert:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(OutboxMessage).on_conflict_do_nothing(  # type: ignore[no-any-return]
+        index_elements=["wave_id", "recipient_id", "channel"]
+    )
+
+
+def _expand_chunk(session: Session, wave: Wave, *, after_id: int, chunk_size: int, now: datetime) -> int | None:
+    """Insert the next chunk of the wave's audience; return the last recipient id covered, or None."""
+    audience = audience_condition(wave.audience)
+    ids = (
+        select(Recipient.id)
+        .where(audience, Recipient.id > after_id)  # type: ignore[operator]
+        .order_by(Recipient.id)
+        .limit(chunk_size)
+        .subquery()
+    )
+    upto = session.scalar(select(func.max(ids.c.id)))
+    if upto is None:
+        return None
+    suppressed = exists(select(1).where(Suppression.phone == Recipient.phone))
+    rows = select(
+        literal(wave.id),
+        Recipient.id,
+        literal(wave.channel),
+        # Suppressed people get a row too, marked so: nobody in the audience disappears silently.
+        case((suppressed, literal(MessageStatus.SUPPRESSED.value)), else_=literal(MessageStatus.PLANNED.value)),
+        literal(wave.fire_at, OutboxMessage.__table__.c.due_at.type),  # type: ignore[attr-defined]
+        literal(0),
+        Recipient.area_code,
+        Recipient.carrier,
+        literal(now, OutboxMessage.__table__.c.created_at.type),  # type: ignore[attr-defined]
+        literal(now, OutboxMessage.__table__.c.updated_at.type),  # type: ignore[attr-defined]
+    ).where(audience, Recipient.id > after_id, Recipient.id <= upto)  # type: ignore[operator]
+    session.execute(_insert_ignoring_existing(session).from_select(_COLUMNS, rows))
+    return int(upto)
+
+
+def expand_wave(engine: Engine, wave_id: int, *, now: datetime, chunk_size: int) -> int:
+    """Expand a scheduled (or half-expanded) wave; return how many outbox rows the wave has."""
+    with session_scope(engine) as session:
+        claimed = session.execute(
+            update(Wave)
+            .where(Wave.id == wave_id, Wave.status.in_([WaveStatus.SCHEDULED, WaveStatus.EXPANDING]))  # type: ignore[arg-type, attr-defined]
+            .values(status=WaveStatus.EXPANDING)
+        ).rowcount  # type: ignore[attr-defined]
+    if not claimed:
+        return 0
+
+    after_id = 0
+    while True:
+        with session_scope(engine) as session:
+            wave = session.get(Wave, wave_id)
+            assert wave is not None
+            last = _expand_chunk(session, wave, after_id=after_id, chunk_size=chunk_size, now=now)
+        if last is None:
+            break
+        after_id = last
+
+    with session_scope(engine) as session:
+        count = session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.wave_id == wave_id)  # type: ignore[arg-type]
+        ) or 0
+        session.execute(
+            update(Wave)
+            .where(Wave.id == wave_id)  # type: ignore[arg-type]
+            .values(status=WaveStatus.EXPANDED, expanded_at=now, expanded_count=count)
+        )
+    return count

@@ -1,0 +1,97 @@
+"""The long-running parts: the scheduler (APScheduler ticking under a leadership lock) and the
+dispatch worker loop. `loa serve` runs both beside the API; `loa scheduler` and `loa worker` alone."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+
+from channels.base import Channel
+from loa.clock import Clock
+from loa.settings import Settings
+from scheduler.dispatch import dispatch_once, new_worker_id
+from scheduler.leader import Leadership, leadership_for
+from scheduler.tick import TickReport, run_tick
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerService:
+    """APScheduler drives the tick; the database holds every wave's state and fire time, so a
+    restart or a change of leader loses nothing and never fires a wave twice."""
+
+    def __init__(self, engine: Engine, settings: Settings, clock: Clock,
+                 leadership: Leadership | None = None) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._clock = clock
+        self._leadership = leadership or leadership_for(engine)
+        self._aps = BackgroundScheduler(timezone=UTC)
+
+    def tick(self) -> TickReport | None:
+        """One tick if this process is the leader; None when another scheduler is active."""
+        if not self._leadership.try_acquire():
+            return None
+        return run_tick(self._engine, now=self._clock(), chunk_size=self._settings.expansion_chunk_size)
+
+    def _safe_tick(self) -> None:
+        try:
+            self.tick()
+        except Exception:  # the next tick retries; a crash here must not stop the scheduler thread
+            log.exception("scheduler tick failed")
+
+    def start(self) -> None:
+        self._aps.add_job(
+            self._safe_tick,
+            IntervalTrigger(seconds=self._settings.scheduler_tick_seconds, timezone=UTC),
+            id="tick", max_instances=1, coalesce=True, next_run_time=self._clock(),
+        )
+        self._aps.start()
+
+    def shutdown(self) -> None:
+        if self._aps.running:
+            self._aps.shutdown(wait=True)
+        self._leadership.release()
+
+
+class DispatchWorker:
+    """Claims and sends batches until stopped; sleeps only when nothing is due."""
+
+    def __init__(self, engine: Engine, settings: Settings, clock: Clock,
+                 channel_for: Callable[[str], Channel]) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._clock = clock
+        self._channel_for = channel_for
+        self.worker_id = new_worker_id()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        log.info("dispatch worker %s started", self.worker_id)
+        while not self._stop.is_set():
+            try:
+                claimed = dispatch_once(
+                    self._engine, worker_id=self.worker_id, clock=self._clock,
+                    settings=self._settings, channel_for=self._channel_for,
+                )
+            except Exception:  # e.g. the database restarting: wait and try again
+                log.exception("dispatch failed; retrying")
+                claimed = 0
+            if not claimed:
+                self._stop.wait(self._settings.worker_poll_seconds)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="dispatch-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

@@ -1,0 +1,171 @@
+"""The campaign spec (YAML or the API's JSON): its shape, and validation of the whole spec before
+anything is written. Every error names the wave and the field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loa.errors import SpecError
+from templates.render import TemplateProblem, check_template
+
+MessageClass = Literal["qc", "info", "care"]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo such as `tempalte:` must not silently send nothing.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class AudienceSpec(_Strict):
+    areas: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    segment: str | None = None
+
+    @model_validator(mode="after")
+    def _not_everyone_by_accident(self) -> AudienceSpec:
+        if not self.areas and not self.tags and self.segment is None:
+            raise ValueError("give at least one of areas, tags or segment")
+        return self
+
+
+class RecurringSpec(_Strict):
+    from_: str = Field(alias="from")
+    to: str
+    times: list[str]
+    weekdays: list[str] | None = None
+
+
+class RelativeSpec(_Strict):
+    attribute: str
+    offset: str
+    at: str | None = None
+
+
+class WaveSpec(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    channel: Literal["sms", "loudspeaker"]
+    message_class: MessageClass = Field(default="info", alias="class")
+    at: str | None = None
+    recurring: RecurringSpec | None = None
+    relative: RelativeSpec | None = None
+    audience: AudienceSpec
+    template: str | None = None
+    unaccent: bool = False
+    audio: str | None = None
+    priority: Literal["normal", "priority", "emergency"] | None = None
+
+    @model_validator(mode="after")
+    def _one_trigger_and_content(self) -> WaveSpec:
+        given = [k for k in ("at", "recurring", "relative") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one trigger (at, recurring or relative); got {given or 'none'}"
+            )
+        if self.channel == "sms" and not self.template:
+            raise ValueError("an sms wave needs a template")
+        if self.channel == "loudspeaker" and not self.audio:
+            raise ValueError("a loudspeaker wave needs audio")
+        return self
+
+    @field_validator("at")
+    @classmethod
+    def _at_is_a_local_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_local(value)
+        return value
+
+    @property
+    def trigger(self) -> dict[str, Any]:
+        if self.at is not None:
+            return {"at": self.at}
+        if self.recurring is not None:
+            return {"recurring": self.recurring.model_dump(by_alias=True)}
+        assert self.relative is not None
+        return {"relative": self.relative.model_dump()}
+
+
+class CampaignSpec(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    timezone: str | None = None
+    waves: list[WaveSpec] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (use e.g. Asia/Ho_Chi_Minh)") from None
+        return value
+
+
+def parse_local(value: str) -> datetime:
+    """`2026-05-08 07:30` (or ISO with a T) as a naive local date-time."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not a local date-time like '2026-05-08 07:30'") from None
+    if parsed.tzinfo is not None:
+        raise ValueError(f"{value!r}: give local time without an offset; the campaign has a time zone")
+    return parsed
+
+
+def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    """A pydantic error location as a person reads it: wave 2 ('Lễ ra quân'), field audience.areas."""
+    if len(loc) >= 2 and loc[0] == "waves" and isinstance(loc[1], int):
+        index = loc[1]
+        waves = raw.get("waves")
+        name = None
+        if isinstance(waves, list) and index < len(waves) and isinstance(waves[index], dict):
+            name = waves[index].get("name")
+        wave = f"wave {index + 1}" + (f" ({name!r})" if name else "")
+        rest = ".".join(str(p) for p in loc[2:] if not str(p).startswith("function-"))
+        return f"{wave}, field {rest}" if rest else wave
+    return "field " + ".".join(str(p) for p in loc) if loc else "the spec"
+
+
+def validate_spec(raw: Any, *, source: str) -> CampaignSpec:
+    """Validate a whole spec; raise one SpecError listing every problem, each with where it is."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a campaign spec must be a mapping with name and waves")
+    try:
+        spec = CampaignSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{_where(tuple(error['loc']), raw)}: {message}")
+        raise SpecError(f"{source}: " + "; ".join(problems)) from None
+    for index, wave in enumerate(spec.waves):
+        if wave.template is not None:
+            try:
+                check_template(wave.template)
+            except TemplateProblem as exc:
+                raise SpecError(
+                    f"{source}: wave {index + 1} ({wave.name!r}), field template: {exc.message}"
+                ) from None
+    return spec
+
+
+def load_spec(path: Path) -> CampaignSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a UTF-8 text file") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
+    return validate_spec(raw, source=str(path))

@@ -1,0 +1,1 @@
+"""Delivery statistics read from the outbox (per campaign, wave and status)."""

@@ -1,0 +1,72 @@
+"""Counts by status for one campaign and each of its waves.
+
+Counts come from the outbox (one row per message, its current status) grouped with the
+(wave_id, status) index. Rollups maintained with the delivery events replace this when statistics
+must answer over tens of millions of events.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from loa.models import MessageStatus, OutboxMessage, Wave
+from scheduler.lifecycle import get_campaign
+
+
+def _zero() -> dict[str, int]:
+    return {status.value: 0 for status in MessageStatus}
+
+
+class WaveStats(BaseModel):
+    wave_id: int
+    name: str
+    channel: str
+    status: str
+    fire_at: datetime | None
+    total: int
+    by_status: dict[str, int]
+
+
+class CampaignStats(BaseModel):
+    campaign_id: int
+    name: str
+    status: str
+    timezone: str
+    total: int
+    by_status: dict[str, int]
+    waves: list[WaveStats]
+
+
+def campaign_stats(session: Session, campaign_id: int) -> CampaignStats:
+    campaign = get_campaign(session, campaign_id)
+    waves = session.scalars(
+        select(Wave).where(col(Wave.campaign_id) == campaign_id).order_by(col(Wave.position))
+    ).all()
+    counts = session.execute(
+        select(col(OutboxMessage.wave_id), col(OutboxMessage.status), func.count())
+        .where(col(OutboxMessage.wave_id).in_([w.id for w in waves]))
+        .group_by(col(OutboxMessage.wave_id), col(OutboxMessage.status))
+    ).all()
+    per_wave: dict[int, dict[str, int]] = {w.id: _zero() for w in waves if w.id is not None}
+    for wave_id, status, n in counts:
+        per_wave[wave_id][status] = n
+    totals = _zero()
+    wave_stats = []
+    for wave in waves:
+        assert wave.id is not None
+        by_status = per_wave[wave.id]
+        for status, n in by_status.items():
+            totals[status] += n
+        wave_stats.append(
+            WaveStats(wave_id=wave.id, name=wave.name, channel=wave.channel, status=wave.status,
+                      fire_at=wave.fire_at, total=sum(by_status.values()), by_status=by_status)
+        )
+    assert campaign.id is not None
+    return CampaignStats(
+        campaign_id=campaign.id, name=campaign.name, status=campaign.status,
+        timezone=campaign.timezone, total=sum(totals.values()), by_status=totals, waves=wave_stats,
+    )
