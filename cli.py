@@ -31,7 +31,7 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 
 
 class LoaGroup(click.Group):
-    """Translates domain errors (and unusable settings) into one line on stderr and exit status 1."""
+    """Turns domain errors and unusable settings into one line on stderr and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -40,7 +40,8 @@ class LoaGroup(click.Group):
             raise click.ClickException(exc.message) from None
         except ValidationError as exc:  # from Settings(): a LOA_ variable with a bad value
             problems = "; ".join(
-                f"LOA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+                f"LOA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                for e in exc.errors()
             )
             raise click.ClickException(f"bad setting: {problems}") from None
 
@@ -121,8 +122,12 @@ def serve(host: str | None, port: int | None, no_worker: bool, no_scheduler: boo
     _setup_logging(settings)
     engine = _open_database(settings)
     app = create_app(settings, engine, with_worker=not no_worker, with_scheduler=not no_scheduler)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port,
-                log_level=settings.log_level.lower())
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=settings.log_level.lower(),
+    )
 
 
 def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None]) -> None:
@@ -149,7 +154,7 @@ def worker() -> None:
 
 @main.command("scheduler")
 def scheduler_command() -> None:
-    """Run the scheduler. Start it on two machines: one is active, the other takes over if it dies."""
+    """Run the scheduler. Start it on two machines: one is active, the other stands by."""
     from scheduler.service import SchedulerService
 
     settings = _settings()
@@ -186,8 +191,11 @@ def recipients() -> None:
 
 @recipients.command("import")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write rejected rows here as CSV (line,column,value,reason).")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write rejected rows here as CSV (line,column,value,reason).",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and report; write nothing.")
 def recipients_import(file: Path, report: Path | None, dry_run: bool) -> None:
     """Import recipients from a CSV file; bad rows are reported, good rows imported."""
@@ -229,9 +237,17 @@ def campaign_create(spec_file: Path) -> None:
     spec = load_spec(spec_file)
     engine = _open_database(settings)
     with session_scope(engine) as session:
-        created = create_campaign(session, spec=spec, actor=_actor(), now=system_clock(),
-                                  settings=settings, source=str(spec_file))
-    click.echo(f"created campaign {created.id} ({created.name!r}) as draft with {len(spec.waves)} wave(s)")
+        created = create_campaign(
+            session,
+            spec=spec,
+            actor=_actor(),
+            now=system_clock(),
+            settings=settings,
+            source=str(spec_file),
+        )
+    click.echo(
+        f"created campaign {created.id} ({created.name!r}) as draft with {len(spec.waves)} wave(s)"
+    )
 
 
 @campaign.command("approve")
@@ -255,8 +271,9 @@ def campaign_launch(campaign_id: int) -> None:
     settings = _settings()
     engine = _open_database(settings)
     with session_scope(engine) as session:
-        launched = launch_campaign(session, campaign_id, actor=_actor(), now=system_clock(),
-                                   settings=settings)
+        launched = launch_campaign(
+            session, campaign_id, actor=_actor(), now=system_clock(), settings=settings
+        )
     click.echo(f"campaign {launched.id} scheduled; `loa stats {launched.id}` shows progress")
 
 
@@ -276,26 +293,49 @@ def stats(campaign_id: int, as_json: bool) -> None:
     if as_json:
         click.echo(result.model_dump_json(indent=2))
         return
-    click.echo(f"campaign {result.campaign_id} {result.name!r}: {result.status}, {result.total} messages")
+    click.echo(
+        f"campaign {result.campaign_id} {result.name!r}: {result.status}, {result.total} messages"
+    )
     shown = [s for s, n in result.by_status.items() if n] or ["planned"]
     rows = [["wave", *shown, "total"]]
     for wave in result.waves:
-        rows.append([f"{wave.wave_id} {wave.name}", *(str(wave.by_status[s]) for s in shown), str(wave.total)])
+        rows.append(
+            [
+                f"{wave.wave_id} {wave.name}",
+                *(str(wave.by_status[s]) for s in shown),
+                str(wave.total),
+            ]
+        )
     rows.append(["all waves", *(str(result.by_status[s]) for s in shown), str(result.total)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
-                             for i, cell in enumerate(row)))
+        click.echo(
+            "  ".join(
+                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                for i, cell in enumerate(row)
+            )
+        )
 
 
 # --- demo -------------------------------------------------------------------------------------
 
 
 @main.command()
-@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False),
-              default=DEMO_DIR, show_default=True, help="Folder with the demo files.")
-@click.option("--in-minutes", type=int, default=1, show_default=True,
-              help="Minutes from now until the demo campaign's first wave fires.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEMO_DIR,
+    show_default=True,
+    help="Folder with the demo files.",
+)
+@click.option(
+    "--in-minutes",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Minutes from now until the demo campaign's first wave fires.",
+)
 def demo(directory: Path, in_minutes: int) -> None:
     """Load demo areas and recipients of Hà Tĩnh, and launch a demo SMS campaign."""
     from audience.areas import import_areas
@@ -311,14 +351,19 @@ def demo(directory: Path, in_minutes: int) -> None:
     now = system_clock()
     # The spec's own times are examples; the demo fires a minute from now, one wave after another.
     for index, wave in enumerate(raw["waves"]):
-        wave["at"] = (now + timedelta(minutes=in_minutes + index)).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+        wave["at"] = (
+            (now + timedelta(minutes=in_minutes + index))
+            .astimezone(zone)
+            .strftime("%Y-%m-%d %H:%M")
+        )
     spec = validate_spec(raw, source=str(spec_file))
     actor = _actor()
     with session_scope(engine) as session:
         import_areas(session, directory / "areas.csv")
         imported = import_recipients(session, directory / "recipients.csv", now=now)
-        created = create_campaign(session, spec=spec, actor=actor, now=now, settings=settings,
-                                  source=str(spec_file))
+        created = create_campaign(
+            session, spec=spec, actor=actor, now=now, settings=settings, source=str(spec_file)
+        )
         assert created.id is not None
         approve_campaign(session, created.id, actor=actor, now=now)
         launch_campaign(session, created.id, actor=actor, now=now, settings=settings)

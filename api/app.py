@@ -28,7 +28,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = SchedulerService(engine, settings, clock) if with_scheduler else None
-        worker = DispatchWorker(engine, settings, clock, channel_lookup(settings)) if with_worker else None
+        worker = (
+            DispatchWorker(engine, settings, clock, channel_lookup(settings))
+            if with_worker
+            else None
+        )
         if scheduler:
             scheduler.start()
         if worker:

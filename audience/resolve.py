@@ -1,4 +1,4 @@
-"""An audience (areas + tags) as a SQL condition on `recipient`, so expansion and counts stay set-based."""
+"""An audience (areas + tags) as a SQL condition on recipients, so expansion stays set-based."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, select, true
 from sqlalchemy.orm import aliased
+from sqlmodel import col
 
 from loa.errors import NotBuilt
 from loa.models import Area, Recipient, RecipientTag
 
 
 def audience_condition(audience: dict[str, Any]) -> ColumnElement[bool]:
-    """Recipients living in any of the areas (at any depth below them) AND carrying any of the tags."""
+    """Recipients living in any of the areas (at any depth below) AND carrying any of the tags."""
     if audience.get("segment"):
         raise NotBuilt("saved segments are not built yet")
     conditions: list[ColumnElement[bool]] = []
@@ -22,16 +23,16 @@ def audience_condition(audience: dict[str, Any]) -> ColumnElement[bool]:
             exists(
                 select(1)
                 .select_from(home)
-                .join(root, home.path.startswith(root.path, autoescape=False))
-                .where(home.code == Recipient.area_code, root.code.in_(areas))
+                .join(root, col(home.path).startswith(col(root.path)))
+                .where(col(home.code) == col(Recipient.area_code), col(root.code).in_(areas))
             )
         )
     if tags := audience.get("tags"):
         conditions.append(
             exists(
                 select(1).where(
-                    RecipientTag.recipient_id == Recipient.id,
-                    RecipientTag.tag.in_(tags),  # type: ignore[attr-defined]
+                    col(RecipientTag.recipient_id) == col(Recipient.id),
+                    col(RecipientTag.tag).in_(tags),
                 )
             )
         )

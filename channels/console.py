@@ -1,4 +1,5 @@
-"""The console channel: one JSON line per message to a file or stdout. The stand-in for an SMS provider
+"""The console channel: one JSON line per message to a file or stdout. The stand-in for an SMS
+provider
 in development and tests; it accepts everything."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from channels.base import OutgoingMessage, Outcome, SendResult
+from channels.base import Outcome, OutgoingMessage, SendResult
 
 
 class ConsoleChannel:
@@ -39,7 +40,9 @@ class ConsoleChannel:
                 )
                 + "\n"
             )
-            results.append(SendResult(message.message_id, Outcome.ACCEPTED, provider_id=provider_id))
+            results.append(
+                SendResult(message.message_id, Outcome.ACCEPTED, provider_id=provider_id)
+            )
         self._write("".join(lines))
         return results
 

@@ -1,4 +1,4 @@
-"""Channel adapters by name, chosen by settings: a wave says `sms`, the settings say who carries it."""
+"""Channel adapters by name: a wave says `sms`, the settings say which adapter carries it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def channel_for(wave_channel: str, settings: Settings) -> Channel:
         return ConsoleChannel(settings.console_sink)
     if adapter in _PLANNED_ADAPTERS:
         raise NotBuilt(f"LOA_SMS_CHANNEL={adapter!r}: that adapter is not built yet; use 'console'")
-    raise InvalidInput(f"LOA_SMS_CHANNEL={adapter!r} is not a known channel adapter", field="sms_channel")
+    raise InvalidInput(
+        f"LOA_SMS_CHANNEL={adapter!r} is not a known channel adapter", field="sms_channel"
+    )
 
 
 def channel_lookup(settings: Settings) -> Callable[[str], Channel]:

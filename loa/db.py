@@ -1,4 +1,4 @@
-"""Database engines for SQLite (embedded) and PostgreSQL (production), and the column types both share."""
+"""Database engines for SQLite (embedded) and PostgreSQL (production); shared column types."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sqlmodel import Session
 from loa.errors import DatabaseUnavailable
 from loa.settings import Settings
 
-# BIGINT primary keys on PostgreSQL; on SQLite only "INTEGER PRIMARY KEY" is the auto-assigned rowid.
+# BIGINT primary keys on PostgreSQL; on SQLite only "INTEGER PRIMARY KEY" is the auto rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 # JSONB on PostgreSQL for indexable attributes; JSON text elsewhere.
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
@@ -115,6 +115,5 @@ def check_database(engine: Engine) -> None:
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """One unit of work: commits on success, rolls back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
-        with session.begin():
-            yield session
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session

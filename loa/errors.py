@@ -1,4 +1,4 @@
-"""Domain errors. Each carries a message a person can act on; the CLI and the API translate them once."""
+"""Domain errors, each with a message a person can act on; the CLI and API translate them once."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class SpecError(InvalidInput):
 
 
 class ImportFileError(InvalidInput):
-    """A file to import cannot be read at all (as opposed to single bad rows, which are reported)."""
+    """A file to import cannot be read at all (single bad rows are reported instead)."""
 
     code = "invalid_file"
 
@@ -55,7 +55,7 @@ class SchemaOutOfDate(LoaError):
 
 
 class NotBuilt(LoaError):
-    """A part of the product that is designed but not built yet. Fails loudly instead of pretending."""
+    """A part of the product that is designed but not built yet: fails loudly, never pretends."""
 
     code = "not_built"
     http_status = 501

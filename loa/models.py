@@ -1,4 +1,4 @@
-"""The schema: every table of Loa, with the indexes that the planner, the dispatcher and the stats use.
+"""The schema: every table of Loa, with the indexes the planner, the dispatcher and the stats use.
 
 Changing a table here needs a migration in migrations/versions (both databases run the same files).
 Statuses are plain strings (not database enums) so that adding one is a one-line migration.
@@ -172,11 +172,13 @@ class Wave(SQLModel, table=True):
 
 
 class OutboxMessage(SQLModel, table=True):
-    """One row per wave x recipient x channel: the unit of sending, of idempotency and of statistics."""
+    """One row per wave x recipient x channel: the unit of sending, idempotency and statistics."""
 
     __tablename__ = "outbox"
     __table_args__ = (
-        UniqueConstraint("wave_id", "recipient_id", "channel", name="uq_outbox_wave_recipient_channel"),
+        UniqueConstraint(
+            "wave_id", "recipient_id", "channel", name="uq_outbox_wave_recipient_channel"
+        ),
         Index("ix_outbox_status_due", "status", "due_at"),  # the dispatcher's claim
         Index("ix_outbox_status_lease", "status", "lease_expires_at"),  # expired leases
         Index("ix_outbox_wave_status", "wave_id", "status"),  # progress and stats per wave
@@ -206,7 +208,7 @@ class OutboxMessage(SQLModel, table=True):
 
 
 class DeliveryEvent(SQLModel, table=True):
-    """Append-only: every attempt and every status change of an outbox message (or a loudspeaker play).
+    """Append-only: every attempt and status change of an outbox message (or a loudspeaker play).
 
     Queries filter by time so that the table can later be partitioned by month on PostgreSQL.
     """

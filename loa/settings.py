@@ -12,7 +12,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOA_", extra="ignore")
 
     data_dir: Path = Path("./data")
-    # Empty means "the SQLite file loa.db inside data_dir"; postgresql+psycopg://... selects PostgreSQL.
+    # Empty means the SQLite file data_dir/loa.db; postgresql+psycopg://... selects PostgreSQL.
     database_url: str = ""
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
 

@@ -1,1 +1,1 @@
-"""The scheduling core: campaign lifecycle, triggers, expansion into the outbox, dispatch, leadership."""
+"""The scheduling core: lifecycle, triggers, expansion into the outbox, dispatch, leadership."""

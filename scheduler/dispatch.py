@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, exists, func, insert, or_, select, update
 from sqlmodel import Session, col
 
-from channels.base import Channel, OutgoingMessage, Outcome, SendResult
+from channels.base import Channel, Outcome, OutgoingMessage, SendResult
 from loa.clock import Clock
 from loa.db import session_scope
 from loa.models import DeliveryEvent, MessageStatus, OutboxMessage, Recipient, Suppression, Wave
@@ -48,23 +48,39 @@ class ClaimedMessage:
     template: str
 
 
-def _event(message_id: int, wave_id: int, channel: str, kind: str, status: str, now: datetime,
-           provider_id: str | None = None, error_code: str | None = None,
-           detail: str | None = None) -> dict[str, Any]:
+def _event(
+    message_id: int,
+    wave_id: int,
+    channel: str,
+    kind: str,
+    status: str,
+    now: datetime,
+    provider_id: str | None = None,
+    error_code: str | None = None,
+    detail: str | None = None,
+) -> dict[str, Any]:
     return {
-        "message_id": message_id, "wave_id": wave_id, "channel": channel, "kind": kind,
-        "status": status, "provider_id": provider_id, "error_code": error_code,
-        "detail": detail, "occurred_at": now,
+        "message_id": message_id,
+        "wave_id": wave_id,
+        "channel": channel,
+        "kind": kind,
+        "status": status,
+        "provider_id": provider_id,
+        "error_code": error_code,
+        "detail": detail,
+        "occurred_at": now,
     }
 
 
 def release_expired_leases(session: Session, *, now: datetime) -> None:
-    """Claims whose worker vanished go back to `planned`; sends whose outcome is lost become `unknown`."""
+    """Claims of a vanished worker go back to `planned`; its sends in flight become `unknown`."""
     expired = col(OutboxMessage.lease_expires_at) < now
     session.execute(
         update(OutboxMessage)
         .where(col(OutboxMessage.status) == MessageStatus.CLAIMED, expired)
-        .values(status=MessageStatus.PLANNED, lease_owner=None, lease_expires_at=None, updated_at=now)
+        .values(
+            status=MessageStatus.PLANNED, lease_owner=None, lease_expires_at=None, updated_at=now
+        )
     )
     lost = session.execute(
         update(OutboxMessage)
@@ -75,8 +91,18 @@ def release_expired_leases(session: Session, *, now: datetime) -> None:
     if lost:
         session.execute(
             insert(DeliveryEvent),
-            [_event(m.id, m.wave_id, m.channel, "status", MessageStatus.UNKNOWN, now,
-                    detail="worker lease expired during send; outcome unknown") for m in lost],
+            [
+                _event(
+                    m.id,
+                    m.wave_id,
+                    m.channel,
+                    "status",
+                    MessageStatus.UNKNOWN,
+                    now,
+                    detail="worker lease expired during send; outcome unknown",
+                )
+                for m in lost
+            ],
         )
         log.warning("lease expired on %d message(s) being sent; marked unknown", len(lost))
 
@@ -109,7 +135,7 @@ def claim_batch(
     if not claimed_ids:
         return []
 
-    # Suppression is checked now, not only when the wave was planned: an opt-out mid-wave stops the rest.
+    # Suppression is checked now, not only at planning: an opt-out mid-wave stops the rest.
     suppressed = session.execute(
         update(OutboxMessage)
         .where(
@@ -121,24 +147,44 @@ def claim_batch(
                 .where(col(Recipient.id) == col(OutboxMessage.recipient_id))
             ),
         )
-        .values(status=MessageStatus.SUPPRESSED, lease_owner=None, lease_expires_at=None, updated_at=now)
+        .values(
+            status=MessageStatus.SUPPRESSED, lease_owner=None, lease_expires_at=None, updated_at=now
+        )
         .returning(col(OutboxMessage.id), col(OutboxMessage.wave_id), col(OutboxMessage.channel))
     ).all()
     if suppressed:
         session.execute(
             insert(DeliveryEvent),
-            [_event(m.id, m.wave_id, m.channel, "status", MessageStatus.SUPPRESSED, now,
-                    detail="suppressed at send time") for m in suppressed],
+            [
+                _event(
+                    m.id,
+                    m.wave_id,
+                    m.channel,
+                    "status",
+                    MessageStatus.SUPPRESSED,
+                    now,
+                    detail="suppressed at send time",
+                )
+                for m in suppressed
+            ],
         )
 
     rows = session.execute(
         select(
-            col(OutboxMessage.id), col(OutboxMessage.wave_id), col(OutboxMessage.channel),
-            col(Recipient.phone), col(Recipient.name), col(Recipient.attributes), col(Wave.body),
+            col(OutboxMessage.id),
+            col(OutboxMessage.wave_id),
+            col(OutboxMessage.channel),
+            col(Recipient.phone),
+            col(Recipient.name),
+            col(Recipient.attributes),
+            col(Wave.body),
         )
         .join(Recipient, col(Recipient.id) == col(OutboxMessage.recipient_id))
         .join(Wave, col(Wave.id) == col(OutboxMessage.wave_id))
-        .where(col(OutboxMessage.id).in_(claimed_ids), col(OutboxMessage.status) == MessageStatus.CLAIMED)
+        .where(
+            col(OutboxMessage.id).in_(claimed_ids),
+            col(OutboxMessage.status) == MessageStatus.CLAIMED,
+        )
         .order_by(col(OutboxMessage.id))
     ).all()
     return [
@@ -146,24 +192,35 @@ def claim_batch(
     ]
 
 
-def _render_all(claimed: Sequence[ClaimedMessage]) -> tuple[list[tuple[ClaimedMessage, str]], list[SendResult]]:
+def _render_all(
+    claimed: Sequence[ClaimedMessage],
+) -> tuple[list[tuple[ClaimedMessage, str]], list[SendResult]]:
     ready, failed = [], []
     for message in claimed:
         context = {**message.attributes, "name": message.name or "", "phone": message.phone}
         try:
             ready.append((message, render(message.template, context)))
         except TemplateProblem as exc:
-            failed.append(SendResult(message.id, Outcome.PERMANENT, error_code="template", detail=exc.message))
+            failed.append(
+                SendResult(message.id, Outcome.PERMANENT, error_code="template", detail=exc.message)
+            )
     return ready, failed
 
 
-def begin_sending(session: Session, ready: Sequence[ClaimedMessage], *, worker_id: str, now: datetime) -> None:
+def begin_sending(
+    session: Session, ready: Sequence[ClaimedMessage], *, worker_id: str, now: datetime
+) -> None:
     if not ready:
         return
     session.execute(
         update(OutboxMessage)
-        .where(col(OutboxMessage.id).in_([m.id for m in ready]), col(OutboxMessage.lease_owner) == worker_id)
-        .values(status=MessageStatus.SENDING, attempts=col(OutboxMessage.attempts) + 1, updated_at=now)
+        .where(
+            col(OutboxMessage.id).in_([m.id for m in ready]),
+            col(OutboxMessage.lease_owner) == worker_id,
+        )
+        .values(
+            status=MessageStatus.SENDING, attempts=col(OutboxMessage.attempts) + 1, updated_at=now
+        )
     )
     session.execute(
         insert(DeliveryEvent),
@@ -202,20 +259,39 @@ def record_results(
     updates, events = [], []
     for result in results:
         message = claimed[result.message_id]
-        status = _new_status(result, attempts.get(result.message_id, 0), settings.max_attempts)
-        retry = timedelta(seconds=result.retry_after if result.retry_after is not None else settings.retry_after_seconds)
-        updates.append({
-            "b_id": result.message_id, "b_status": status, "b_provider_id": result.provider_id,
-            "b_error_code": result.error_code,
-            "b_due_at": now + retry if status == MessageStatus.PLANNED else None,
-            "b_sent_at": now if status == MessageStatus.SENT else None,
-        })
+        tries = attempts.get(result.message_id, 0)
+        status = _new_status(result, tries, settings.max_attempts)
+        retry = timedelta(
+            seconds=result.retry_after
+            if result.retry_after is not None
+            else settings.retry_after_seconds
+        )
+        updates.append(
+            {
+                "b_id": result.message_id,
+                "b_status": status,
+                "b_provider_id": result.provider_id,
+                "b_error_code": result.error_code,
+                "b_due_at": now + retry if status == MessageStatus.PLANNED else None,
+                "b_sent_at": now if status == MessageStatus.SENT else None,
+            }
+        )
+        detail = result.detail
         if status == MessageStatus.FAILED and result.outcome == Outcome.TRANSIENT:
-            detail = f"gave up after {settings.max_attempts} attempts: {result.detail or result.error_code}"
-        else:
-            detail = result.detail
-        events.append(_event(message.id, message.wave_id, message.channel, "status", status, now,
-                             result.provider_id, result.error_code, detail))
+            detail = f"gave up after {tries} attempts: {detail or result.error_code}"
+        events.append(
+            _event(
+                message.id,
+                message.wave_id,
+                message.channel,
+                "status",
+                status,
+                now,
+                result.provider_id,
+                result.error_code,
+                detail,
+            )
+        )
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
     # Only this worker's rows still in flight move: a final status is never overwritten, and a row
     # the lease reaper marked `unknown` meanwhile is resolved by the answer we did get.
@@ -225,8 +301,12 @@ def record_results(
             table.c.id == bindparam("b_id"),
             table.c.lease_owner == worker_id,
             # OR of equalities, not IN: an expanding IN list cannot be used with executemany.
-            or_(*(table.c.status == s for s in (MessageStatus.CLAIMED, MessageStatus.SENDING,
-                                                MessageStatus.UNKNOWN))),
+            or_(
+                *(
+                    table.c.status == s
+                    for s in (MessageStatus.CLAIMED, MessageStatus.SENDING, MessageStatus.UNKNOWN)
+                )
+            ),
         )
         .values(
             status=bindparam("b_status"),
@@ -256,8 +336,11 @@ def dispatch_once(
     with session_scope(engine) as session:
         release_expired_leases(session, now=clock())
         claimed = claim_batch(
-            session, worker_id=worker_id, now=clock(),
-            lease_seconds=settings.lease_seconds, limit=settings.worker_batch_size,
+            session,
+            worker_id=worker_id,
+            now=clock(),
+            lease_seconds=settings.lease_seconds,
+            limit=settings.worker_batch_size,
         )
     if not claimed:
         return 0
@@ -265,7 +348,9 @@ def dispatch_once(
     ready, render_failures = _render_all(claimed)
     with session_scope(engine) as session:
         begin_sending(session, [m for m, _ in ready], worker_id=worker_id, now=clock())
-        record_results(session, render_failures, by_id, worker_id=worker_id, now=clock(), settings=settings)
+        record_results(
+            session, render_failures, by_id, worker_id=worker_id, now=clock(), settings=settings
+        )
 
     by_channel: dict[str, list[OutgoingMessage]] = {}
     for message, body in ready:

@@ -11,53 +11,67 @@ from datetime import datetime
 
 from sqlalchemy import Engine, Insert, case, exists, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from audience.resolve import audience_condition
 from loa.db import session_scope
 from loa.models import MessageStatus, OutboxMessage, Recipient, Suppression, Wave, WaveStatus
 
 _COLUMNS = (
-    "wave_id", "recipient_id", "channel", "status", "due_at", "attempts",
-    "area_code", "carrier", "created_at", "updated_at",
+    "wave_id",
+    "recipient_id",
+    "channel",
+    "status",
+    "due_at",
+    "attempts",
+    "area_code",
+    "carrier",
+    "created_at",
+    "updated_at",
 )
 
 
 def _insert_ignoring_existing(session: Session) -> Insert:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(OutboxMessage).on_conflict_do_nothing(  # type: ignore[no-any-return]
+    return insert(OutboxMessage).on_conflict_do_nothing(
         index_elements=["wave_id", "recipient_id", "channel"]
     )
 
 
-def _expand_chunk(session: Session, wave: Wave, *, after_id: int, chunk_size: int, now: datetime) -> int | None:
-    """Insert the next chunk of the wave's audience; return the last recipient id covered, or None."""
+def _expand_chunk(
+    session: Session, wave: Wave, *, after_id: int, chunk_size: int, now: datetime
+) -> int | None:
+    """Insert the next chunk of the wave's audience; return the last recipient id it covered."""
     audience = audience_condition(wave.audience)
     ids = (
-        select(Recipient.id)
-        .where(audience, Recipient.id > after_id)  # type: ignore[operator]
-        .order_by(Recipient.id)
+        select(col(Recipient.id))
+        .where(audience, col(Recipient.id) > after_id)
+        .order_by(col(Recipient.id))
         .limit(chunk_size)
         .subquery()
     )
     upto = session.scalar(select(func.max(ids.c.id)))
     if upto is None:
         return None
-    suppressed = exists(select(1).where(Suppression.phone == Recipient.phone))
+    suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
+    table = OutboxMessage.__table__  # type: ignore[attr-defined]
     rows = select(
         literal(wave.id),
-        Recipient.id,
+        col(Recipient.id),
         literal(wave.channel),
         # Suppressed people get a row too, marked so: nobody in the audience disappears silently.
-        case((suppressed, literal(MessageStatus.SUPPRESSED.value)), else_=literal(MessageStatus.PLANNED.value)),
-        literal(wave.fire_at, OutboxMessage.__table__.c.due_at.type),  # type: ignore[attr-defined]
+        case(
+            (suppressed, literal(MessageStatus.SUPPRESSED.value)),
+            else_=literal(MessageStatus.PLANNED.value),
+        ),
+        literal(wave.fire_at, table.c.due_at.type),
         literal(0),
-        Recipient.area_code,
-        Recipient.carrier,
-        literal(now, OutboxMessage.__table__.c.created_at.type),  # type: ignore[attr-defined]
-        literal(now, OutboxMessage.__table__.c.updated_at.type),  # type: ignore[attr-defined]
-    ).where(audience, Recipient.id > after_id, Recipient.id <= upto)  # type: ignore[operator]
+        col(Recipient.area_code),
+        col(Recipient.carrier),
+        literal(now, table.c.created_at.type),
+        literal(now, table.c.updated_at.type),
+    ).where(audience, col(Recipient.id) > after_id, col(Recipient.id) <= upto)
     session.execute(_insert_ignoring_existing(session).from_select(_COLUMNS, rows))
     return int(upto)
 
@@ -67,7 +81,10 @@ def expand_wave(engine: Engine, wave_id: int, *, now: datetime, chunk_size: int)
     with session_scope(engine) as session:
         claimed = session.execute(
             update(Wave)
-            .where(Wave.id == wave_id, Wave.status.in_([WaveStatus.SCHEDULED, WaveStatus.EXPANDING]))  # type: ignore[arg-type, attr-defined]
+            .where(
+                col(Wave.id) == wave_id,
+                col(Wave.status).in_([WaveStatus.SCHEDULED, WaveStatus.EXPANDING]),
+            )
             .values(status=WaveStatus.EXPANDING)
         ).rowcount  # type: ignore[attr-defined]
     if not claimed:
@@ -84,12 +101,17 @@ def expand_wave(engine: Engine, wave_id: int, *, now: datetime, chunk_size: int)
         after_id = last
 
     with session_scope(engine) as session:
-        count = session.scalar(
-            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.wave_id == wave_id)  # type: ignore[arg-type]
-        ) or 0
+        count = (
+            session.scalar(
+                select(func.count())
+                .select_from(OutboxMessage)
+                .where(col(OutboxMessage.wave_id) == wave_id)
+            )
+            or 0
+        )
         session.execute(
             update(Wave)
-            .where(Wave.id == wave_id)  # type: ignore[arg-type]
+            .where(col(Wave.id) == wave_id)
             .values(status=WaveStatus.EXPANDED, expanded_at=now, expanded_count=count)
         )
     return count

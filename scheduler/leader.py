@@ -45,7 +45,9 @@ class PostgresLeadership:
                 self._drop()
         conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}).scalar()
+            got = conn.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+            ).scalar()
         except DBAPIError:
             conn.close()
             raise
@@ -66,7 +68,9 @@ class PostgresLeadership:
     def release(self) -> None:
         if self._conn is not None:
             try:
-                self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
+                self._conn.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY}
+                )
                 self._conn.close()
             except DBAPIError:
                 pass

@@ -10,7 +10,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from loa import audit
 from loa.errors import Conflict, InvalidInput, NotBuilt, NotFound
@@ -40,7 +40,7 @@ def _check_areas(session: Session, spec: CampaignSpec, source: str) -> None:
     wanted = {code for wave in spec.waves for code in wave.audience.areas}
     if not wanted:
         return
-    known = set(session.scalars(select(Area.code).where(Area.code.in_(wanted))))  # type: ignore[attr-defined]
+    known = set(session.scalars(select(col(Area.code)).where(col(Area.code).in_(wanted))))
     for index, wave in enumerate(spec.waves):
         missing = [code for code in wave.audience.areas if code not in known]
         if missing:
@@ -67,7 +67,9 @@ def create_campaign(
         try:
             first_fire_time(wave.trigger, zone)
         except InvalidInput as exc:
-            raise InvalidInput(f"{source}: {_wave_label(index, wave)}, field at: {exc.message}") from None
+            raise InvalidInput(
+                f"{source}: {_wave_label(index, wave)}, field at: {exc.message}"
+            ) from None
 
     campaign = Campaign(
         name=spec.name,
@@ -97,8 +99,13 @@ def create_campaign(
             )
         )
     audit.record(
-        session, actor=actor, action="campaign.create", entity="campaign", entity_id=campaign.id,
-        now=now, after={"name": campaign.name, "waves": len(spec.waves)},
+        session,
+        actor=actor,
+        action="campaign.create",
+        entity="campaign",
+        entity_id=campaign.id,
+        now=now,
+        after={"name": campaign.name, "waves": len(spec.waves)},
     )
     return campaign
 
@@ -131,16 +138,27 @@ def _transition(
     campaign.updated_at = now
     assert campaign.id is not None
     audit.record(
-        session, actor=actor, action=f"campaign.{action}", entity="campaign", entity_id=campaign.id,
-        now=now, before={"status": before}, after={"status": to},
+        session,
+        actor=actor,
+        action=f"campaign.{action}",
+        entity="campaign",
+        entity_id=campaign.id,
+        now=now,
+        before={"status": before},
+        after={"status": to},
     )
 
 
 def approve_campaign(session: Session, campaign_id: int, *, actor: str, now: datetime) -> Campaign:
     campaign = get_campaign(session, campaign_id, for_update=True)
     _transition(
-        session, campaign, allowed_from={CampaignStatus.DRAFT}, to=CampaignStatus.APPROVED,
-        action="approve", actor=actor, now=now,
+        session,
+        campaign,
+        allowed_from={CampaignStatus.DRAFT},
+        to=CampaignStatus.APPROVED,
+        action="approve",
+        actor=actor,
+        now=now,
     )
     campaign.approved_by = actor
     return campaign
@@ -154,14 +172,24 @@ def launch_campaign(
     allowed = {CampaignStatus.APPROVED}
     if not settings.require_approval:
         allowed.add(CampaignStatus.DRAFT)
-    hint = f" (run: loa campaign approve {campaign_id})" if campaign.status == CampaignStatus.DRAFT else ""
+    hint = (
+        f" (run: loa campaign approve {campaign_id})"
+        if campaign.status == CampaignStatus.DRAFT
+        else ""
+    )
     _transition(
-        session, campaign, allowed_from=allowed, to=CampaignStatus.SCHEDULED,
-        action="launch", actor=actor, now=now, hint=hint,
+        session,
+        campaign,
+        allowed_from=allowed,
+        to=CampaignStatus.SCHEDULED,
+        action="launch",
+        actor=actor,
+        now=now,
+        hint=hint,
     )
     zone = ZoneInfo(campaign.timezone)
     waves = session.scalars(
-        select(Wave).where(Wave.campaign_id == campaign_id).order_by(Wave.position)  # type: ignore[arg-type]
+        select(Wave).where(col(Wave.campaign_id) == campaign_id).order_by(col(Wave.position))
     ).all()
     for wave in waves:
         fire_at = first_fire_time(wave.trigger, zone)

@@ -1,5 +1,6 @@
 """The long-running parts: the scheduler (APScheduler ticking under a leadership lock) and the
-dispatch worker loop. `loa serve` runs both beside the API; `loa scheduler` and `loa worker` alone."""
+dispatch worker loop. `loa serve` runs both beside the API; `loa scheduler` and `loa worker`
+run one each."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ class SchedulerService:
     """APScheduler drives the tick; the database holds every wave's state and fire time, so a
     restart or a change of leader loses nothing and never fires a wave twice."""
 
-    def __init__(self, engine: Engine, settings: Settings, clock: Clock,
-                 leadership: Leadership | None = None) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, clock: Clock, leadership: Leadership | None = None
+    ) -> None:
         self._engine = engine
         self._settings = settings
         self._clock = clock
@@ -38,7 +40,9 @@ class SchedulerService:
         """One tick if this process is the leader; None when another scheduler is active."""
         if not self._leadership.try_acquire():
             return None
-        return run_tick(self._engine, now=self._clock(), chunk_size=self._settings.expansion_chunk_size)
+        return run_tick(
+            self._engine, now=self._clock(), chunk_size=self._settings.expansion_chunk_size
+        )
 
     def _safe_tick(self) -> None:
         try:
@@ -50,7 +54,10 @@ class SchedulerService:
         self._aps.add_job(
             self._safe_tick,
             IntervalTrigger(seconds=self._settings.scheduler_tick_seconds, timezone=UTC),
-            id="tick", max_instances=1, coalesce=True, next_run_time=self._clock(),
+            id="tick",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=self._clock(),
         )
         self._aps.start()
 
@@ -63,8 +70,13 @@ class SchedulerService:
 class DispatchWorker:
     """Claims and sends batches until stopped; sleeps only when nothing is due."""
 
-    def __init__(self, engine: Engine, settings: Settings, clock: Clock,
-                 channel_for: Callable[[str], Channel]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        clock: Clock,
+        channel_for: Callable[[str], Channel],
+    ) -> None:
         self._engine = engine
         self._settings = settings
         self._clock = clock
@@ -78,8 +90,11 @@ class DispatchWorker:
         while not self._stop.is_set():
             try:
                 claimed = dispatch_once(
-                    self._engine, worker_id=self.worker_id, clock=self._clock,
-                    settings=self._settings, channel_for=self._channel_for,
+                    self._engine,
+                    worker_id=self.worker_id,
+                    clock=self._clock,
+                    settings=self._settings,
+                    channel_for=self._channel_for,
                 )
             except Exception:  # e.g. the database restarting: wait and try again
                 log.exception("dispatch failed; retrying")

@@ -102,7 +102,9 @@ class CampaignSpec(_Strict):
             try:
                 ZoneInfo(value)
             except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r} (use e.g. Asia/Ho_Chi_Minh)") from None
+                raise ValueError(
+                    f"unknown time zone {value!r} (use e.g. Asia/Ho_Chi_Minh)"
+                ) from None
         return value
 
 
@@ -113,12 +115,14 @@ def parse_local(value: str) -> datetime:
     except ValueError:
         raise ValueError(f"{value!r} is not a local date-time like '2026-05-08 07:30'") from None
     if parsed.tzinfo is not None:
-        raise ValueError(f"{value!r}: give local time without an offset; the campaign has a time zone")
+        raise ValueError(
+            f"{value!r}: give local time without an offset; the campaign has a time zone"
+        )
     return parsed
 
 
 def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
-    """A pydantic error location as a person reads it: wave 2 ('Lễ ra quân'), field audience.areas."""
+    """An error location as a person reads it: wave 2 ('Lễ ra quân'), field audience.areas."""
     if len(loc) >= 2 and loc[0] == "waves" and isinstance(loc[1], int):
         index = loc[1]
         waves = raw.get("waves")

@@ -49,13 +49,22 @@ def _mark_running(engine: Engine, campaign_id: int, *, now: datetime) -> None:
     with session_scope(engine) as session:
         moved = session.execute(
             update(Campaign)
-            .where(col(Campaign.id) == campaign_id, col(Campaign.status) == CampaignStatus.SCHEDULED)
+            .where(
+                col(Campaign.id) == campaign_id, col(Campaign.status) == CampaignStatus.SCHEDULED
+            )
             .values(status=CampaignStatus.RUNNING, updated_at=now)
         ).rowcount  # type: ignore[attr-defined]
         if moved:
-            audit.record(session, actor="scheduler", action="campaign.run", entity="campaign",
-                         entity_id=campaign_id, now=now, before={"status": "scheduled"},
-                         after={"status": "running"})
+            audit.record(
+                session,
+                actor="scheduler",
+                action="campaign.run",
+                entity="campaign",
+                entity_id=campaign_id,
+                now=now,
+                before={"status": "scheduled"},
+                after={"status": "running"},
+            )
 
 
 def _close_finished(engine: Engine, *, now: datetime, report: TickReport) -> None:
@@ -75,7 +84,9 @@ def _close_finished(engine: Engine, *, now: datetime, report: TickReport) -> Non
             )
         )
         unfinished = exists(
-            select(1).where(col(Wave.campaign_id) == col(Campaign.id), col(Wave.status) != WaveStatus.DONE)
+            select(1).where(
+                col(Wave.campaign_id) == col(Campaign.id), col(Wave.status) != WaveStatus.DONE
+            )
         )
         report.campaigns_completed = list(
             session.scalars(
@@ -86,6 +97,13 @@ def _close_finished(engine: Engine, *, now: datetime, report: TickReport) -> Non
             )
         )
         for campaign_id in report.campaigns_completed:
-            audit.record(session, actor="scheduler", action="campaign.complete", entity="campaign",
-                         entity_id=campaign_id, now=now, before={"status": "running"},
-                         after={"status": "completed"})
+            audit.record(
+                session,
+                actor="scheduler",
+                action="campaign.complete",
+                entity="campaign",
+                entity_id=campaign_id,
+                now=now,
+                before={"status": "running"},
+                after={"status": "completed"},
+            )

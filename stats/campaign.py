@@ -62,11 +62,23 @@ def campaign_stats(session: Session, campaign_id: int) -> CampaignStats:
         for status, n in by_status.items():
             totals[status] += n
         wave_stats.append(
-            WaveStats(wave_id=wave.id, name=wave.name, channel=wave.channel, status=wave.status,
-                      fire_at=wave.fire_at, total=sum(by_status.values()), by_status=by_status)
+            WaveStats(
+                wave_id=wave.id,
+                name=wave.name,
+                channel=wave.channel,
+                status=wave.status,
+                fire_at=wave.fire_at,
+                total=sum(by_status.values()),
+                by_status=by_status,
+            )
         )
     assert campaign.id is not None
     return CampaignStats(
-        campaign_id=campaign.id, name=campaign.name, status=campaign.status,
-        timezone=campaign.timezone, total=sum(totals.values()), by_status=totals, waves=wave_stats,
+        campaign_id=campaign.id,
+        name=campaign.name,
+        status=campaign.status,
+        timezone=campaign.timezone,
+        total=sum(totals.values()),
+        by_status=totals,
+        waves=wave_stats,
     )

@@ -1,1 +1,1 @@
-"""Message templates and SMS text: rendering (Jinja2 in a sandbox), and later encoding and segments."""
+"""Message templates and SMS text: rendering now; encoding and segments to come."""

@@ -1,4 +1,4 @@
-"""Rendering message templates: Jinja2 in a sandbox, strict about undefined variables, output in NFC."""
+"""Rendering message templates: Jinja2 in a sandbox, strict about undefined variables, NFC out."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class TemplateProblem(InvalidInput):
 
 
 def vn_date(value: Any) -> str:
-    """A date as Vietnamese write it: dd/mm/yyyy. Accepts dates and ISO strings (as attributes are stored)."""
+    """A date as Vietnamese write it, dd/mm/yyyy, from a date or an ISO string (as stored)."""
     if isinstance(value, datetime | date):
         return value.strftime("%d/%m/%Y")
     try:
@@ -30,7 +30,9 @@ def vn_date(value: Any) -> str:
 def _environment() -> SandboxedEnvironment:
     # The sandbox because templates are written by office staff, not developers; autoescape off
     # because SMS is plain text.
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    env = SandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
+    )
     env.filters["vn_date"] = vn_date
     return env
 
@@ -52,7 +54,7 @@ def check_template(source: str) -> None:
 
 
 def render(source: str, context: dict[str, Any]) -> str:
-    """Render for one recipient. A missing variable is an error, never an empty gap in a sent SMS."""
+    """Render for one recipient. A missing variable is an error, never a gap in a sent SMS."""
     try:
         text = _compile(source).render(**context)
     except UndefinedError as exc:

@@ -1,4 +1,4 @@
-"""Small builders for test data written straight through the models (the importers have their own tests)."""
+"""Test data written straight through the models (the importers have their own tests)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,15 @@ def add_recipient(
     tags: tuple[str, ...] = (),
     attributes: dict[str, Any] | None = None,
 ) -> Recipient:
-    recipient = Recipient(phone=phone, name=name, area_code=area, carrier="Viettel",
-                          attributes=attributes or {}, created_at=now, updated_at=now)
+    recipient = Recipient(
+        phone=phone,
+        name=name,
+        area_code=area,
+        carrier="Viettel",
+        attributes=attributes or {},
+        created_at=now,
+        updated_at=now,
+    )
     session.add(recipient)
     session.flush()
     assert recipient.id is not None

@@ -12,12 +12,18 @@ LOA = str(Path(sys.executable).parent / "loa")
 
 def loa_env(db_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_")}
-    env.update(LOA_DATABASE_URL=db_url, LOA_DATA_DIR=str(data_dir),
-               LOA_CONSOLE_SINK=str(data_dir / "sink.jsonl"), **extra)
+    env.update(
+        LOA_DATABASE_URL=db_url,
+        LOA_DATA_DIR=str(data_dir),
+        LOA_CONSOLE_SINK=str(data_dir / "sink.jsonl"),
+        **extra,
+    )
     return env
 
 
-def run_loa(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_loa(
+    *args: str, env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([LOA, *args], env=env, capture_output=True, text=True, timeout=120)
     if check and result.returncode != 0:
         raise AssertionError(f"loa {' '.join(args)} exited {result.returncode}:\n{result.stderr}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -15,7 +14,13 @@ from channels.registry import channel_lookup
 from loa.db import session_scope
 from loa.errors import Conflict
 from loa.models import (
-    AuditEntry, Campaign, DeliveryEvent, MessageStatus, OutboxMessage, Suppression, Wave,
+    AuditEntry,
+    Campaign,
+    DeliveryEvent,
+    MessageStatus,
+    OutboxMessage,
+    Suppression,
+    Wave,
 )
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once
@@ -30,22 +35,29 @@ from tests.conftest import FakeClock
 SPEC = {
     "name": "Tháng vận động BHXH 2026",
     "timezone": "Asia/Ho_Chi_Minh",
-    "waves": [{
-        "name": "Lễ ra quân",
-        "channel": "sms",
-        "class": "info",
-        "at": "2026-05-08 07:30",  # 00:30 UTC
-        "audience": {"areas": ["42"], "tags": ["nong-dan"]},
-        "template": "BHXH: {{ name }} oi, thang 5 la Thang van dong BHXH toan dan.",
-    }],
+    "waves": [
+        {
+            "name": "Lễ ra quân",
+            "channel": "sms",
+            "class": "info",
+            "at": "2026-05-08 07:30",  # 00:30 UTC
+            "audience": {"areas": ["42"], "tags": ["nong-dan"]},
+            "template": "BHXH: {{ name }} oi, thang 5 la Thang van dong BHXH toan dan.",
+        }
+    ],
 }
 FIRE_AT = datetime(2026, 5, 8, 0, 30, tzinfo=UTC)
 
 
 def _launch(engine: Engine, settings: Settings, clock: FakeClock) -> int:
     with session_scope(engine) as session:
-        campaign = create_campaign(session, spec=validate_spec(SPEC, source="test"),
-                                   actor="planner", now=clock(), settings=settings)
+        campaign = create_campaign(
+            session,
+            spec=validate_spec(SPEC, source="test"),
+            actor="planner",
+            now=clock(),
+            settings=settings,
+        )
         assert campaign.id is not None
         approve_campaign(session, campaign.id, actor="approver", now=clock())
         launch_campaign(session, campaign.id, actor="approver", now=clock(), settings=settings)
@@ -57,8 +69,14 @@ def audience(engine: Engine, clock: FakeClock) -> None:
     with session_scope(engine) as session:
         add_areas(session)
         add_recipient(session, "+84912000001", now=clock(), area="18301", tags=("nong-dan",))
-        add_recipient(session, "+84912000002", now=clock(), area="18302", name="Trần Thị Bình",
-                      tags=("nong-dan", "ho-ngheo"))
+        add_recipient(
+            session,
+            "+84912000002",
+            now=clock(),
+            area="18302",
+            name="Trần Thị Bình",
+            tags=("nong-dan", "ho-ngheo"),
+        )
         add_recipient(session, "+84912000003", now=clock(), area="18301", tags=("nong-dan",))
         # Outside the audience: other province; right province but no matching tag.
         add_recipient(session, "+84912000004", now=clock(), area="16801", tags=("nong-dan",))
@@ -82,7 +100,10 @@ def test_wave_fires_at_its_time_and_every_message_goes_out_once(
 
     clock.now = datetime(2026, 5, 8, 0, 29, tzinfo=UTC)
     assert run_tick(engine, now=clock(), chunk_size=2).fired == {}
-    assert dispatch_once(engine, worker_id="w1", clock=clock, settings=settings, channel_for=lookup) == 0
+    assert (
+        dispatch_once(engine, worker_id="w1", clock=clock, settings=settings, channel_for=lookup)
+        == 0
+    )
 
     clock.now = FIRE_AT
     report = run_tick(engine, now=clock(), chunk_size=2)  # chunk of 2: the expansion loops
@@ -96,36 +117,56 @@ def test_wave_fires_at_its_time_and_every_message_goes_out_once(
         session.execute(Wave.__table__.update().values(status="expanding"))  # type: ignore[attr-defined]
     assert expand_wave(engine, wave_id, now=clock(), chunk_size=2) == 3
 
-    assert dispatch_once(engine, worker_id="w1", clock=clock, settings=settings, channel_for=lookup) == 2
-    assert dispatch_once(engine, worker_id="w2", clock=clock, settings=settings, channel_for=lookup) == 0
+    assert (
+        dispatch_once(engine, worker_id="w1", clock=clock, settings=settings, channel_for=lookup)
+        == 2
+    )
+    assert (
+        dispatch_once(engine, worker_id="w2", clock=clock, settings=settings, channel_for=lookup)
+        == 0
+    )
 
     lines = _sink_lines(settings)
     assert sorted(line["to"] for line in lines) == ["+84912000001", "+84912000002"]
     bodies = {line["to"]: line["body"] for line in lines}
-    assert bodies["+84912000002"] == "BHXH: Trần Thị Bình oi, thang 5 la Thang van dong BHXH toan dan."
-    assert all(line["wave_id"] == wave_id and line["sent_at"] == FIRE_AT.isoformat() for line in lines)
+    assert (
+        bodies["+84912000002"] == "BHXH: Trần Thị Bình oi, thang 5 la Thang van dong BHXH toan dan."
+    )
+    assert all(
+        line["wave_id"] == wave_id and line["sent_at"] == FIRE_AT.isoformat() for line in lines
+    )
 
     with session_scope(engine) as session:
         stats = campaign_stats(session, campaign_id)
         events = session.execute(
-            select(DeliveryEvent.kind, DeliveryEvent.status, func.count())
-            .group_by(DeliveryEvent.kind, DeliveryEvent.status)
+            select(DeliveryEvent.kind, DeliveryEvent.status, func.count()).group_by(
+                DeliveryEvent.kind, DeliveryEvent.status
+            )
         ).all()
-        sent = session.scalars(select(OutboxMessage).where(col(OutboxMessage.status) == "sent")).all()
+        sent = session.scalars(
+            select(OutboxMessage).where(col(OutboxMessage.status) == "sent")
+        ).all()
     assert stats.total == 3
     assert stats.by_status["sent"] == 2
     assert stats.by_status["suppressed"] == 1
     assert stats.waves[0].by_status == stats.by_status
     assert sorted(events) == [("attempt", "sending", 2), ("status", "sent", 2)]
-    assert all(m.provider_id and m.provider_id.startswith("console-") and m.attempts == 1 for m in sent)
+    assert all(
+        m.provider_id and m.provider_id.startswith("console-") and m.attempts == 1 for m in sent
+    )
 
     report = run_tick(engine, now=clock.advance(seconds=5), chunk_size=2)
     assert report.waves_done == [wave_id]
     assert report.campaigns_completed == [campaign_id]
     with session_scope(engine) as session:
         actions = session.scalars(select(AuditEntry.action).order_by(col(AuditEntry.id))).all()
-    assert actions == ["campaign.create", "campaign.approve", "campaign.launch", "campaign.run",
-                       "campaign.complete"]
+    assert actions == [
+        "campaign.create",
+        "campaign.approve",
+        "campaign.launch",
+        "campaign.run",
+        "campaign.complete",
+    ]
 
 
 @pytest.mark.usefixtures("audience")
@@ -137,12 +178,15 @@ def test_opt_out_after_expansion_stops_the_message_at_send_time(
     run_tick(engine, now=clock(), chunk_size=100)
     with session_scope(engine) as session:
         session.add(Suppression(phone="+84912000001", reason="opt_out", created_at=clock()))
-    dispatch_once(engine, worker_id="w1", clock=clock, settings=settings,
-                  channel_for=channel_lookup(settings))
+    dispatch_once(
+        engine, worker_id="w1", clock=clock, settings=settings, channel_for=channel_lookup(settings)
+    )
     assert [line["to"] for line in _sink_lines(settings)] == ["+84912000002"]
     with session_scope(engine) as session:
         suppressed_events = session.scalar(
-            select(func.count()).select_from(DeliveryEvent).where(col(DeliveryEvent.status) == "suppressed")
+            select(func.count())
+            .select_from(DeliveryEvent)
+            .where(col(DeliveryEvent.status) == "suppressed")
         )
     assert suppressed_events == 1
 
@@ -164,10 +208,16 @@ def test_a_dead_workers_claims_return_and_its_sends_become_unknown_never_resent(
 
     clock.advance(seconds=30)  # lease still valid: nobody else may take them
     lookup = channel_lookup(settings)
-    assert dispatch_once(engine, worker_id="w2", clock=clock, settings=settings, channel_for=lookup) == 0
+    assert (
+        dispatch_once(engine, worker_id="w2", clock=clock, settings=settings, channel_for=lookup)
+        == 0
+    )
 
     clock.advance(seconds=31)
-    assert dispatch_once(engine, worker_id="w2", clock=clock, settings=settings, channel_for=lookup) == 1
+    assert (
+        dispatch_once(engine, worker_id="w2", clock=clock, settings=settings, channel_for=lookup)
+        == 1
+    )
     assert [line["message_id"] for line in _sink_lines(settings)] == [claimed[1].id]
     with session_scope(engine) as session:
         first = session.get(OutboxMessage, claimed[0].id)
@@ -182,10 +232,18 @@ def test_launch_is_refused_before_approval_and_for_a_time_that_has_passed(
 ) -> None:
     with session_scope(engine) as session:
         add_areas(session)
-        campaign = create_campaign(session, spec=validate_spec(SPEC, source="test"),
-                                   actor="planner", now=clock(), settings=settings)
+        campaign = create_campaign(
+            session,
+            spec=validate_spec(SPEC, source="test"),
+            actor="planner",
+            now=clock(),
+            settings=settings,
+        )
     assert campaign.id is not None
-    with pytest.raises(Conflict, match="is draft; launch needs it to be approved"), session_scope(engine) as session:
+    with (
+        pytest.raises(Conflict, match="is draft; launch needs it to be approved"),
+        session_scope(engine) as session,
+    ):
         launch_campaign(session, campaign.id, actor="x", now=clock(), settings=settings)
     with session_scope(engine) as session:
         approve_campaign(session, campaign.id, actor="approver", now=clock())

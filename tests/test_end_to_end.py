@@ -54,8 +54,14 @@ def test_sms_campaign_from_spec_to_stats(db_url: str, tmp_path: Path) -> None:
 
     assert "already at revision" in run_loa("db", "upgrade", env=env).stdout
     run_loa("areas", "import", str(tmp_path / "areas.csv"), env=env)
-    imported = run_loa("recipients", "import", str(tmp_path / "recipients.csv"),
-                       "--report", str(tmp_path / "rejected.csv"), env=env)
+    imported = run_loa(
+        "recipients",
+        "import",
+        str(tmp_path / "recipients.csv"),
+        "--report",
+        str(tmp_path / "rejected.csv"),
+        env=env,
+    )
     assert "4 new" in imported.stdout and "1 rejected" in imported.stdout
     assert (tmp_path / "rejected.csv").read_text("utf-8").splitlines()[1].startswith("6,")
 
@@ -64,12 +70,16 @@ def test_sms_campaign_from_spec_to_stats(db_url: str, tmp_path: Path) -> None:
     spec = {
         "name": "Lễ ra quân BHXH",
         "timezone": zone.key,
-        "waves": [{
-            "name": "Lễ ra quân", "channel": "sms", "class": "info",
-            "at": fire_local.strftime("%Y-%m-%d %H:%M:%S"),
-            "audience": {"areas": ["42"], "tags": ["nong-dan", "lao-dong-tu-do"]},
-            "template": "BHXH tinh: {{ name }} oi, thang 5 la Thang van dong BHXH toan dan.",
-        }],
+        "waves": [
+            {
+                "name": "Lễ ra quân",
+                "channel": "sms",
+                "class": "info",
+                "at": fire_local.strftime("%Y-%m-%d %H:%M:%S"),
+                "audience": {"areas": ["42"], "tags": ["nong-dan", "lao-dong-tu-do"]},
+                "template": "BHXH tinh: {{ name }} oi, thang 5 la Thang van dong BHXH toan dan.",
+            }
+        ],
     }
     (tmp_path / "campaign.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     created = run_loa("campaign", "create", str(tmp_path / "campaign.json"), env=env)
@@ -78,10 +88,16 @@ def test_sms_campaign_from_spec_to_stats(db_url: str, tmp_path: Path) -> None:
     run_loa("campaign", "launch", str(campaign_id), env=env)
 
     port = _free_port()
-    server = subprocess.Popen([LOA, "serve", "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [LOA, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def healthy() -> bool:
             try:
                 return httpx.get(f"{base}/health", timeout=2).status_code == 200

@@ -5,8 +5,8 @@ from fastapi.responses import JSONResponse
 
 from api.deps import EngineDep
 from loa import schema
-from loa.errors import LoaError
 from loa.db import check_database
+from loa.errors import LoaError
 
 router = APIRouter()
 

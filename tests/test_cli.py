@@ -1,0 +1,112 @@
+"""The CLI as a user meets it: help everywhere, one-line errors, non-zero exits, no half-writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from sqlalchemy import func, select
+
+from cli import main
+from loa.db import make_engine
+from loa.models import AuditEntry, Campaign, Wave
+from loa.settings import Settings
+from tests.clirun import loa_env, run_loa
+
+
+def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for name, command in group.commands.items():
+        found.append((*prefix, name))
+        if isinstance(command, click.Group):
+            found.extend(_all_commands(command, (*prefix, name)))
+    return found
+
+
+def test_every_command_has_help() -> None:
+    from click.testing import CliRunner
+
+    commands = _all_commands(main)
+    assert {
+        ("db", "upgrade"),
+        ("serve",),
+        ("worker",),
+        ("scheduler",),
+        ("recipients", "import"),
+        ("campaign", "create"),
+        ("campaign", "launch"),
+        ("stats",),
+    } <= set(commands)
+    for path in commands:
+        result = CliRunner().invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert "Usage: main " + " ".join(path) in result.output
+
+
+def test_malformed_spec_names_file_and_field_and_writes_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    env = loa_env(db_url, tmp_path)
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(
+        "name: C\nwaves:\n  - name: Nhắc\n    channel: sms\n    at: '2026-05-08 07:30'\n"
+        "    audience: {areas: ['42']}\n    template: 'x'\n    klass: qc\n",
+        encoding="utf-8",
+    )
+    result = run_loa("campaign", "create", str(spec), env=env, check=False)
+    assert result.returncode == 1
+    assert (
+        f"Error: {spec}: wave 1 ('Nhắc'), field klass: Extra inputs are not permitted"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+    unknown_area = tmp_path / "area.yaml"
+    unknown_area.write_text(
+        spec.read_text("utf-8").replace("    klass: qc\n", ""), encoding="utf-8"
+    )
+    result = run_loa("campaign", "create", str(unknown_area), env=env, check=False)
+    assert result.returncode == 1
+    assert "field audience.areas: unknown area code(s) 42" in result.stderr
+
+    engine = make_engine(Settings(database_url=db_url, data_dir=tmp_path))
+    with engine.connect() as conn:
+        for table in (Campaign, Wave, AuditEntry):
+            assert conn.scalar(select(func.count()).select_from(table)) == 0
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql+psycopg://loa@127.0.0.1:1/loa",
+            "Error: cannot reach the database postgresql+psycopg://loa@127.0.0.1:1/loa: ",
+        ),
+        ("mysql://x@localhost/loa", "Loa supports sqlite and postgresql"),
+        ("not a url", "is not a database URL"),
+    ],
+)
+def test_an_unusable_database_fails_in_one_line(url: str, message: str, tmp_path: Path) -> None:
+    result = run_loa("serve", env=loa_env(url, tmp_path), check=False)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_an_unmigrated_database_asks_for_the_upgrade(tmp_path: Path) -> None:
+    env = loa_env(f"sqlite:///{tmp_path / 'new.db'}", tmp_path)
+    result = run_loa("stats", "1", env=env, check=False)
+    assert result.returncode == 1
+    assert "run `loa db upgrade` first" in result.stderr
+    assert "upgraded from empty to" in run_loa("db", "upgrade", env=env).stdout
+    missing = run_loa("stats", "1", env=env, check=False)
+    assert (missing.returncode, missing.stderr.strip()) == (1, "Error: no campaign with id 1")
+
+
+def test_a_bad_setting_is_named(tmp_path: Path) -> None:
+    env = loa_env(f"sqlite:///{tmp_path / 'x.db'}", tmp_path, LOA_PORT="eighty")
+    result = run_loa("serve", env=env, check=False)
+    assert result.returncode == 1
+    assert "LOA_PORT" in result.stderr
