@@ -9,12 +9,12 @@ from sqlmodel import Session
 
 from loa.models import Area, Recipient, RecipientTag
 
-# Hà Tĩnh (42) > Đức Thọ (436) > two communes; Nghệ An (40) > one commune elsewhere.
+# Hà Tĩnh (42) > Đức Thọ (440) > two communes; Nghệ An (40) > one commune elsewhere.
 AREAS = [
     ("42", "Tỉnh Hà Tĩnh", "province", None, "/42/"),
-    ("436", "Huyện Đức Thọ", "district", "42", "/42/436/"),
-    ("18301", "Xã Đức Đồng", "commune", "436", "/42/436/18301/"),
-    ("18302", "Xã Đức Lạng", "commune", "436", "/42/436/18302/"),
+    ("440", "Huyện Đức Thọ", "district", "42", "/42/440/"),
+    ("18301", "Xã Đức Đồng", "commune", "440", "/42/440/18301/"),
+    ("18302", "Xã Đức Lạng", "commune", "440", "/42/440/18302/"),
     ("40", "Tỉnh Nghệ An", "province", None, "/40/"),
     ("16801", "Xã Nghi Lâm", "commune", "40", "/40/16801/"),
 ]

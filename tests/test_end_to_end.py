@@ -17,9 +17,9 @@ from tests.clirun import LOA, loa_env, run_loa
 
 AREAS = """code,name,level,parent_code
 42,Tỉnh Hà Tĩnh,province,
-436,Huyện Đức Thọ,district,42
-18301,Xã Đức Đồng,commune,436
-18302,Xã Đức Lạng,commune,436
+440,Huyện Đức Thọ,district,42
+18301,Xã Đức Đồng,commune,440
+18302,Xã Đức Lạng,commune,440
 40,Tỉnh Nghệ An,province,
 16801,Xã Nghi Lâm,commune,40
 """

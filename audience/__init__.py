@@ -1,0 +1,1 @@
+"""Who receives messages: phone numbers, the area hierarchy and recipient imports."""

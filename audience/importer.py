@@ -1,0 +1,466 @@
+"""Importing recipients from the CSV files province offices keep, streamed and upserted in chunks.
+
+A bad row is reported and skipped; a file that is not CSV at all fails as a whole. The CSV reading
+helpers here (`read_csv`, `header_key`) are shared with the area import.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from itertools import chain
+from pathlib import Path
+from typing import IO, Any, Final
+
+from sqlalchemy import ColumnElement, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel
+
+from audience.phones import InvalidPhone, normalize_phone
+from loa.errors import ImportFileError, InvalidInput
+from loa.models import Area, Recipient, RecipientTag
+
+CHUNK_SIZE: Final = 1000
+
+RECIPIENT: Final = SQLModel.metadata.tables[Recipient.__tablename__]
+RECIPIENT_TAG: Final = SQLModel.metadata.tables[RecipientTag.__tablename__]
+AREA: Final = SQLModel.metadata.tables[Area.__tablename__]
+
+# Header spellings seen in office spreadsheets, compared after header_key() (no accents, no case).
+PHONE_HEADERS: Final = frozenset(
+    {
+        "phone",
+        "phone_number",
+        "mobile",
+        "so_dien_thoai",
+        "sdt",
+        "so_dt",
+        "dien_thoai",
+        "di_dong",
+        "so_di_dong",
+    }
+)
+NAME_HEADERS: Final = frozenset({"name", "full_name", "ho_ten", "ho_va_ten"})
+AREA_HEADERS: Final = frozenset({"area_code", "commune_code", "ma_xa"})
+TAG_HEADERS: Final = frozenset({"tags", "tag", "nhom"})
+TAG_SEPARATOR: Final = "|"
+
+_NAME_MAX: Final = 200  # the widths of the recipient and recipient_tag columns
+_TAG_MAX: Final = 64
+_VN_DATE: Final = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})", re.ASCII)
+# Enough to tell a binary file or a workbook from text before reading it line by line.
+_SNIFF_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    line: int  # physical line in the source file where the row starts; the header is line 1
+    column: str  # the header as written in the file, "" when the problem is the row itself
+    value: str
+    reason: str
+
+
+@dataclass(slots=True)
+class ImportReport:
+    rows_read: int = 0
+    inserted: int = 0  # recipients that did not exist before (would not, on a dry run)
+    updated: int = 0  # recipients that existed and were merged with the file
+    rejected: list[RowError] = field(default_factory=list)
+    converted: int = 0  # accepted rows whose old 11-digit number was converted
+
+    def write_csv(self, path: Path) -> None:
+        """The rejected rows, for the office to fix. With a BOM so that Excel shows the accents."""
+        with path.open("w", encoding="utf-8-sig", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["line", "column", "value", "reason"])
+            writer.writerows((e.line, e.column, e.value, e.reason) for e in self.rejected)
+
+
+@dataclass(slots=True)
+class _Row:
+    phone: str
+    name: str | None
+    area_code: str | None
+    carrier: str | None
+    converted: bool
+    attributes: dict[str, str]
+    tags: set[str]
+
+    def merge(self, later: _Row) -> None:
+        """Fold a later row of the same phone in: its values win, tags are united."""
+        self.name = later.name if later.name is not None else self.name
+        self.area_code = later.area_code if later.area_code is not None else self.area_code
+        self.carrier, self.converted = later.carrier, later.converted
+        self.attributes.update(later.attributes)
+        self.tags |= later.tags
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    phone: int
+    name: int | None
+    area: int | None
+    tags: int | None
+    attributes: Sequence[tuple[int, str]]  # (index, key) of every other named column
+    header: Sequence[str]
+
+
+class _BadRow(Exception):
+    def __init__(self, column: str, value: str, reason: str) -> None:
+        super().__init__(reason)
+        self.column, self.value, self.reason = column, value, reason
+
+
+def import_recipients(
+    session: Session,
+    path: Path,
+    *,
+    now: datetime,
+    dry_run: bool = False,
+    allow_converted: bool = True,
+) -> ImportReport:
+    """Upsert the recipients of a CSV file by phone number, merging attributes and tags.
+
+    The file is streamed and written in chunks of CHUNK_SIZE rows, so its size is not limited by
+    memory (only the set of phones already seen and the list of rejected rows grow with it).
+    With `dry_run` the same validation runs and the counts are what an import would do; nothing is
+    written. Raises ImportFileError when the file cannot be read as CSV at all.
+    """
+    if now.tzinfo is None:
+        raise InvalidInput("import time must be timezone-aware")
+    report = ImportReport()
+    known_areas = set(session.scalars(select(AREA.c.code)))
+    # Phones written by earlier chunks: a phone repeated far apart in the file is one recipient,
+    # counted once. Stored as integers to keep a large import's memory down.
+    seen: set[int] = set()
+    pending: dict[str, _Row] = {}
+    with read_csv(path) as table:
+        columns = _map_columns(table.header, str(path))
+        for line, cells in table.rows:
+            report.rows_read += 1
+            try:
+                row = _parse_row(cells, columns, known_areas, allow_converted)
+            except _BadRow as bad:
+                report.rejected.append(RowError(line, bad.column, bad.value, bad.reason))
+                continue
+            report.converted += row.converted
+            earlier = pending.get(row.phone)
+            if earlier is None:
+                pending[row.phone] = row
+            else:
+                earlier.merge(row)
+            if len(pending) >= CHUNK_SIZE:
+                _flush(session, pending.values(), now, dry_run, seen, report)
+                pending.clear()
+        _flush(session, pending.values(), now, dry_run, seen, report)
+    return report
+
+
+def _map_columns(header: Sequence[str], display: str) -> _Columns:
+    roles: dict[str, int] = {}
+    attributes: list[tuple[int, str]] = []
+    attribute_keys: set[str] = set()
+    for index, raw in enumerate(header):
+        title = unicodedata.normalize("NFC", raw.strip())
+        if not title:
+            continue  # spreadsheets leave unnamed trailing columns behind
+        key = header_key(title)
+        role = next(
+            (
+                role
+                for role, names in (
+                    ("phone", PHONE_HEADERS),
+                    ("name", NAME_HEADERS),
+                    ("area", AREA_HEADERS),
+                    ("tags", TAG_HEADERS),
+                )
+                if key in names
+            ),
+            None,
+        )
+        if role is not None:
+            if role in roles:
+                raise ImportFileError(
+                    f"{display}: columns {header[roles[role]].strip()!r} and {title!r} both "
+                    f"look like the {role} column; rename one of them"
+                )
+            roles[role] = index
+        elif title in attribute_keys:
+            raise ImportFileError(f"{display}: column {title!r} appears twice")
+        else:
+            attribute_keys.add(title)
+            attributes.append((index, title))
+    if "phone" not in roles:
+        found = ", ".join(h.strip() for h in header if h.strip()) or "none"
+        raise ImportFileError(
+            f"{display}: no phone column (found: {found}); name it phone or so_dien_thoai"
+        )
+    return _Columns(
+        phone=roles["phone"],
+        name=roles.get("name"),
+        area=roles.get("area"),
+        tags=roles.get("tags"),
+        attributes=attributes,
+        header=[h.strip() for h in header],
+    )
+
+
+def _parse_row(
+    cells: Sequence[str], columns: _Columns, known_areas: set[str], allow_converted: bool
+) -> _Row:
+    def cell(index: int | None) -> str:
+        if index is None or index >= len(cells):
+            return ""
+        return unicodedata.normalize("NFC", cells[index].strip())
+
+    extra = [c for c in cells[len(columns.header) :] if c.strip()]
+    if extra:
+        raise _BadRow("", extra[0], f"more cells than the header has columns ({len(cells)})")
+
+    raw_phone = cell(columns.phone)
+    phone_header = columns.header[columns.phone]
+    if not raw_phone:
+        raise _BadRow(phone_header, "", "phone number is missing")
+    try:
+        phone = normalize_phone(raw_phone, allow_converted=allow_converted)
+    except InvalidPhone as exc:
+        raise _BadRow(phone_header, raw_phone, exc.reason) from None
+
+    name = cell(columns.name) or None
+    if name is not None and len(name) > _NAME_MAX:
+        raise _BadRow(_title(columns, columns.name), name, f"longer than {_NAME_MAX} characters")
+
+    area_code = cell(columns.area) or None
+    if area_code is not None and area_code not in known_areas:
+        raise _BadRow(_title(columns, columns.area), area_code, "unknown area code")
+
+    tags: set[str] = set()
+    for tag in cell(columns.tags).split(TAG_SEPARATOR):
+        tag = tag.strip()
+        if len(tag) > _TAG_MAX:
+            raise _BadRow(
+                _title(columns, columns.tags), tag, f"tag longer than {_TAG_MAX} characters"
+            )
+        if tag:
+            tags.add(tag)
+
+    attributes: dict[str, str] = {}
+    for index, key in columns.attributes:
+        value = cell(index)
+        if value:
+            attributes[key] = _attribute_value(key, value)
+
+    return _Row(
+        phone=phone.e164,
+        name=name,
+        area_code=area_code,
+        carrier=phone.carrier,
+        converted=phone.converted,
+        attributes=attributes,
+        tags=tags,
+    )
+
+
+def _title(columns: _Columns, index: int | None) -> str:
+    return columns.header[index] if index is not None else ""
+
+
+def _attribute_value(key: str, value: str) -> str:
+    """A Vietnamese date (dd/mm/yyyy) becomes ISO so that templates and triggers can compute."""
+    match = _VN_DATE.fullmatch(value)
+    if match is None:
+        return value
+    day, month, year = (int(part) for part in match.groups())
+    try:
+        return date(year, month, day).isoformat()
+    except ValueError:
+        raise _BadRow(key, value, "impossible date (expected dd/mm/yyyy)") from None
+
+
+def _flush(
+    session: Session,
+    rows: Iterable[_Row],
+    now: datetime,
+    dry_run: bool,
+    seen: set[int],
+    report: ImportReport,
+) -> None:
+    batch = list(rows)
+    if not batch:
+        return
+    phones = [row.phone for row in batch]
+    # Asked before writing so that a dry run can tell what an import would insert and update.
+    existing = set(session.scalars(select(RECIPIENT.c.phone).where(RECIPIENT.c.phone.in_(phones))))
+    for phone in phones:
+        number = int(phone[1:])
+        if number in seen:
+            continue  # already counted for an earlier chunk
+        seen.add(number)
+        if phone in existing:
+            report.updated += 1
+        else:
+            report.inserted += 1
+    if dry_run:
+        return
+
+    ids = _upsert_recipients(session, batch, now)
+    tag_rows = [{"recipient_id": ids[row.phone], "tag": tag} for row in batch for tag in row.tags]
+    if tag_rows:
+        session.execute(_dialect_insert(session, RECIPIENT_TAG).on_conflict_do_nothing(), tag_rows)
+
+
+def _upsert_recipients(session: Session, batch: Sequence[_Row], now: datetime) -> dict[str, int]:
+    insert = _dialect_insert(session, RECIPIENT)
+    current, new = RECIPIENT.c, insert.excluded
+    merged_attributes: ColumnElement[Any]
+    if session.get_bind().dialect.name == "postgresql":
+        merged_attributes = current.attributes.op("||")(new.attributes)
+    else:
+        # RFC 7396 merge patch; it would delete keys whose new value is null, but the importer
+        # never stores null (empty cells are skipped).
+        merged_attributes = func.json_patch(current.attributes, new.attributes)
+    upsert = insert.on_conflict_do_update(
+        index_elements=[current.phone],
+        set_={
+            "name": func.coalesce(new.name, current.name),
+            "area_code": func.coalesce(new.area_code, current.area_code),
+            "carrier": new.carrier,
+            "phone_converted": new.phone_converted,
+            "attributes": merged_attributes,
+            "updated_at": new.updated_at,
+        },
+    ).returning(current.id, current.phone)
+    # A list of parameter sets makes this an executemany: the statement is compiled once and
+    # cached, and SQLAlchemy's "insertmanyvalues" sends the rows as multi-row VALUES batches.
+    # (Building one VALUES clause of a thousand rows by hand costs more to compile than to run.)
+    result = session.execute(
+        upsert,
+        [
+            {
+                "phone": row.phone,
+                "name": row.name,
+                "area_code": row.area_code,
+                "carrier": row.carrier,
+                "phone_converted": row.converted,
+                "attributes": row.attributes,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for row in batch
+        ],
+    )
+    return {phone: id_ for id_, phone in result}
+
+
+def _dialect_insert(session: Session, table: Table) -> postgresql.Insert | sqlite.Insert:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise InvalidInput(f"importing into a {dialect} database is not supported")
+
+
+# --- CSV reading, shared with the area import --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CsvTable:
+    header: list[str]
+    rows: Iterator[tuple[int, list[str]]]  # (physical line where the row starts, cells)
+
+
+def header_key(title: str) -> str:
+    """A header without accents, case or punctuation: "Số điện thoại" -> "so_dien_thoai"."""
+    decomposed = unicodedata.normalize("NFD", title.strip().replace("đ", "d").replace("Đ", "D"))
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+    return re.sub(r"[^0-9a-z]+", "_", plain).strip("_")
+
+
+@contextmanager
+def read_csv(path: Path) -> Iterator[CsvTable]:
+    """Open a UTF-8 CSV file (with or without BOM; comma, semicolon or tab) and stream its rows.
+
+    Blank lines are skipped. Raises ImportFileError, naming the file, when it is not CSV text.
+    """
+    display = str(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ImportFileError(f"cannot open {display}: {exc.strerror or exc}") from None
+    with handle:
+        _check_is_text(handle.read(_SNIFF_BYTES), display)
+        handle.seek(0)
+        lines = _decoded_lines(handle, display)
+        skipped = 0
+        first = ""
+        for first in lines:
+            if first.strip():
+                break
+            skipped += 1
+        if not first.strip():
+            raise ImportFileError(f"{display} is empty")
+        delimiter = max((",", ";", "\t"), key=first.count)
+        reader = csv.reader(chain([first], lines), delimiter=delimiter)
+        try:
+            header = next(reader)
+        except csv.Error as exc:
+            raise ImportFileError(f"{display}, line {skipped + 1}: not valid CSV ({exc})") from None
+        yield CsvTable(header=header, rows=_rows(reader, skipped, display))
+
+
+def _check_is_text(head: bytes, display: str) -> None:
+    if head.startswith(b"PK\x03\x04"):
+        raise ImportFileError(
+            f"{display} is a workbook (xlsx/ods), not CSV; save it as 'CSV UTF-8' first"
+        )
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ImportFileError(f"{display} is UTF-16 text; save it as 'CSV UTF-8' first")
+    if b"\x00" in head:
+        raise ImportFileError(f"{display} is not a CSV file (it contains binary data)")
+    if b"\r" in head and b"\n" not in head:
+        # Excel for Mac's "CSV (Macintosh)" ends lines with CR alone; rows would run together.
+        raise ImportFileError(
+            f"{display} ends its lines with CR only (old Mac format); save it as 'CSV UTF-8'"
+        )
+
+
+def _decoded_lines(handle: IO[bytes], display: str) -> Iterator[str]:
+    """The file's physical lines as text, decoded one by one so an error names the exact line."""
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        if b"\x00" in raw:
+            raise ImportFileError(
+                f"{display}, line {number}: binary data (NUL byte); not a CSV file"
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ImportFileError(
+                f"{display}, line {number}: not UTF-8 text (perhaps Windows-1258 or TCVN3); "
+                "save the file as 'CSV UTF-8'"
+            ) from None
+        yield text
+
+
+def _rows(reader: Any, skipped: int, display: str) -> Iterator[tuple[int, list[str]]]:
+    # csv.reader counts the lines it pulled (line_num), so a row starts one line after the end of
+    # the previous one however many lines a quoted cell spans.
+    previous_end = reader.line_num
+    try:
+        for cells in reader:
+            start = skipped + previous_end + 1
+            previous_end = reader.line_num
+            if any(cell.strip() for cell in cells):
+                yield start, cells
+    except csv.Error as exc:
+        raise ImportFileError(
+            f"{display}, line {skipped + reader.line_num}: not valid CSV ({exc})"
+        ) from None
