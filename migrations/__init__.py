@@ -1,1 +1,1 @@
-"""Alembic migrations. The same files run on SQLite and PostgreSQL; `loa db upgrade` applies them."""
+"""Alembic migrations, the same files for SQLite and PostgreSQL; `loa db upgrade` applies them."""

@@ -1,4 +1,4 @@
-"""Alembic environment. `loa db upgrade` passes its own connection; plain `alembic` uses the settings."""
+"""Alembic environment: `loa db upgrade` passes its connection; plain `alembic` uses settings."""
 
 from alembic import context
 from sqlmodel import SQLModel

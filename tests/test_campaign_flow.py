@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlmodel import col
 
 from channels.registry import channel_lookup
@@ -113,8 +113,8 @@ def test_wave_fires_at_its_time_and_every_message_goes_out_once(
 
     # Re-running the expansion of a fired wave inserts nothing new.
     with session_scope(engine) as session:
-        wave_id = session.scalars(select(Wave.id)).one()
-        session.execute(Wave.__table__.update().values(status="expanding"))  # type: ignore[attr-defined]
+        wave_id = next(iter(report.fired))
+        session.execute(update(Wave).values(status="expanding"))
     assert expand_wave(engine, wave_id, now=clock(), chunk_size=2) == 3
 
     assert (
@@ -127,7 +127,7 @@ def test_wave_fires_at_its_time_and_every_message_goes_out_once(
     )
 
     lines = _sink_lines(settings)
-    assert sorted(line["to"] for line in lines) == ["+84912000001", "+84912000002"]
+    assert sorted(str(line["to"]) for line in lines) == ["+84912000001", "+84912000002"]
     bodies = {line["to"]: line["body"] for line in lines}
     assert (
         bodies["+84912000002"] == "BHXH: Trần Thị Bình oi, thang 5 la Thang van dong BHXH toan dan."
@@ -139,8 +139,8 @@ def test_wave_fires_at_its_time_and_every_message_goes_out_once(
     with session_scope(engine) as session:
         stats = campaign_stats(session, campaign_id)
         events = session.execute(
-            select(DeliveryEvent.kind, DeliveryEvent.status, func.count()).group_by(
-                DeliveryEvent.kind, DeliveryEvent.status
+            select(col(DeliveryEvent.kind), col(DeliveryEvent.status), func.count()).group_by(
+                col(DeliveryEvent.kind), col(DeliveryEvent.status)
             )
         ).all()
         sent = session.scalars(
@@ -159,7 +159,7 @@ def test_wave_fires_at_its_time_and_every_message_goes_out_once(
     assert report.waves_done == [wave_id]
     assert report.campaigns_completed == [campaign_id]
     with session_scope(engine) as session:
-        actions = session.scalars(select(AuditEntry.action).order_by(col(AuditEntry.id))).all()
+        actions = session.scalars(select(col(AuditEntry.action)).order_by(col(AuditEntry.id))).all()
     assert actions == [
         "campaign.create",
         "campaign.approve",
@@ -252,4 +252,4 @@ def test_launch_is_refused_before_approval_and_for_a_time_that_has_passed(
         launch_campaign(session, campaign.id, actor="x", now=clock(), settings=settings)
     with session_scope(engine) as session:
         assert session.get(Campaign, campaign.id).status == "approved"  # type: ignore[union-attr]
-        assert session.scalars(select(Wave.fire_at)).all() == [None]
+        assert session.scalars(select(col(Wave.fire_at))).all() == [None]
