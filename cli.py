@@ -70,6 +70,9 @@ def _setup_logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Both log every routine step at INFO (each scheduler tick, each migration context).
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @click.group(cls=LoaGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -297,21 +300,22 @@ def stats(campaign_id: int, as_json: bool) -> None:
         f"campaign {result.campaign_id} {result.name!r}: {result.status}, {result.total} messages"
     )
     shown = [s for s, n in result.by_status.items() if n] or ["planned"]
-    rows = [["wave", *shown, "total"]]
+    rows = [["wave", "state", *shown, "total"]]
     for wave in result.waves:
         rows.append(
             [
                 f"{wave.wave_id} {wave.name}",
+                wave.status,
                 *(str(wave.by_status[s]) for s in shown),
                 str(wave.total),
             ]
         )
-    rows.append(["all waves", *(str(result.by_status[s]) for s in shown), str(result.total)])
+    rows.append(["all waves", "", *(str(result.by_status[s]) for s in shown), str(result.total)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo(
             "  ".join(
-                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
                 for i, cell in enumerate(row)
             )
         )

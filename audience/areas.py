@@ -11,7 +11,7 @@ from typing import Final, NoReturn
 
 from sqlmodel import Session, select
 
-from audience.importer import header_key, read_csv
+from audience.csvfile import header_key, read_csv
 from loa.errors import ImportFileError, InvalidInput
 from loa.models import Area, AreaLevel
 

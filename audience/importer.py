@@ -1,27 +1,24 @@
 """Importing recipients from the CSV files province offices keep, streamed and upserted in chunks.
 
-A bad row is reported and skipped; a file that is not CSV at all fails as a whole. The CSV reading
-helpers here (`read_csv`, `header_key`) are shared with the area import.
+A bad row is reported and skipped; a file that is not CSV at all fails as a whole.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from itertools import chain
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from sqlalchemy import ColumnElement, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel
 
+from audience.csvfile import header_key, read_csv
 from audience.phones import InvalidPhone, normalize_phone
 from loa.errors import ImportFileError, InvalidInput
 from loa.models import Area, Recipient, RecipientTag
@@ -54,8 +51,6 @@ TAG_SEPARATOR: Final = "|"
 _NAME_MAX: Final = 200  # the widths of the recipient and recipient_tag columns
 _TAG_MAX: Final = 64
 _VN_DATE: Final = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})", re.ASCII)
-# Enough to tell a binary file or a workbook from text before reading it line by line.
-_SNIFF_BYTES: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,102 +360,3 @@ def _dialect_insert(session: Session, table: Table) -> postgresql.Insert | sqlit
     if dialect == "sqlite":
         return sqlite.insert(table)
     raise InvalidInput(f"importing into a {dialect} database is not supported")
-
-
-# --- CSV reading, shared with the area import --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CsvTable:
-    header: list[str]
-    rows: Iterator[tuple[int, list[str]]]  # (physical line where the row starts, cells)
-
-
-def header_key(title: str) -> str:
-    """A header without accents, case or punctuation: "Số điện thoại" -> "so_dien_thoai"."""
-    decomposed = unicodedata.normalize("NFD", title.strip().replace("đ", "d").replace("Đ", "D"))
-    plain = "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
-    return re.sub(r"[^0-9a-z]+", "_", plain).strip("_")
-
-
-@contextmanager
-def read_csv(path: Path) -> Iterator[CsvTable]:
-    """Open a UTF-8 CSV file (with or without BOM; comma, semicolon or tab) and stream its rows.
-
-    Blank lines are skipped. Raises ImportFileError, naming the file, when it is not CSV text.
-    """
-    display = str(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise ImportFileError(f"cannot open {display}: {exc.strerror or exc}") from None
-    with handle:
-        _check_is_text(handle.read(_SNIFF_BYTES), display)
-        handle.seek(0)
-        lines = _decoded_lines(handle, display)
-        skipped = 0
-        first = ""
-        for first in lines:
-            if first.strip():
-                break
-            skipped += 1
-        if not first.strip():
-            raise ImportFileError(f"{display} is empty")
-        delimiter = max((",", ";", "\t"), key=first.count)
-        reader = csv.reader(chain([first], lines), delimiter=delimiter)
-        try:
-            header = next(reader)
-        except csv.Error as exc:
-            raise ImportFileError(f"{display}, line {skipped + 1}: not valid CSV ({exc})") from None
-        yield CsvTable(header=header, rows=_rows(reader, skipped, display))
-
-
-def _check_is_text(head: bytes, display: str) -> None:
-    if head.startswith(b"PK\x03\x04"):
-        raise ImportFileError(
-            f"{display} is a workbook (xlsx/ods), not CSV; save it as 'CSV UTF-8' first"
-        )
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise ImportFileError(f"{display} is UTF-16 text; save it as 'CSV UTF-8' first")
-    if b"\x00" in head:
-        raise ImportFileError(f"{display} is not a CSV file (it contains binary data)")
-    if b"\r" in head and b"\n" not in head:
-        # Excel for Mac's "CSV (Macintosh)" ends lines with CR alone; rows would run together.
-        raise ImportFileError(
-            f"{display} ends its lines with CR only (old Mac format); save it as 'CSV UTF-8'"
-        )
-
-
-def _decoded_lines(handle: IO[bytes], display: str) -> Iterator[str]:
-    """The file's physical lines as text, decoded one by one so an error names the exact line."""
-    for number, raw in enumerate(handle, start=1):
-        if number == 1 and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8) :]
-        if b"\x00" in raw:
-            raise ImportFileError(
-                f"{display}, line {number}: binary data (NUL byte); not a CSV file"
-            )
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ImportFileError(
-                f"{display}, line {number}: not UTF-8 text (perhaps Windows-1258 or TCVN3); "
-                "save the file as 'CSV UTF-8'"
-            ) from None
-        yield text
-
-
-def _rows(reader: Any, skipped: int, display: str) -> Iterator[tuple[int, list[str]]]:
-    # csv.reader counts the lines it pulled (line_num), so a row starts one line after the end of
-    # the previous one however many lines a quoted cell spans.
-    previous_end = reader.line_num
-    try:
-        for cells in reader:
-            start = skipped + previous_end + 1
-            previous_end = reader.line_num
-            if any(cell.strip() for cell in cells):
-                yield start, cells
-    except csv.Error as exc:
-        raise ImportFileError(
-            f"{display}, line {skipped + reader.line_num}: not valid CSV ({exc})"
-        ) from None

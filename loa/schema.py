@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -20,6 +21,7 @@ def _alembic_config() -> Config:
     return config
 
 
+@cache
 def head_revision() -> str:
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None, "migrations/versions has no revision"
@@ -38,10 +40,12 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def require_current(engine: Engine) -> None:
+def require_current(engine: Engine) -> str:
+    """The current revision, or SchemaOutOfDate when it is not the one this code needs."""
     current, head = current_revision(engine), head_revision()
     if current != head:
         raise SchemaOutOfDate(
             f"the database schema is at revision {current or 'none (empty database)'}, "
             f"this version of Loa needs {head}: run `loa db upgrade` first"
         )
+    return head

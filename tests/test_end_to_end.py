@@ -134,5 +134,6 @@ def test_sms_campaign_from_spec_to_stats(db_url: str, tmp_path: Path) -> None:
     assert "completed, 3 messages" in table
     assert table.splitlines()[1].split()[-2:] == ["sent", "total"]
     assert table.splitlines()[-1].split()[-2:] == ["3", "3"]
+    assert table.splitlines()[2].split()[-3] == "done"
     as_json = json.loads(run_loa("stats", str(campaign_id), "--json", env=env).stdout)
     assert as_json["by_status"] == stats["by_status"]

@@ -17,8 +17,7 @@ def health(engine: EngineDep) -> JSONResponse:
     database: dict[str, str | None] = {"backend": engine.dialect.name}
     try:
         check_database(engine)
-        database["revision"] = schema.current_revision(engine)
-        schema.require_current(engine)
+        database["revision"] = schema.require_current(engine)
         database["status"] = "ok"
     except LoaError as exc:
         database["status"] = "error"

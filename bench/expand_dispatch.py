@@ -1,0 +1,119 @@
+"""Benchmark: expanding one wave into the outbox, then dispatching it through the console channel.
+
+    .venv/bin/python bench/expand_dispatch.py --recipients 200000 --runs 3 \
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/loa_bench]
+
+Each run starts from a fresh database (SQLite file in a temp dir, or the PostgreSQL database named
+in the URL, dropped and recreated), loads N recipients with one set-based statement, then times
+`expand_wave` and a single `dispatch_once` loop until the outbox is drained. Prints medians and
+the peak resident memory of the process (expansion should not grow with N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from channels.registry import channel_lookup
+from loa import schema
+from loa.db import make_engine, session_scope
+from loa.settings import Settings
+from scheduler.dispatch import dispatch_once
+from scheduler.expand import expand_wave
+from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
+from scheduler.spec import validate_spec
+
+T0 = datetime(2026, 5, 8, 0, 0, tzinfo=UTC)
+
+
+def _fresh_settings(url: str | None, tmp: Path, batch: int) -> Settings:
+    if url is None:
+        url = f"sqlite:///{tmp / 'bench.db'}"
+    else:
+        parsed = make_url(url)
+        admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+        admin.dispose()
+    return Settings(database_url=url, data_dir=tmp, console_sink=Path("/dev/null"),
+                    worker_batch_size=batch)
+
+
+def _load_recipients(engine, n: int) -> None:  # type: ignore[no-untyped-def]
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO area (code, name, level, parent_code, path) VALUES "
+                          "('42', 'Hà Tĩnh', 'province', NULL, '/42/'), "
+                          "('18301', 'Xã A', 'commune', '42', '/42/18301/')"))
+        series = ("SELECT generate_series(1, :n) AS i" if engine.dialect.name == "postgresql" else
+                  "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) "
+                  "SELECT i FROM s")
+        conn.execute(text(
+            "INSERT INTO recipient (phone, name, area_code, carrier, phone_converted, attributes, "
+            "created_at, updated_at) SELECT '+8491' || substr('0000000' || i, -7, 7), "
+            "'Nguyễn Văn ' || i, '18301', 'Viettel', false, '{}', :t, :t FROM (" + series + ") s"
+        ), {"n": n, "t": T0})
+
+
+def one_run(url: str | None, n: int, batch: int) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = _fresh_settings(url, Path(tmp), batch)
+        engine = make_engine(settings)
+        schema.upgrade(engine)
+        _load_recipients(engine, n)
+        spec = validate_spec({"name": "bench", "waves": [{
+            "name": "w", "channel": "sms", "at": "2026-05-08 07:30",
+            "audience": {"areas": ["42"]}, "template": "BHXH: {{ name }} oi, thang 5."}]},
+            source="bench")
+        with session_scope(engine) as session:
+            campaign = create_campaign(session, spec=spec, actor="bench", now=T0, settings=settings)
+            assert campaign.id is not None
+            approve_campaign(session, campaign.id, actor="bench", now=T0)
+            launch_campaign(session, campaign.id, actor="bench", now=T0, settings=settings)
+        fire = T0 + timedelta(hours=1)
+
+        started = time.perf_counter()
+        rows = expand_wave(engine, 1, now=fire, chunk_size=settings.expansion_chunk_size)
+        expand_s = time.perf_counter() - started
+        assert rows == n, rows
+
+        lookup = channel_lookup(settings)
+        started = time.perf_counter()
+        sent = 0
+        while claimed := dispatch_once(engine, worker_id="bench", clock=lambda: fire,
+                                       settings=settings, channel_for=lookup):
+            sent += claimed
+        dispatch_s = time.perf_counter() - started
+        assert sent == n, sent
+        engine.dispose()
+        return expand_s, dispatch_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    results = [one_run(args.database_url, args.recipients, args.batch) for _ in range(args.runs)]
+    expand = statistics.median(r[0] for r in results)
+    dispatch = statistics.median(r[1] for r in results)
+    backend = "postgresql" if args.database_url else "sqlite"
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{backend}: {args.recipients} recipients, {args.runs} runs (median), batch {args.batch}")
+    print(f"  expand   {expand:8.2f} s  {args.recipients / expand:10.0f} rows/s")
+    print(f"  dispatch {dispatch:8.2f} s  {args.recipients / dispatch:10.0f} messages/s")
+    print(f"  peak RSS {peak_mb:8.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
