@@ -122,7 +122,11 @@ def claim_batch(
     claimed_ids = list(
         session.scalars(
             update(OutboxMessage)
-            .where(col(OutboxMessage.id).in_(due.scalar_subquery()))
+            # The status again: PostgreSQL re-checks the outer condition on a row changed meanwhile.
+            .where(
+                col(OutboxMessage.id).in_(due.scalar_subquery()),
+                col(OutboxMessage.status) == MessageStatus.PLANNED,
+            )
             .values(
                 status=MessageStatus.CLAIMED,
                 lease_owner=worker_id,
