@@ -53,12 +53,15 @@ def _load_recipients(engine, n: int) -> None:  # type: ignore[no-untyped-def]
         conn.execute(text("INSERT INTO area (code, name, level, parent_code, path) VALUES "
                           "('42', 'Hà Tĩnh', 'province', NULL, '/42/'), "
                           "('18301', 'Xã A', 'commune', '42', '/42/18301/')"))
-        series = ("SELECT generate_series(1, :n) AS i" if engine.dialect.name == "postgresql" else
-                  "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) "
-                  "SELECT i FROM s")
+        if engine.dialect.name == "postgresql":
+            series, digits = "SELECT generate_series(1, :n) AS i", "lpad(i::text, 7, '0')"
+        else:
+            series = ("WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) "
+                      "SELECT i FROM s")
+            digits = "printf('%07d', i)"
         conn.execute(text(
             "INSERT INTO recipient (phone, name, area_code, carrier, phone_converted, attributes, "
-            "created_at, updated_at) SELECT '+8491' || substr('0000000' || i, -7, 7), "
+            f"created_at, updated_at) SELECT '+8491' || {digits}, "
             "'Nguyễn Văn ' || i, '18301', 'Viettel', false, '{}', :t, :t FROM (" + series + ") s"
         ), {"n": n, "t": T0})
 
