@@ -56,8 +56,8 @@ def _load_recipients(engine, n: int) -> None:  # type: ignore[no-untyped-def]
         if engine.dialect.name == "postgresql":
             series, digits = "SELECT generate_series(1, :n) AS i", "lpad(i::text, 7, '0')"
         else:
-            series = ("WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) "
-                      "SELECT i FROM s")
+            series = ("WITH RECURSIVE s(i) AS "
+                      "(SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) SELECT i FROM s")
             digits = "printf('%07d', i)"
         conn.execute(text(
             "INSERT INTO recipient (phone, name, area_code, carrier, phone_converted, attributes, "

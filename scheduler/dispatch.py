@@ -72,6 +72,23 @@ def _event(
     }
 
 
+# What a bulk status change returns: enough to write its delivery events.
+_MOVED = (col(OutboxMessage.id), col(OutboxMessage.wave_id), col(OutboxMessage.channel))
+
+
+def _record_moves(
+    session: Session, moved: Sequence[Any], status: MessageStatus, now: datetime, detail: str
+) -> None:
+    if moved:
+        session.execute(
+            insert(DeliveryEvent),
+            [
+                _event(m.id, m.wave_id, m.channel, "status", status, now, detail=detail)
+                for m in moved
+            ],
+        )
+
+
 def release_expired_leases(session: Session, *, now: datetime) -> None:
     """Claims of a vanished worker go back to `planned`; its sends in flight become `unknown`."""
     expired = col(OutboxMessage.lease_expires_at) < now
@@ -86,24 +103,16 @@ def release_expired_leases(session: Session, *, now: datetime) -> None:
         update(OutboxMessage)
         .where(col(OutboxMessage.status) == MessageStatus.SENDING, expired)
         .values(status=MessageStatus.UNKNOWN, lease_expires_at=None, updated_at=now)
-        .returning(col(OutboxMessage.id), col(OutboxMessage.wave_id), col(OutboxMessage.channel))
+        .returning(*_MOVED)
     ).all()
+    _record_moves(
+        session,
+        lost,
+        MessageStatus.UNKNOWN,
+        now,
+        "worker lease expired during send; outcome unknown",
+    )
     if lost:
-        session.execute(
-            insert(DeliveryEvent),
-            [
-                _event(
-                    m.id,
-                    m.wave_id,
-                    m.channel,
-                    "status",
-                    MessageStatus.UNKNOWN,
-                    now,
-                    detail="worker lease expired during send; outcome unknown",
-                )
-                for m in lost
-            ],
-        )
         log.warning("lease expired on %d message(s) being sent; marked unknown", len(lost))
 
 
@@ -154,24 +163,9 @@ def claim_batch(
         .values(
             status=MessageStatus.SUPPRESSED, lease_owner=None, lease_expires_at=None, updated_at=now
         )
-        .returning(col(OutboxMessage.id), col(OutboxMessage.wave_id), col(OutboxMessage.channel))
+        .returning(*_MOVED)
     ).all()
-    if suppressed:
-        session.execute(
-            insert(DeliveryEvent),
-            [
-                _event(
-                    m.id,
-                    m.wave_id,
-                    m.channel,
-                    "status",
-                    MessageStatus.SUPPRESSED,
-                    now,
-                    detail="suppressed at send time",
-                )
-                for m in suppressed
-            ],
-        )
+    _record_moves(session, suppressed, MessageStatus.SUPPRESSED, now, "suppressed at send time")
 
     rows = session.execute(
         select(

@@ -5,9 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlmodel import Session
 
+from loa.db import session_scope
 from loa.models import Area, Recipient, RecipientTag
+from loa.settings import Settings
+from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
+from scheduler.spec import validate_spec
 
 # Hà Tĩnh (42) > Đức Thọ (440) > two communes; Nghệ An (40) > one commune elsewhere.
 AREAS = [
@@ -52,3 +57,14 @@ def add_recipient(
         session.add(RecipientTag(recipient_id=recipient.id, tag=tag))
     session.flush()
     return recipient
+
+
+def launch(engine: Engine, raw_spec: dict[str, Any], settings: Settings, now: datetime) -> int:
+    """Create, approve and launch a campaign from a spec; return its id."""
+    with session_scope(engine) as session:
+        campaign = create_campaign(session, spec=validate_spec(raw_spec, source="test"),
+                                   actor="planner", now=now, settings=settings)
+        assert campaign.id is not None
+        approve_campaign(session, campaign.id, actor="approver", now=now)
+        launch_campaign(session, campaign.id, actor="approver", now=now, settings=settings)
+        return campaign.id

@@ -29,7 +29,7 @@ from scheduler.lifecycle import approve_campaign, create_campaign, launch_campai
 from scheduler.spec import validate_spec
 from scheduler.tick import run_tick
 from stats.campaign import campaign_stats
-from tests.builders import add_areas, add_recipient
+from tests.builders import add_areas, add_recipient, launch
 from tests.conftest import FakeClock
 
 SPEC = {
@@ -50,18 +50,7 @@ FIRE_AT = datetime(2026, 5, 8, 0, 30, tzinfo=UTC)
 
 
 def _launch(engine: Engine, settings: Settings, clock: FakeClock) -> int:
-    with session_scope(engine) as session:
-        campaign = create_campaign(
-            session,
-            spec=validate_spec(SPEC, source="test"),
-            actor="planner",
-            now=clock(),
-            settings=settings,
-        )
-        assert campaign.id is not None
-        approve_campaign(session, campaign.id, actor="approver", now=clock())
-        launch_campaign(session, campaign.id, actor="approver", now=clock(), settings=settings)
-        return campaign.id
+    return launch(engine, SPEC, settings, clock())
 
 
 @pytest.fixture

@@ -18,10 +18,8 @@ from loa.models import DeliveryEvent, OutboxMessage
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once
 from scheduler.leader import FileLeadership, leadership_for
-from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
-from scheduler.spec import validate_spec
 from scheduler.tick import run_tick
-from tests.builders import add_areas, add_recipient
+from tests.builders import add_areas, add_recipient, launch
 from tests.conftest import FakeClock
 
 RECIPIENTS = 400
@@ -36,13 +34,9 @@ def test_concurrent_workers_send_each_message_exactly_once(
         add_areas(session)
         for i in range(RECIPIENTS):
             add_recipient(session, f"+8491{i:07d}", now=clock())
-        wave = {"name": "W", "channel": "sms", "at": "2026-05-08 07:30",
-                "audience": {"areas": ["42"]}, "template": "Chao {{ name }}"}
-        spec = validate_spec({"name": "C", "waves": [wave]}, source="test")
-        campaign = create_campaign(session, spec=spec, actor="p", now=clock(), settings=settings)
-        assert campaign.id is not None
-        approve_campaign(session, campaign.id, actor="a", now=clock())
-        launch_campaign(session, campaign.id, actor="a", now=clock(), settings=settings)
+    wave = {"name": "W", "channel": "sms", "at": "2026-05-08 07:30",
+            "audience": {"areas": ["42"]}, "template": "Chao {{ name }}"}
+    launch(engine, {"name": "C", "waves": [wave]}, settings, clock())
     fire = datetime(2026, 5, 8, 0, 30, tzinfo=UTC)
     run_tick(engine, now=fire, chunk_size=1000)
 
