@@ -14,12 +14,12 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, func, select
 from sqlmodel import Session, SQLModel
 
 from audience.csvfile import header_key, read_csv
 from audience.phones import InvalidPhone, normalize_phone
+from loa.db import upsert_insert
 from loa.errors import ImportFileError, InvalidInput
 from loa.models import Area, Recipient, RecipientTag
 
@@ -307,11 +307,13 @@ def _flush(
     ids = _upsert_recipients(session, batch, now)
     tag_rows = [{"recipient_id": ids[row.phone], "tag": tag} for row in batch for tag in row.tags]
     if tag_rows:
-        session.execute(_dialect_insert(session, RECIPIENT_TAG).on_conflict_do_nothing(), tag_rows)
+        session.execute(
+            upsert_insert(session.connection(), RECIPIENT_TAG).on_conflict_do_nothing(), tag_rows
+        )
 
 
 def _upsert_recipients(session: Session, batch: Sequence[_Row], now: datetime) -> dict[str, int]:
-    insert = _dialect_insert(session, RECIPIENT)
+    insert = upsert_insert(session.connection(), RECIPIENT)
     current, new = RECIPIENT.c, insert.excluded
     merged_attributes: ColumnElement[Any]
     if session.get_bind().dialect.name == "postgresql":
@@ -351,12 +353,3 @@ def _upsert_recipients(session: Session, batch: Sequence[_Row], now: datetime) -
         ],
     )
     return {phone: id_ for id_, phone in result}
-
-
-def _dialect_insert(session: Session, table: Table) -> postgresql.Insert | sqlite.Insert:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise InvalidInput(f"importing into a {dialect} database is not supported")

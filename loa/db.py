@@ -8,7 +8,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, create_engine, event, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    Table,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -110,6 +122,13 @@ def check_database(engine: Engine) -> None:
         raise DatabaseUnavailable(
             f"cannot reach the database {redacted(str(engine.url))}: {reason}"
         ) from None
+
+
+def upsert_insert(bind: Engine | Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's own INSERT: it has ON CONFLICT DO NOTHING / DO UPDATE, the generic one not."""
+    if bind.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 @contextmanager

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Engine, Insert, case, exists, func, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, case, exists, func, literal, select, update
 from sqlmodel import Session, col
 
 from audience.resolve import audience_condition
-from loa.db import session_scope
+from loa.db import session_scope, upsert_insert
 from loa.models import MessageStatus, OutboxMessage, Recipient, Suppression, Wave, WaveStatus
 
 _COLUMNS = (
@@ -29,14 +28,6 @@ _COLUMNS = (
     "created_at",
     "updated_at",
 )
-
-
-def _insert_ignoring_existing(session: Session) -> Insert:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(OutboxMessage).on_conflict_do_nothing(
-        index_elements=["wave_id", "recipient_id", "channel"]
-    )
 
 
 def _expand_chunk(
@@ -72,7 +63,10 @@ def _expand_chunk(
         literal(now, table.c.created_at.type),
         literal(now, table.c.updated_at.type),
     ).where(audience, col(Recipient.id) > after_id, col(Recipient.id) <= upto)
-    session.execute(_insert_ignoring_existing(session).from_select(_COLUMNS, rows))
+    insert = upsert_insert(session.connection(), table).on_conflict_do_nothing(
+        index_elements=["wave_id", "recipient_id", "channel"]
+    )
+    session.execute(insert.from_select(_COLUMNS, rows))
     return int(upto)
 
 
