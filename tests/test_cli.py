@@ -110,3 +110,23 @@ def test_a_bad_setting_is_named(tmp_path: Path) -> None:
     result = run_loa("serve", env=env, check=False)
     assert result.returncode == 1
     assert "LOA_PORT" in result.stderr
+
+
+def test_a_file_that_is_not_csv_fails_cleanly_and_imports_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    from loa.models import Recipient
+
+    workbook = tmp_path / "danh_sach.xlsx"
+    workbook.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    result = run_loa(
+        "recipients", "import", str(workbook), env=loa_env(db_url, tmp_path), check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: {workbook} is a workbook (xlsx/ods), not CSV; save it as 'CSV UTF-8' first"
+    )
+    engine = make_engine(Settings(database_url=db_url, data_dir=tmp_path))
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Recipient)) == 0
+    engine.dispose()
