@@ -53,6 +53,12 @@ def _launch(engine: Engine, settings: Settings, clock: FakeClock) -> int:
     return launch(engine, SPEC, settings, clock())
 
 
+def _launch_and_fire(engine: Engine, settings: Settings, clock: FakeClock) -> None:
+    _launch(engine, settings, clock)
+    clock.now = FIRE_AT
+    run_tick(engine, now=clock(), chunk_size=100)
+
+
 @pytest.fixture
 def audience(engine: Engine, clock: FakeClock) -> None:
     with session_scope(engine) as session:
@@ -162,9 +168,7 @@ def test_wave_fires_at_its_time_and_every_message_goes_out_once(
 def test_opt_out_after_expansion_stops_the_message_at_send_time(
     engine: Engine, settings: Settings, clock: FakeClock
 ) -> None:
-    _launch(engine, settings, clock)
-    clock.now = FIRE_AT
-    run_tick(engine, now=clock(), chunk_size=100)
+    _launch_and_fire(engine, settings, clock)
     with session_scope(engine) as session:
         session.add(Suppression(phone="+84912000001", reason="opt_out", created_at=clock()))
     dispatch_once(
@@ -186,9 +190,7 @@ def test_a_dead_workers_claims_return_and_its_sends_become_unknown_never_resent(
 ) -> None:
     from scheduler.dispatch import begin_sending, claim_batch
 
-    _launch(engine, settings, clock)
-    clock.now = FIRE_AT
-    run_tick(engine, now=clock(), chunk_size=100)
+    _launch_and_fire(engine, settings, clock)
     with session_scope(engine) as session:
         claimed = claim_batch(session, worker_id="dead", now=clock(), lease_seconds=60, limit=10)
         # The dead worker had told the database it was sending the first one, then vanished.
