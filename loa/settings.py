@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # Campaign rules.
     default_timezone: str = "Asia/Ho_Chi_Minh"
     require_approval: bool = True
+    # Four-eyes: the approver must be someone other than the campaign's author.
+    four_eyes_approval: bool = False
 
     # Scheduler: how often the active scheduler looks for due waves, and how many
     # recipients one expansion statement inserts (memory stays bounded by this).
