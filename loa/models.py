@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy import Column, ForeignKey, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from loa.db import BigId, JsonDoc, UTCDateTime
@@ -65,6 +65,15 @@ FINAL_MESSAGE_STATUSES = frozenset(
         MessageStatus.CANCELLED,
     }
 )
+
+
+# Predicates of the outbox's partial indexes; scheduler/dispatch.py uses the same text.
+PLANNED_ONLY = "status = 'planned'"
+IN_FLIGHT_ONLY = "status IN ('claimed', 'sending')"
+
+
+def _where(predicate: str) -> dict[str, Any]:
+    return {"postgresql_where": text(predicate), "sqlite_where": text(predicate)}
 
 
 class Area(SQLModel, table=True):
@@ -179,11 +188,14 @@ class OutboxMessage(SQLModel, table=True):
         UniqueConstraint(
             "wave_id", "recipient_id", "channel", name="uq_outbox_wave_recipient_channel"
         ),
-        Index("ix_outbox_status_due", "status", "due_at"),  # the dispatcher's claim
-        Index("ix_outbox_status_lease", "status", "lease_expires_at"),  # expired leases
+        # Partial indexes for the dispatcher: a row leaving `planned` (or its lease) adds no entry
+        # to them, which matters because every status change of a message is a new row version.
+        # Queries must repeat the predicate with literal values for either database to use them.
+        Index("ix_outbox_due", "due_at", "id", **_where(PLANNED_ONLY)),  # the claim
+        Index("ix_outbox_lease", "lease_expires_at", **_where(IN_FLIGHT_ONLY)),  # expired leases
         Index("ix_outbox_wave_status", "wave_id", "status"),  # progress and stats per wave
         Index("ix_outbox_recipient", "recipient_id"),  # per-recipient caps and suppression
-        Index("ix_outbox_provider_id", "provider_id"),  # provider callbacks
+        Index("ix_outbox_provider_id", "provider_id", **_where("provider_id IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)

@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     lease_seconds: int = Field(default=120, ge=5)
     max_attempts: int = Field(default=5, ge=1)
-    retry_after_seconds: int = Field(default=60, ge=0)
+    # Transient failures are retried after base * 2^(attempt-1) seconds (jittered), at most max.
+    retry_base_seconds: float = Field(default=30, ge=0)
+    retry_max_seconds: float = Field(default=3600, ge=0)
 
     log_level: str = "INFO"
 

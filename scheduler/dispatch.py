@@ -11,23 +11,51 @@ expires. One that dies between 2 and 3 leaves `sending` rows; after the lease th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import random
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Text,
+    bindparam,
+    case,
+    cast,
+    column,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
 from channels.base import Channel, Outcome, OutgoingMessage, SendResult
 from loa.clock import Clock
-from loa.db import session_scope
-from loa.models import DeliveryEvent, MessageStatus, OutboxMessage, Recipient, Suppression, Wave
+from loa.db import UTCDateTime, session_scope
+from loa.models import (
+    IN_FLIGHT_ONLY,
+    PLANNED_ONLY,
+    DeliveryEvent,
+    MessageStatus,
+    OutboxMessage,
+    Recipient,
+    Suppression,
+    Wave,
+)
 from loa.settings import Settings
+from scheduler.backoff import retry_delay
 from templates.render import TemplateProblem, render
 
 log = logging.getLogger(__name__)
@@ -46,6 +74,7 @@ class ClaimedMessage:
     name: str | None
     attributes: dict[str, Any]
     template: str
+    attempts: int  # attempts made before this claim
 
 
 def _event(
@@ -90,21 +119,26 @@ def _record_moves(
 
 
 def release_expired_leases(session: Session, *, now: datetime) -> None:
-    """Claims of a vanished worker go back to `planned`; its sends in flight become `unknown`."""
-    expired = col(OutboxMessage.lease_expires_at) < now
-    session.execute(
-        update(OutboxMessage)
-        .where(col(OutboxMessage.status) == MessageStatus.CLAIMED, expired)
+    """Claims of a vanished worker go back to `planned`; its sends in flight become `unknown`.
+
+    One statement over the lease index. A `sending` row keeps its lease owner, so that a late
+    answer from that worker can still resolve it (see record_results)."""
+    outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
+    was_claimed = outbox.c.status == MessageStatus.CLAIMED.value
+    moved = session.execute(
+        update(outbox)
+        .where(text(IN_FLIGHT_ONLY), outbox.c.lease_expires_at < now)
         .values(
-            status=MessageStatus.PLANNED, lease_owner=None, lease_expires_at=None, updated_at=now
+            status=case(
+                (was_claimed, MessageStatus.PLANNED.value), else_=MessageStatus.UNKNOWN.value
+            ),
+            lease_owner=case((was_claimed, None), else_=outbox.c.lease_owner),
+            lease_expires_at=None,
+            updated_at=now,
         )
-    )
-    lost = session.execute(
-        update(OutboxMessage)
-        .where(col(OutboxMessage.status) == MessageStatus.SENDING, expired)
-        .values(status=MessageStatus.UNKNOWN, lease_expires_at=None, updated_at=now)
-        .returning(*_MOVED)
+        .returning(outbox.c.id, outbox.c.wave_id, outbox.c.channel, outbox.c.status)
     ).all()
+    lost = [m for m in moved if m.status == MessageStatus.UNKNOWN]
     _record_moves(
         session,
         lost,
@@ -121,7 +155,7 @@ def claim_batch(
 ) -> list[ClaimedMessage]:
     due = (
         select(col(OutboxMessage.id))
-        .where(col(OutboxMessage.status) == MessageStatus.PLANNED, col(OutboxMessage.due_at) <= now)
+        .where(text(PLANNED_ONLY), col(OutboxMessage.due_at) <= now)
         .order_by(col(OutboxMessage.due_at), col(OutboxMessage.id))
         .limit(limit)
         # Concurrent workers on PostgreSQL skip each other's rows instead of queueing behind them;
@@ -134,7 +168,7 @@ def claim_batch(
             # The status again: PostgreSQL re-checks the outer condition on a row changed meanwhile.
             .where(
                 col(OutboxMessage.id).in_(due.scalar_subquery()),
-                col(OutboxMessage.status) == MessageStatus.PLANNED,
+                text(PLANNED_ONLY),
             )
             .values(
                 status=MessageStatus.CLAIMED,
@@ -176,6 +210,7 @@ def claim_batch(
             col(Recipient.name),
             col(Recipient.attributes),
             col(Wave.body),
+            col(OutboxMessage.attempts),
         )
         .join(Recipient, col(Recipient.id) == col(OutboxMessage.recipient_id))
         .join(Wave, col(Wave.id) == col(OutboxMessage.wave_id))
@@ -186,7 +221,8 @@ def claim_batch(
         .order_by(col(OutboxMessage.id))
     ).all()
     return [
-        ClaimedMessage(r[0], r[1], r[2], r[3], r[4], dict(r[5] or {}), r[6] or "") for r in rows
+        ClaimedMessage(r[0], r[1], r[2], r[3], r[4], dict(r[5] or {}), r[6] or "", r[7])
+        for r in rows
     ]
 
 
@@ -208,21 +244,33 @@ def _render_all(
 def begin_sending(
     session: Session, ready: Sequence[ClaimedMessage], *, worker_id: str, now: datetime
 ) -> None:
+    """claimed -> sending and one `attempt` event each: two statements for the whole batch."""
     if not ready:
         return
+    ids = [m.id for m in ready]
+    mine = (
+        col(OutboxMessage.id).in_(ids),
+        col(OutboxMessage.lease_owner) == worker_id,
+    )
     session.execute(
         update(OutboxMessage)
-        .where(
-            col(OutboxMessage.id).in_([m.id for m in ready]),
-            col(OutboxMessage.lease_owner) == worker_id,
-        )
+        .where(*mine, col(OutboxMessage.status) == MessageStatus.CLAIMED)
         .values(
             status=MessageStatus.SENDING, attempts=col(OutboxMessage.attempts) + 1, updated_at=now
         )
     )
     session.execute(
-        insert(DeliveryEvent),
-        [_event(m.id, m.wave_id, m.channel, "attempt", MessageStatus.SENDING, now) for m in ready],
+        insert(DeliveryEvent).from_select(
+            ["message_id", "wave_id", "channel", "kind", "status", "occurred_at"],
+            select(
+                col(OutboxMessage.id),
+                col(OutboxMessage.wave_id),
+                col(OutboxMessage.channel),
+                literal("attempt"),
+                literal(MessageStatus.SENDING.value),
+                literal(now, UTCDateTime()),
+            ).where(*mine, col(OutboxMessage.status) == MessageStatus.SENDING),
+        )
     )
 
 
@@ -236,90 +284,142 @@ def _new_status(result: SendResult, attempts: int, max_attempts: int) -> Message
     return MessageStatus.PLANNED if attempts < max_attempts else MessageStatus.FAILED
 
 
+_RESULT_COLUMNS: dict[str, Any] = {
+    "id": BigInteger(),
+    "status": Text(),
+    "provider_id": Text(),
+    "error_code": Text(),
+    "detail": Text(),
+    "due_at": Text(),
+}
+
+
+def _results_table(session: Session, rows: list[dict[str, Any]]) -> Any:
+    """The batch's outcomes as a table the database reads from one JSON parameter.
+
+    One statement for a whole batch instead of one per message: dispatch is bound by round trips.
+    Dialect-specific because SQLAlchemy has no portable "table from JSON".
+    """
+    payload = bindparam("results", json.dumps(rows), type_=Text())
+    if session.get_bind().dialect.name == "postgresql":
+        return (
+            func.jsonb_to_recordset(cast(payload, JSONB))
+            .table_valued(*(column(name, type_) for name, type_ in _RESULT_COLUMNS.items()))
+            .render_derived(name="r", with_types=True)
+        )
+    each = func.json_each(payload).table_valued("value")
+    return select(
+        *(func.json_extract(each.c.value, f"$.{name}").label(name) for name in _RESULT_COLUMNS)
+    ).subquery("r")
+
+
 def record_results(
     session: Session,
     results: Sequence[SendResult],
-    claimed: dict[int, ClaimedMessage],
+    attempts: Mapping[int, int],
     *,
     worker_id: str,
     now: datetime,
     settings: Settings,
+    rng: random.Random | None = None,
 ) -> None:
+    """Write each outcome to its outbox row and as a `status` event: two statements per batch.
+    `attempts` maps each message to the attempts made so far, this one included."""
     if not results:
         return
-    attempts = dict(
-        session.execute(
-            select(col(OutboxMessage.id), col(OutboxMessage.attempts)).where(
-                col(OutboxMessage.id).in_([r.message_id for r in results])
-            )
-        ).all()
-    )
-    updates, events = [], []
+    dialect = session.get_bind().dialect
+    # Exactly as SQLAlchemy stores timestamps on this dialect (SQLite compares them as text).
+    as_stored = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    rows = []
     for result in results:
-        message = claimed[result.message_id]
         tries = attempts.get(result.message_id, 0)
         status = _new_status(result, tries, settings.max_attempts)
-        retry = timedelta(
-            seconds=result.retry_after
-            if result.retry_after is not None
-            else settings.retry_after_seconds
-        )
-        updates.append(
+        detail = result.detail
+        due_at = None
+        if status == MessageStatus.PLANNED:
+            delay = retry_delay(
+                tries,
+                base_seconds=settings.retry_base_seconds,
+                max_seconds=settings.retry_max_seconds,
+                provider_hint=result.retry_after,
+                rng=rng,
+            )
+            stored = as_stored(now + timedelta(seconds=delay)) if as_stored else None
+            due_at = stored.isoformat() if isinstance(stored, datetime) else stored
+        elif status == MessageStatus.FAILED and result.outcome == Outcome.TRANSIENT:
+            detail = f"gave up after {tries} attempts: {detail or result.error_code}"
+        rows.append(
             {
-                "b_id": result.message_id,
-                "b_status": status,
-                "b_provider_id": result.provider_id,
-                "b_error_code": result.error_code,
-                "b_due_at": now + retry if status == MessageStatus.PLANNED else None,
-                "b_sent_at": now if status == MessageStatus.SENT else None,
+                "id": result.message_id,
+                "status": status.value,
+                "provider_id": result.provider_id,
+                "error_code": result.error_code,
+                "detail": detail,
+                "due_at": due_at,
             }
         )
-        detail = result.detail
-        if status == MessageStatus.FAILED and result.outcome == Outcome.TRANSIENT:
-            detail = f"gave up after {tries} attempts: {detail or result.error_code}"
-        events.append(
-            _event(
-                message.id,
-                message.wave_id,
-                message.channel,
-                "status",
-                status,
-                now,
-                result.provider_id,
-                result.error_code,
-                detail,
-            )
-        )
-    table = OutboxMessage.__table__  # type: ignore[attr-defined]
+    r = _results_table(session, rows)
+    outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
+    due_at_value = (
+        func.coalesce(cast(r.c.due_at, outbox.c.due_at.type), outbox.c.due_at)
+        if dialect.name == "postgresql"
+        else func.coalesce(r.c.due_at, outbox.c.due_at)
+    )
+    # A bare `status` lets both planners walk the status index and scan the whole JSON list for
+    # each row found (quadratic in the batch: 250,000 comparisons for 500 rows). As an expression
+    # it cannot use that index, so they read the list once and look each row up by primary key.
+    in_flight_status = outbox.c.status.concat("")
     # Only this worker's rows still in flight move: a final status is never overwritten, and a row
     # the lease reaper marked `unknown` meanwhile is resolved by the answer we did get.
     session.execute(
-        update(table)
+        update(outbox)
         .where(
-            table.c.id == bindparam("b_id"),
-            table.c.lease_owner == worker_id,
-            # OR of equalities, not IN: an expanding IN list cannot be used with executemany.
-            or_(
-                *(
-                    table.c.status == s
-                    for s in (MessageStatus.CLAIMED, MessageStatus.SENDING, MessageStatus.UNKNOWN)
-                )
+            outbox.c.id == r.c.id,
+            outbox.c.lease_owner == worker_id,
+            in_flight_status.in_(
+                [MessageStatus.CLAIMED, MessageStatus.SENDING, MessageStatus.UNKNOWN]
             ),
         )
         .values(
-            status=bindparam("b_status"),
-            provider_id=bindparam("b_provider_id"),
-            error_code=bindparam("b_error_code"),
-            due_at=func.coalesce(bindparam("b_due_at", type_=table.c.due_at.type), table.c.due_at),
-            sent_at=bindparam("b_sent_at", type_=table.c.sent_at.type),
+            status=r.c.status,
+            provider_id=r.c.provider_id,
+            error_code=r.c.error_code,
+            due_at=due_at_value,
+            sent_at=case(
+                (r.c.status == MessageStatus.SENT.value, literal(now, UTCDateTime())),
+                else_=outbox.c.sent_at,
+            ),
             lease_owner=None,
             lease_expires_at=None,
             updated_at=now,
         )
-        .execution_options(synchronize_session=False),
-        updates,
     )
-    session.execute(insert(DeliveryEvent), events)
+    session.execute(
+        insert(DeliveryEvent).from_select(
+            [
+                "message_id",
+                "wave_id",
+                "channel",
+                "kind",
+                "status",
+                "provider_id",
+                "error_code",
+                "detail",
+                "occurred_at",
+            ],
+            select(
+                outbox.c.id,
+                outbox.c.wave_id,
+                outbox.c.channel,
+                literal("status"),
+                r.c.status,
+                r.c.provider_id,
+                r.c.error_code,
+                r.c.detail,
+                literal(now, UTCDateTime()),
+            ).where(outbox.c.id == r.c.id),
+        )
+    )
 
 
 def dispatch_once(
@@ -342,12 +442,16 @@ def dispatch_once(
         )
     if not claimed:
         return 0
-    by_id = {m.id: m for m in claimed}
     ready, render_failures = _render_all(claimed)
     with session_scope(engine) as session:
         begin_sending(session, [m for m, _ in ready], worker_id=worker_id, now=clock())
         record_results(
-            session, render_failures, by_id, worker_id=worker_id, now=clock(), settings=settings
+            session,
+            render_failures,
+            {m.id: m.attempts for m in claimed},
+            worker_id=worker_id,
+            now=clock(),
+            settings=settings,
         )
 
     by_channel: dict[str, list[OutgoingMessage]] = {}
@@ -366,5 +470,12 @@ def dispatch_once(
                 for m in outgoing
             )
     with session_scope(engine) as session:
-        record_results(session, results, by_id, worker_id=worker_id, now=clock(), settings=settings)
+        record_results(
+            session,
+            results,
+            {m.id: m.attempts + 1 for m, _ in ready},
+            worker_id=worker_id,
+            now=clock(),
+            settings=settings,
+        )
     return len(claimed)

@@ -17,6 +17,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+def _where(predicate: str) -> dict[str, sa.TextClause]:
+    """A partial index on both databases (the predicate is the same SQL on each)."""
+    return {"postgresql_where": sa.text(predicate), "sqlite_where": sa.text(predicate)}
+
+
 def upgrade() -> None:
     op.create_table('area',
     sa.Column('code', sa.String(length=16), nullable=False),
@@ -161,10 +166,10 @@ def upgrade() -> None:
     sa.UniqueConstraint('wave_id', 'recipient_id', 'channel', name='uq_outbox_wave_recipient_channel')
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
-        batch_op.create_index('ix_outbox_provider_id', ['provider_id'], unique=False)
+        batch_op.create_index('ix_outbox_provider_id', ['provider_id'], unique=False, **_where("provider_id IS NOT NULL"))
         batch_op.create_index('ix_outbox_recipient', ['recipient_id'], unique=False)
-        batch_op.create_index('ix_outbox_status_due', ['status', 'due_at'], unique=False)
-        batch_op.create_index('ix_outbox_status_lease', ['status', 'lease_expires_at'], unique=False)
+        batch_op.create_index('ix_outbox_due', ['due_at', 'id'], unique=False, **_where("status = 'planned'"))
+        batch_op.create_index('ix_outbox_lease', ['lease_expires_at'], unique=False, **_where("status IN ('claimed', 'sending')"))
         batch_op.create_index('ix_outbox_wave_status', ['wave_id', 'status'], unique=False)
 
     op.create_table('recipient_tag',
@@ -211,8 +216,8 @@ def downgrade() -> None:
     op.drop_table('recipient_tag')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_wave_status')
-        batch_op.drop_index('ix_outbox_status_lease')
-        batch_op.drop_index('ix_outbox_status_due')
+        batch_op.drop_index('ix_outbox_lease')
+        batch_op.drop_index('ix_outbox_due')
         batch_op.drop_index('ix_outbox_recipient')
         batch_op.drop_index('ix_outbox_provider_id')
 
