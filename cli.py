@@ -226,7 +226,7 @@ def recipients_import(file: Path, report: Path | None, dry_run: bool) -> None:
 
 @main.group()
 def campaign() -> None:
-    """Create, approve and launch campaigns."""
+    """Create, approve, launch, pause, resume, cancel and show campaigns."""
 
 
 @campaign.command("create")
@@ -259,9 +259,12 @@ def campaign_approve(campaign_id: int) -> None:
     """Approve a draft campaign."""
     from scheduler.lifecycle import approve_campaign
 
-    engine = _open_database(_settings())
+    settings = _settings()
+    engine = _open_database(settings)
     with session_scope(engine) as session:
-        approved = approve_campaign(session, campaign_id, actor=_actor(), now=system_clock())
+        approved = approve_campaign(
+            session, campaign_id, actor=_actor(), now=system_clock(), settings=settings
+        )
     click.echo(f"campaign {approved.id} approved")
 
 
@@ -278,6 +281,79 @@ def campaign_launch(campaign_id: int) -> None:
             session, campaign_id, actor=_actor(), now=system_clock(), settings=settings
         )
     click.echo(f"campaign {launched.id} scheduled; `loa stats {launched.id}` shows progress")
+
+
+@campaign.command("pause")
+@click.argument("campaign_id", type=int)
+def campaign_pause(campaign_id: int) -> None:
+    """Stop sending a scheduled or running campaign's messages until it is resumed."""
+    from scheduler.lifecycle import pause_campaign
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        paused = pause_campaign(session, campaign_id, actor=_actor(), now=system_clock())
+    click.echo(f"campaign {paused.id} paused; `loa campaign resume {paused.id}` continues it")
+
+
+@campaign.command("resume")
+@click.argument("campaign_id", type=int)
+def campaign_resume(campaign_id: int) -> None:
+    """Continue a paused campaign where it stopped (nothing already sent is sent again)."""
+    from scheduler.lifecycle import resume_campaign
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        resumed = resume_campaign(session, campaign_id, actor=_actor(), now=system_clock())
+    click.echo(f"campaign {resumed.id} resumed; it is {resumed.status} again")
+
+
+@campaign.command("cancel")
+@click.argument("campaign_id", type=int)
+def campaign_cancel(campaign_id: int) -> None:
+    """Cancel a campaign for good: its messages not yet sent are cancelled. Cannot be undone."""
+    from scheduler.lifecycle import cancel_campaign
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        result = cancel_campaign(session, campaign_id, actor=_actor(), now=system_clock())
+    click.echo(
+        f"campaign {result.campaign.id} cancelled: {result.messages_cancelled} message(s) "
+        f"cancelled, {result.waves_closed} wave(s) that had not fired closed"
+    )
+
+
+@campaign.command("show")
+@click.argument("campaign_id", type=int)
+def campaign_show(campaign_id: int) -> None:
+    """A campaign's status and its waves, with fire times in the campaign's time zone."""
+    from scheduler.lifecycle import get_campaign, list_waves
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        shown = get_campaign(session, campaign_id)
+        waves = list_waves(session, campaign_id)
+    zone = ZoneInfo(shown.timezone)
+    click.echo(f"campaign {shown.id} {shown.name!r}: {shown.status}, time zone {zone.key}")
+    rows = [["#", "wave", "channel", "class", "status", f"fires at ({zone.key})"]]
+    for wave in waves:
+        fires = (
+            wave.fire_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+            if wave.fire_at is not None
+            else "not scheduled"
+        )
+        rows.append(
+            [
+                str(wave.position + 1),
+                wave.name,
+                wave.channel,
+                wave.message_class,
+                wave.status,
+                fires,
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -345,7 +421,9 @@ def demo(directory: Path, in_minutes: int) -> None:
     from audience.areas import import_areas
     from audience.importer import import_recipients
     from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
+    from scheduler.policy import window_for
     from scheduler.spec import validate_spec
+    from scheduler.windows import is_open, next_open
 
     settings = _settings()
     engine = _open_database(settings)
@@ -369,7 +447,7 @@ def demo(directory: Path, in_minutes: int) -> None:
             session, spec=spec, actor=actor, now=now, settings=settings, source=str(spec_file)
         )
         assert created.id is not None
-        approve_campaign(session, created.id, actor=actor, now=now)
+        approve_campaign(session, created.id, actor=actor, now=now, settings=settings)
         launch_campaign(session, created.id, actor=actor, now=now, settings=settings)
     first = spec.waves[0].at
     click.echo(
@@ -377,6 +455,14 @@ def demo(directory: Path, in_minutes: int) -> None:
         f"({len(imported.rejected)} demo rows rejected on purpose), campaign {created.id} "
         f"launched; its first wave fires at {first} ({zone.key})"
     )
+    first_class = spec.waves[0].message_class
+    window = window_for(first_class, settings)
+    if not is_open(now + timedelta(minutes=in_minutes), window, zone):
+        click.echo(
+            f"note: {first_class} messages are sent only within {window} local time "
+            f"(LOA_WINDOW_{first_class.upper()}); this wave waits until "
+            f"{next_open(now, window, zone).astimezone(zone):%Y-%m-%d %H:%M}"
+        )
     click.echo(json.dumps({"campaign_id": created.id}))
 
 

@@ -27,9 +27,9 @@ from loa import schema
 from loa.db import make_engine, session_scope
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once
-from scheduler.expand import expand_wave
 from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
 from scheduler.spec import validate_spec
+from scheduler.tick import run_tick
 
 T0 = datetime(2026, 5, 8, 0, 0, tzinfo=UTC)
 
@@ -44,26 +44,38 @@ def _fresh_settings(url: str | None, tmp: Path, batch: int) -> Settings:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
             conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
         admin.dispose()
-    return Settings(database_url=url, data_dir=tmp, console_sink=Path("/dev/null"),
-                    worker_batch_size=batch)
+    return Settings(
+        database_url=url, data_dir=tmp, console_sink=Path("/dev/null"), worker_batch_size=batch
+    )
 
 
 def _load_recipients(engine, n: int) -> None:  # type: ignore[no-untyped-def]
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO area (code, name, level, parent_code, path) VALUES "
-                          "('42', 'Hà Tĩnh', 'province', NULL, '/42/'), "
-                          "('18301', 'Xã A', 'commune', '42', '/42/18301/')"))
+        conn.execute(
+            text(
+                "INSERT INTO area (code, name, level, parent_code, path) VALUES "
+                "('42', 'Hà Tĩnh', 'province', NULL, '/42/'), "
+                "('18301', 'Xã A', 'commune', '42', '/42/18301/')"
+            )
+        )
         if engine.dialect.name == "postgresql":
             series, digits = "SELECT generate_series(1, :n) AS i", "lpad(i::text, 7, '0')"
         else:
-            series = ("WITH RECURSIVE s(i) AS "
-                      "(SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) SELECT i FROM s")
+            series = (
+                "WITH RECURSIVE s(i) AS "
+                "(SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) SELECT i FROM s"
+            )
             digits = "printf('%07d', i)"
-        conn.execute(text(
-            "INSERT INTO recipient (phone, name, area_code, carrier, phone_converted, attributes, "
-            f"created_at, updated_at) SELECT '+8491' || {digits}, "
-            "'Nguyễn Văn ' || i, '18301', 'Viettel', false, '{}', :t, :t FROM (" + series + ") s"
-        ), {"n": n, "t": T0})
+        conn.execute(
+            text(
+                "INSERT INTO recipient (phone, name, area_code, carrier, phone_converted, "
+                f"attributes, created_at, updated_at) SELECT '+8491' || {digits}, "
+                "'Nguyễn Văn ' || i, '18301', 'Viettel', false, '{}', :t, :t FROM ("
+                + series
+                + ") s"
+            ),
+            {"n": n, "t": T0},
+        )
 
 
 def one_run(url: str | None, n: int, batch: int) -> tuple[float, float]:
@@ -72,27 +84,39 @@ def one_run(url: str | None, n: int, batch: int) -> tuple[float, float]:
         engine = make_engine(settings)
         schema.upgrade(engine)
         _load_recipients(engine, n)
-        spec = validate_spec({"name": "bench", "waves": [{
-            "name": "w", "channel": "sms", "at": "2026-05-08 07:30",
-            "audience": {"areas": ["42"]}, "template": "BHXH: {{ name }} oi, thang 5."}]},
-            source="bench")
+        spec = validate_spec(
+            {
+                "name": "bench",
+                "waves": [
+                    {
+                        "name": "w",
+                        "channel": "sms",
+                        "at": "2026-05-08 07:30",
+                        "audience": {"areas": ["42"]},
+                        "template": "BHXH: {{ name }} oi, thang 5.",
+                    }
+                ],
+            },
+            source="bench",
+        )
         with session_scope(engine) as session:
             campaign = create_campaign(session, spec=spec, actor="bench", now=T0, settings=settings)
             assert campaign.id is not None
-            approve_campaign(session, campaign.id, actor="bench", now=T0)
+            approve_campaign(session, campaign.id, actor="bench", now=T0, settings=settings)
             launch_campaign(session, campaign.id, actor="bench", now=T0, settings=settings)
         fire = T0 + timedelta(hours=1)
 
         started = time.perf_counter()
-        rows = expand_wave(engine, 1, now=fire, chunk_size=settings.expansion_chunk_size)
+        rows = run_tick(engine, now=fire, settings=settings).fired[1]
         expand_s = time.perf_counter() - started
         assert rows == n, rows
 
         lookup = channel_lookup(settings)
         started = time.perf_counter()
         sent = 0
-        while claimed := dispatch_once(engine, worker_id="bench", clock=lambda: fire,
-                                       settings=settings, channel_for=lookup):
+        while claimed := dispatch_once(
+            engine, worker_id="bench", clock=lambda: fire, settings=settings, channel_for=lookup
+        ):
             sent += claimed
         dispatch_s = time.perf_counter() - started
         assert sent == n, sent

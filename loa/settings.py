@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from loa.errors import LoaError
 
 
 class Settings(BaseSettings):
@@ -27,6 +29,14 @@ class Settings(BaseSettings):
 
     # Campaign rules.
     default_timezone: str = "Asia/Ho_Chi_Minh"
+    # Send windows per message class, in the campaign's local time; "always" for none.
+    # Advertising (qc) follows Decree 91/2020/ND-CP: 07:00-22:00 only.
+    window_qc: str = "07:00-22:00"
+    window_info: str = "07:00-21:00"
+    window_care: str = "07:00-21:00"
+    # A wave that fires more than this after its time (the service was down) expires its
+    # messages instead of sending them hours late.
+    late_after_minutes: int = Field(default=120, ge=1)
     require_approval: bool = True
     # Four-eyes: the approver must be someone other than the campaign's author.
     four_eyes_approval: bool = False
@@ -46,6 +56,17 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=3600, ge=0)
 
     log_level: str = "INFO"
+
+    @field_validator("window_qc", "window_info", "window_care")
+    @classmethod
+    def _window_parses(cls, value: str) -> str:
+        from scheduler.windows import parse_window  # the parser lives with the window logic
+
+        try:
+            parse_window(value)
+        except LoaError as exc:
+            raise ValueError(exc.message) from None
+        return value
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -56,6 +56,7 @@ from loa.models import (
 )
 from loa.settings import Settings
 from scheduler.backoff import retry_delay
+from scheduler.gate import sendable_wave_ids
 from templates.render import TemplateProblem, render
 
 log = logging.getLogger(__name__)
@@ -151,25 +152,40 @@ def release_expired_leases(session: Session, *, now: datetime) -> None:
 
 
 def claim_batch(
-    session: Session, *, worker_id: str, now: datetime, lease_seconds: int, limit: int
+    session: Session,
+    *,
+    worker_id: str,
+    now: datetime,
+    lease_seconds: int,
+    limit: int,
+    wave_ids: Sequence[int],
 ) -> list[ClaimedMessage]:
+    """Claim up to `limit` due messages of the given waves (those that may send now)."""
+    if not wave_ids:
+        return []
     due = (
         select(col(OutboxMessage.id))
-        .where(text(PLANNED_ONLY), col(OutboxMessage.due_at) <= now)
+        .where(
+            text(PLANNED_ONLY),
+            col(OutboxMessage.due_at) <= now,
+            col(OutboxMessage.wave_id).in_(wave_ids),
+        )
         .order_by(col(OutboxMessage.due_at), col(OutboxMessage.id))
         .limit(limit)
         # Concurrent workers on PostgreSQL skip each other's rows instead of queueing behind them;
         # SQLite has one writer at a time anyway (and ignores the clause).
         .with_for_update(skip_locked=True)
+        # MATERIALIZED: the batch is picked exactly once. As a plain subquery PostgreSQL may run it
+        # again for each row it updates, each run skipping the rows just locked: the claim would
+        # then take every due message, not `limit` of them.
+        .cte("batch")
+        .prefix_with("MATERIALIZED")
     )
     claimed_ids = list(
         session.scalars(
             update(OutboxMessage)
             # The status again: PostgreSQL re-checks the outer condition on a row changed meanwhile.
-            .where(
-                col(OutboxMessage.id).in_(due.scalar_subquery()),
-                text(PLANNED_ONLY),
-            )
+            .where(col(OutboxMessage.id).in_(select(due.c.id)), text(PLANNED_ONLY))
             .values(
                 status=MessageStatus.CLAIMED,
                 lease_owner=worker_id,
@@ -432,13 +448,15 @@ def dispatch_once(
 ) -> int:
     """Claim and send one batch. Returns how many messages were claimed (0: nothing was due)."""
     with session_scope(engine) as session:
-        release_expired_leases(session, now=clock())
+        now = clock()
+        release_expired_leases(session, now=now)
         claimed = claim_batch(
             session,
             worker_id=worker_id,
-            now=clock(),
+            now=now,
             lease_seconds=settings.lease_seconds,
             limit=settings.worker_batch_size,
+            wave_ids=sendable_wave_ids(session, now=now, settings=settings),
         )
     if not claimed:
         return 0

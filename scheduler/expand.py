@@ -31,7 +31,14 @@ _COLUMNS = (
 
 
 def _expand_chunk(
-    session: Session, wave: Wave, *, after_id: int, chunk_size: int, now: datetime
+    session: Session,
+    wave: Wave,
+    *,
+    after_id: int,
+    chunk_size: int,
+    now: datetime,
+    due_at: datetime,
+    expired: bool,
 ) -> int | None:
     """Insert the next chunk of the wave's audience; return the last recipient id it covered."""
     audience = audience_condition(wave.audience)
@@ -46,6 +53,7 @@ def _expand_chunk(
     if upto is None:
         return None
     suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
+    unsuppressed = MessageStatus.EXPIRED if expired else MessageStatus.PLANNED
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
     rows = select(
         literal(wave.id),
@@ -54,9 +62,9 @@ def _expand_chunk(
         # Suppressed people get a row too, marked so: nobody in the audience disappears silently.
         case(
             (suppressed, literal(MessageStatus.SUPPRESSED.value)),
-            else_=literal(MessageStatus.PLANNED.value),
+            else_=literal(unsuppressed.value),
         ),
-        literal(wave.fire_at, table.c.due_at.type),
+        literal(due_at, table.c.due_at.type),
         literal(0),
         col(Recipient.area_code),
         col(Recipient.carrier),
@@ -70,8 +78,19 @@ def _expand_chunk(
     return int(upto)
 
 
-def expand_wave(engine: Engine, wave_id: int, *, now: datetime, chunk_size: int) -> int:
-    """Expand a scheduled (or half-expanded) wave; return how many outbox rows the wave has."""
+def expand_wave(
+    engine: Engine,
+    wave_id: int,
+    *,
+    now: datetime,
+    chunk_size: int,
+    due_at: datetime,
+    expired: bool = False,
+) -> int:
+    """Expand a scheduled (or half-expanded) wave; return how many outbox rows the wave has.
+
+    Messages are due at `due_at` (the wave's time, or its class's next window opening); with
+    `expired` they are written as expired instead of planned: the wave started too late."""
     with session_scope(engine) as session:
         claimed = session.execute(
             update(Wave)
@@ -89,7 +108,15 @@ def expand_wave(engine: Engine, wave_id: int, *, now: datetime, chunk_size: int)
         with session_scope(engine) as session:
             wave = session.get(Wave, wave_id)
             assert wave is not None
-            last = _expand_chunk(session, wave, after_id=after_id, chunk_size=chunk_size, now=now)
+            last = _expand_chunk(
+                session,
+                wave,
+                after_id=after_id,
+                chunk_size=chunk_size,
+                now=now,
+                due_at=due_at,
+                expired=expired,
+            )
         if last is None:
             break
         after_id = last

@@ -1,23 +1,57 @@
-"""Campaign lifecycle: create from a spec, approve, launch. Every transition is audited.
+"""Campaign lifecycle: create from a spec, approve, launch, pause, resume, cancel.
 
-draft -> approved -> scheduled -> running -> completed. Pause, resume and cancel belong to the
-scheduling-core work and are not built yet; the states exist so the schema need not change.
+    draft -> approved -> scheduled -> running <-> paused -> completed
+    cancelled from any state that is not final; completed and cancelled are final.
+
+Every transition goes through `_transition`, which refuses an illegal one with Conflict (HTTP 409)
+and writes the audit entry. The scheduler's own moves (scheduled -> running when a wave fires,
+running -> completed when every wave is done) are conditional updates in scheduler/tick.py.
+
+Pause and resume change the campaign's status only: which messages may be claimed is the
+dispatcher's decision, so resuming (once or twice) never re-sends anything. Cancel also ends what
+is still waiting, in set-based statements: planned messages become cancelled (one delivery event
+each) and waves that have not fired are closed. Messages a worker already holds are left to it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import and_, exists, insert, literal, or_, select, update
 from sqlmodel import Session, col
 
 from loa import audit
 from loa.errors import Conflict, InvalidInput, NotBuilt, NotFound
-from loa.models import Area, Campaign, CampaignStatus, Wave, WaveStatus
+from loa.models import (
+    Area,
+    Campaign,
+    CampaignStatus,
+    DeliveryEvent,
+    MessageStatus,
+    OutboxMessage,
+    Wave,
+    WaveStatus,
+)
 from loa.settings import Settings
 from scheduler.spec import CampaignSpec, WaveSpec
 from scheduler.triggers import first_fire_time
+
+FINAL_CAMPAIGN_STATUSES = frozenset({CampaignStatus.COMPLETED, CampaignStatus.CANCELLED})
+CANCELLABLE = frozenset(set(CampaignStatus) - FINAL_CAMPAIGN_STATUSES)
+# A wave in one of these has been (or is being) written into the outbox.
+FIRED_WAVE_STATUSES = frozenset({WaveStatus.EXPANDING, WaveStatus.EXPANDED, WaveStatus.DONE})
+UNFIRED_WAVE_STATUSES = frozenset({WaveStatus.PENDING, WaveStatus.SCHEDULED})
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    campaign: Campaign
+    messages_cancelled: int  # planned messages that will now never be sent
+    waves_closed: int  # waves that had not fired, now done
 
 
 def _wave_label(index: int, wave: WaveSpec) -> str:
@@ -117,6 +151,27 @@ def get_campaign(session: Session, campaign_id: int, *, for_update: bool = False
     return campaign
 
 
+def list_waves(session: Session, campaign_id: int) -> Sequence[Wave]:
+    return session.scalars(
+        select(Wave).where(col(Wave.campaign_id) == campaign_id).order_by(col(Wave.position))
+    ).all()
+
+
+def _refuse_unless(
+    campaign: Campaign, *, allowed_from: set[CampaignStatus], action: str, hint: str = ""
+) -> None:
+    if campaign.status in allowed_from:
+        return
+    if campaign.status in FINAL_CAMPAIGN_STATUSES:
+        raise Conflict(
+            f"campaign {campaign.id} is {campaign.status}, which is final; {action} is not possible"
+        )
+    expected = " or ".join(sorted(allowed_from))
+    raise Conflict(
+        f"campaign {campaign.id} is {campaign.status}; {action} needs it to be {expected}{hint}"
+    )
+
+
 def _transition(
     session: Session,
     campaign: Campaign,
@@ -127,12 +182,9 @@ def _transition(
     actor: str,
     now: datetime,
     hint: str = "",
+    details: dict[str, Any] | None = None,
 ) -> None:
-    if campaign.status not in allowed_from:
-        expected = " or ".join(sorted(allowed_from))
-        raise Conflict(
-            f"campaign {campaign.id} is {campaign.status}; {action} needs it to be {expected}{hint}"
-        )
+    _refuse_unless(campaign, allowed_from=allowed_from, action=action, hint=hint)
     before = campaign.status
     campaign.status = to
     campaign.updated_at = now
@@ -145,16 +197,27 @@ def _transition(
         entity_id=campaign.id,
         now=now,
         before={"status": before},
-        after={"status": to},
+        after={"status": to, **(details or {})},
     )
 
 
-def approve_campaign(session: Session, campaign_id: int, *, actor: str, now: datetime) -> Campaign:
+def approve_campaign(
+    session: Session, campaign_id: int, *, actor: str, now: datetime, settings: Settings
+) -> Campaign:
+    """Approve a draft. With four-eyes approval on, the author may not approve their own."""
     campaign = get_campaign(session, campaign_id, for_update=True)
+    allowed = {CampaignStatus.DRAFT}
+    # The status first: approving a campaign that is past draft is refused for that reason.
+    _refuse_unless(campaign, allowed_from=allowed, action="approve")
+    if settings.four_eyes_approval and actor == campaign.created_by:
+        raise Conflict(
+            f"campaign {campaign_id} was created by {actor}; four-eyes approval is on "
+            "(LOA_FOUR_EYES_APPROVAL), so someone other than its author must approve it"
+        )
     _transition(
         session,
         campaign,
-        allowed_from={CampaignStatus.DRAFT},
+        allowed_from=allowed,
         to=CampaignStatus.APPROVED,
         action="approve",
         actor=actor,
@@ -188,10 +251,7 @@ def launch_campaign(
         hint=hint,
     )
     zone = ZoneInfo(campaign.timezone)
-    waves = session.scalars(
-        select(Wave).where(col(Wave.campaign_id) == campaign_id).order_by(col(Wave.position))
-    ).all()
-    for wave in waves:
+    for wave in list_waves(session, campaign_id):
         fire_at = first_fire_time(wave.trigger, zone)
         if fire_at < now:
             local = fire_at.astimezone(zone)
@@ -203,3 +263,133 @@ def launch_campaign(
         wave.status = WaveStatus.SCHEDULED
     campaign.launched_at = now
     return campaign
+
+
+def pause_campaign(session: Session, campaign_id: int, *, actor: str, now: datetime) -> Campaign:
+    """Stop sending: the dispatcher claims messages of running campaigns only."""
+    campaign = get_campaign(session, campaign_id, for_update=True)
+    hint = ""
+    if campaign.status == CampaignStatus.PAUSED:
+        hint = " (it is already paused)"
+    elif campaign.status in (CampaignStatus.DRAFT, CampaignStatus.APPROVED):
+        hint = " (nothing is scheduled yet: it has not been launched)"
+    _transition(
+        session,
+        campaign,
+        allowed_from={CampaignStatus.SCHEDULED, CampaignStatus.RUNNING},
+        to=CampaignStatus.PAUSED,
+        action="pause",
+        actor=actor,
+        now=now,
+        hint=hint,
+    )
+    return campaign
+
+
+def resume_campaign(session: Session, campaign_id: int, *, actor: str, now: datetime) -> Campaign:
+    """Back to running if a wave has fired (or is due), else to scheduled. Changes only the status.
+
+    A wave that is due counts as fired: the scheduler may be firing it at this very moment, and it
+    moves only scheduled campaigns to running, so a campaign resumed to `scheduled` while its wave
+    expands would otherwise stay scheduled with its messages in the outbox.
+    """
+    campaign = get_campaign(session, campaign_id, for_update=True)
+    hint = ""
+    if campaign.status in (CampaignStatus.SCHEDULED, CampaignStatus.RUNNING):
+        hint = " (it is not paused, so there is nothing to resume; nothing was changed)"
+    _refuse_unless(campaign, allowed_from={CampaignStatus.PAUSED}, action="resume", hint=hint)
+    fired = session.scalar(
+        select(
+            exists().where(
+                col(Wave.campaign_id) == campaign_id,
+                or_(
+                    col(Wave.status).in_(FIRED_WAVE_STATUSES),
+                    and_(col(Wave.status) == WaveStatus.SCHEDULED, col(Wave.fire_at) <= now),
+                ),
+            )
+        )
+    )
+    _transition(
+        session,
+        campaign,
+        allowed_from={CampaignStatus.PAUSED},
+        to=CampaignStatus.RUNNING if fired else CampaignStatus.SCHEDULED,
+        action="resume",
+        actor=actor,
+        now=now,
+    )
+    return campaign
+
+
+def cancel_campaign(
+    session: Session, campaign_id: int, *, actor: str, now: datetime
+) -> CancelResult:
+    """End a campaign for good: planned messages are cancelled, waves not fired yet are closed.
+
+    Messages a worker has claimed or is sending are left to it: the provider may already have them.
+    """
+    campaign = get_campaign(session, campaign_id, for_update=True)
+    _refuse_unless(campaign, allowed_from=set(CANCELLABLE), action="cancel")
+    # Waves first, so that a tick arriving now finds nothing of this campaign to fire.
+    waves_closed = session.execute(
+        update(Wave)
+        .where(col(Wave.campaign_id) == campaign_id, col(Wave.status).in_(UNFIRED_WAVE_STATUSES))
+        .values(status=WaveStatus.DONE)
+    ).rowcount  # type: ignore[attr-defined]
+    messages_cancelled = cancel_planned_messages(session, campaign_id, now=now)
+
+    _transition(
+        session,
+        campaign,
+        allowed_from=set(CANCELLABLE),
+        to=CampaignStatus.CANCELLED,
+        action="cancel",
+        actor=actor,
+        now=now,
+        details={"messages_cancelled": messages_cancelled, "waves_closed": waves_closed},
+    )
+    return CancelResult(campaign, messages_cancelled, waves_closed)
+
+
+def cancel_planned_messages(session: Session, campaign_id: int, *, now: datetime) -> int:
+    """Every planned message of the campaign becomes cancelled, with one event each (set-based).
+
+    Used by cancel, and by the scheduler for messages that came back to `planned` afterwards (an
+    expired claim, a retry, a late expansion chunk), so that every message reaches a final status.
+    """
+    of_campaign = select(col(Wave.id)).where(col(Wave.campaign_id) == campaign_id)
+    # On PostgreSQL a row a worker is claiming right now is waited for, then skipped (no longer
+    # planned); a worker's claim skips the rows locked here. Either way each row has one fate.
+    cancelled: int = session.execute(
+        update(OutboxMessage)
+        .where(
+            col(OutboxMessage.wave_id).in_(of_campaign),
+            col(OutboxMessage.status) == MessageStatus.PLANNED,
+        )
+        .values(status=MessageStatus.CANCELLED, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if cancelled:
+        # Exactly the rows moved above: nothing else cancels messages of this campaign at this `now`
+        # (the campaign row is locked, or only the single active scheduler sweeps).
+        table = DeliveryEvent.__table__  # type: ignore[attr-defined]
+        moved = select(
+            col(OutboxMessage.id),
+            col(OutboxMessage.wave_id),
+            col(OutboxMessage.channel),
+            literal("status"),
+            literal(MessageStatus.CANCELLED.value),
+            literal("campaign cancelled"),
+            literal(now, table.c.occurred_at.type),
+        ).where(
+            col(OutboxMessage.wave_id).in_(of_campaign),
+            col(OutboxMessage.status) == MessageStatus.CANCELLED,
+            col(OutboxMessage.updated_at) == now,
+        )
+        session.execute(
+            insert(DeliveryEvent).from_select(
+                ["message_id", "wave_id", "channel", "kind", "status", "detail", "occurred_at"],
+                moved,
+            )
+        )
+    return cancelled

@@ -40,9 +40,7 @@ class SchedulerService:
         """One tick if this process is the leader; None when another scheduler is active."""
         if not self._leadership.try_acquire():
             return None
-        return run_tick(
-            self._engine, now=self._clock(), chunk_size=self._settings.expansion_chunk_size
-        )
+        return run_tick(self._engine, now=self._clock(), settings=self._settings)
 
     def _safe_tick(self) -> None:
         try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, exists, select, update
 from sqlmodel import col
@@ -12,7 +13,12 @@ from sqlmodel import col
 from loa import audit
 from loa.db import session_scope
 from loa.models import Campaign, CampaignStatus, MessageStatus, OutboxMessage, Wave, WaveStatus
+from loa.settings import Settings
 from scheduler.expand import expand_wave
+from scheduler.gate import defer_closed_waves
+from scheduler.lifecycle import cancel_planned_messages
+from scheduler.policy import window_for
+from scheduler.windows import next_open
 
 log = logging.getLogger(__name__)
 
@@ -22,27 +28,77 @@ IN_FLIGHT = (MessageStatus.PLANNED, MessageStatus.CLAIMED, MessageStatus.SENDING
 @dataclass
 class TickReport:
     fired: dict[int, int] = field(default_factory=dict)  # wave id -> outbox rows
+    expired: list[int] = field(default_factory=list)  # waves that fired too late to send
+    deferred: dict[int, datetime] = field(default_factory=dict)  # wave id -> window opening
+    swept: int = 0  # planned messages of cancelled campaigns, cancelled now
     waves_done: list[int] = field(default_factory=list)
     campaigns_completed: list[int] = field(default_factory=list)
 
 
-def run_tick(engine: Engine, *, now: datetime, chunk_size: int) -> TickReport:
+def run_tick(engine: Engine, *, now: datetime, settings: Settings) -> TickReport:
     report = TickReport()
+    late_after = timedelta(minutes=settings.late_after_minutes)
     with session_scope(engine) as session:
         due = session.execute(
-            select(col(Wave.id), col(Wave.campaign_id))
+            select(
+                col(Wave.id),
+                col(Wave.campaign_id),
+                col(Wave.message_class),
+                col(Wave.fire_at),
+                col(Campaign.timezone),
+            )
+            .join(Campaign, col(Campaign.id) == col(Wave.campaign_id))
             .where(
                 col(Wave.status).in_([WaveStatus.SCHEDULED, WaveStatus.EXPANDING]),
                 col(Wave.fire_at) <= now,
             )
             .order_by(col(Wave.fire_at), col(Wave.id))
         ).all()
-    for wave_id, campaign_id in due:
+    for wave_id, campaign_id, message_class, fire_at, timezone in due:
         _mark_running(engine, campaign_id, now=now)
-        report.fired[wave_id] = expand_wave(engine, wave_id, now=now, chunk_size=chunk_size)
-        log.info("wave %d fired: %d messages in the outbox", wave_id, report.fired[wave_id])
+        # Downtime: a wave starting this late would reach people hours after its time.
+        expired = now - fire_at > late_after
+        first_send = next_open(fire_at, window_for(message_class, settings), ZoneInfo(timezone))
+        report.fired[wave_id] = expand_wave(
+            engine,
+            wave_id,
+            now=now,
+            chunk_size=settings.expansion_chunk_size,
+            due_at=first_send,
+            expired=expired,
+        )
+        if expired:
+            report.expired.append(wave_id)
+            log.warning(
+                "wave %d fired %s after its time: its messages expired", wave_id, now - fire_at
+            )
+        else:
+            log.info("wave %d fired: %d messages in the outbox", wave_id, report.fired[wave_id])
+    with session_scope(engine) as session:
+        report.deferred = defer_closed_waves(session, now=now, settings=settings)
+    report.swept = _sweep_cancelled(engine, now=now)
     _close_finished(engine, now=now, report=report)
     return report
+
+
+def _sweep_cancelled(engine: Engine, *, now: datetime) -> int:
+    """Messages of cancelled campaigns that came back to `planned` (an expired claim, a retry)."""
+    with session_scope(engine) as session:
+        campaign_ids = session.scalars(
+            select(col(Wave.campaign_id))
+            .join(Campaign, col(Campaign.id) == col(Wave.campaign_id))
+            .where(
+                col(Campaign.status) == CampaignStatus.CANCELLED,
+                exists(
+                    select(1).where(
+                        col(OutboxMessage.wave_id) == col(Wave.id),
+                        col(OutboxMessage.status) == MessageStatus.PLANNED,
+                    )
+                ),
+            )
+            .distinct()
+        ).all()
+        return sum(cancel_planned_messages(session, cid, now=now) for cid in campaign_ids)
 
 
 def _mark_running(engine: Engine, campaign_id: int, *, now: datetime) -> None:

@@ -62,9 +62,14 @@ def add_recipient(
 def launch(engine: Engine, raw_spec: dict[str, Any], settings: Settings, now: datetime) -> int:
     """Create, approve and launch a campaign from a spec; return its id."""
     with session_scope(engine) as session:
-        campaign = create_campaign(session, spec=validate_spec(raw_spec, source="test"),
-                                   actor="planner", now=now, settings=settings)
+        campaign = create_campaign(
+            session,
+            spec=validate_spec(raw_spec, source="test"),
+            actor="planner",
+            now=now,
+            settings=settings,
+        )
         assert campaign.id is not None
-        approve_campaign(session, campaign.id, actor="approver", now=now)
+        approve_campaign(session, campaign.id, actor="approver", now=now, settings=settings)
         launch_campaign(session, campaign.id, actor="approver", now=now, settings=settings)
         return campaign.id

@@ -16,8 +16,13 @@ def loa_env(db_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
         LOA_DATABASE_URL=db_url,
         LOA_DATA_DIR=str(data_dir),
         LOA_CONSOLE_SINK=str(data_dir / "sink.jsonl"),
-        **extra,
+        # These tests run on the real clock, at any hour: send windows are tested with a fake
+        # clock elsewhere (tests/test_gate.py, tests/test_windows.py).
+        LOA_WINDOW_QC="always",
+        LOA_WINDOW_INFO="always",
+        LOA_WINDOW_CARE="always",
     )
+    env.update(extra)
     return env
 
 

@@ -56,7 +56,7 @@ def _launch(engine: Engine, settings: Settings, clock: FakeClock) -> int:
 def _launch_and_fire(engine: Engine, settings: Settings, clock: FakeClock) -> None:
     _launch(engine, settings, clock)
     clock.now = FIRE_AT
-    run_tick(engine, now=clock(), chunk_size=100)
+    run_tick(engine, now=clock(), settings=settings)
 
 
 @pytest.fixture
@@ -90,18 +90,19 @@ def _sink_lines(settings: Settings) -> list[dict[str, object]]:
 def test_wave_fires_at_its_time_and_every_message_goes_out_once(
     engine: Engine, settings: Settings, clock: FakeClock
 ) -> None:
+    small_chunks = settings.model_copy(update={"expansion_chunk_size": 2})
     campaign_id = _launch(engine, settings, clock)
     lookup = channel_lookup(settings)
 
     clock.now = datetime(2026, 5, 8, 0, 29, tzinfo=UTC)
-    assert run_tick(engine, now=clock(), chunk_size=2).fired == {}
+    assert run_tick(engine, now=clock(), settings=small_chunks).fired == {}
     assert (
         dispatch_once(engine, worker_id="w1", clock=clock, settings=settings, channel_for=lookup)
         == 0
     )
 
     clock.now = FIRE_AT
-    report = run_tick(engine, now=clock(), chunk_size=2)  # chunk of 2: the expansion loops
+    report = run_tick(engine, now=clock(), settings=small_chunks)  # the expansion loops
     assert list(report.fired.values()) == [3]
     with session_scope(engine) as session:
         assert session.get(Campaign, campaign_id).status == "running"  # type: ignore[union-attr]
@@ -110,7 +111,7 @@ def test_wave_fires_at_its_time_and_every_message_goes_out_once(
     with session_scope(engine) as session:
         wave_id = next(iter(report.fired))
         session.execute(update(Wave).values(status="expanding"))
-    assert expand_wave(engine, wave_id, now=clock(), chunk_size=2) == 3
+    assert expand_wave(engine, wave_id, now=clock(), chunk_size=2, due_at=FIRE_AT) == 3
 
     assert (
         dispatch_once(engine, worker_id="w1", clock=clock, settings=settings, channel_for=lookup)
@@ -150,7 +151,7 @@ def test_wave_fires_at_its_time_and_every_message_goes_out_once(
         m.provider_id and m.provider_id.startswith("console-") and m.attempts == 1 for m in sent
     )
 
-    report = run_tick(engine, now=clock.advance(seconds=5), chunk_size=2)
+    report = run_tick(engine, now=clock.advance(seconds=5), settings=settings)
     assert report.waves_done == [wave_id]
     assert report.campaigns_completed == [campaign_id]
     with session_scope(engine) as session:
@@ -189,10 +190,18 @@ def test_a_dead_workers_claims_return_and_its_sends_become_unknown_never_resent(
     engine: Engine, settings: Settings, clock: FakeClock
 ) -> None:
     from scheduler.dispatch import begin_sending, claim_batch
+    from scheduler.gate import sendable_wave_ids
 
     _launch_and_fire(engine, settings, clock)
     with session_scope(engine) as session:
-        claimed = claim_batch(session, worker_id="dead", now=clock(), lease_seconds=60, limit=10)
+        claimed = claim_batch(
+            session,
+            worker_id="dead",
+            now=clock(),
+            lease_seconds=60,
+            limit=10,
+            wave_ids=sendable_wave_ids(session, now=clock(), settings=settings),
+        )
         # The dead worker had told the database it was sending the first one, then vanished.
         begin_sending(session, claimed[:1], worker_id="dead", now=clock())
     assert len(claimed) == 2
@@ -237,7 +246,7 @@ def test_launch_is_refused_before_approval_and_for_a_time_that_has_passed(
     ):
         launch_campaign(session, campaign.id, actor="x", now=clock(), settings=settings)
     with session_scope(engine) as session:
-        approve_campaign(session, campaign.id, actor="approver", now=clock())
+        approve_campaign(session, campaign.id, actor="approver", now=clock(), settings=settings)
     clock.now = datetime(2026, 5, 8, 1, 0, tzinfo=UTC)
     with pytest.raises(Conflict, match="which has passed"), session_scope(engine) as session:
         launch_campaign(session, campaign.id, actor="x", now=clock(), settings=settings)

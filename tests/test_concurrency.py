@@ -34,11 +34,16 @@ def test_concurrent_workers_send_each_message_exactly_once(
         add_areas(session)
         for i in range(RECIPIENTS):
             add_recipient(session, f"+8491{i:07d}", now=clock())
-    wave = {"name": "W", "channel": "sms", "at": "2026-05-08 07:30",
-            "audience": {"areas": ["42"]}, "template": "Chao {{ name }}"}
+    wave = {
+        "name": "W",
+        "channel": "sms",
+        "at": "2026-05-08 07:30",
+        "audience": {"areas": ["42"]},
+        "template": "Chao {{ name }}",
+    }
     launch(engine, {"name": "C", "waves": [wave]}, settings, clock())
     fire = datetime(2026, 5, 8, 0, 30, tzinfo=UTC)
-    run_tick(engine, now=fire, chunk_size=1000)
+    run_tick(engine, now=fire, settings=settings)
 
     errors: list[BaseException] = []
     claimed_by: Counter[str] = Counter()
@@ -46,8 +51,13 @@ def test_concurrent_workers_send_each_message_exactly_once(
     def work(worker_id: str) -> None:
         lookup = channel_lookup(settings)
         try:
-            while n := dispatch_once(engine, worker_id=worker_id, clock=lambda: fire,
-                                     settings=settings, channel_for=lookup):
+            while n := dispatch_once(
+                engine,
+                worker_id=worker_id,
+                clock=lambda: fire,
+                settings=settings,
+                channel_for=lookup,
+            ):
                 claimed_by[worker_id] += n
         except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost
             errors.append(exc)
@@ -65,9 +75,11 @@ def test_concurrent_workers_send_each_message_exactly_once(
     assert len(lines) == RECIPIENTS
     assert len({x["message_id"] for x in lines}) == RECIPIENTS
     with session_scope(engine) as session:
-        statuses = dict(session.execute(
-            select(col(OutboxMessage.status), func.count()).group_by(col(OutboxMessage.status))
-        ).all())
+        statuses = dict(
+            session.execute(
+                select(col(OutboxMessage.status), func.count()).group_by(col(OutboxMessage.status))
+            ).all()
+        )
         attempts = session.scalar(select(func.max(col(OutboxMessage.attempts))))
         events = session.scalar(select(func.count()).select_from(DeliveryEvent))
     assert statuses == {"sent": RECIPIENTS}

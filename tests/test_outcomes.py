@@ -93,7 +93,7 @@ def test_each_outcome_lands_in_its_status_and_transients_back_off(
         clock(),
     )
     clock.now = FIRE_AT
-    run_tick(engine, now=clock(), chunk_size=100)
+    run_tick(engine, now=clock(), settings=settings)
     channel = ScriptedChannel()
 
     def lookup(_: str) -> Channel:
