@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Outcome(StrEnum):
@@ -39,4 +39,14 @@ class Channel(Protocol):
 
     def send_batch(self, messages: Sequence[OutgoingMessage], *, now: datetime) -> list[SendResult]:
         """Send each message once; return exactly one result per message, in any order."""
+        ...
+
+
+@runtime_checkable
+class Reconcilable(Protocol):
+    """A channel that can say what became of messages whose send outcome was lost."""
+
+    def lookup(self, message_ids: Sequence[int]) -> dict[int, str | None]:
+        """For each message it can tell about: the provider id if it accepted the message, None
+        if it never received it. Messages it cannot tell about are left out of the answer."""
         ...

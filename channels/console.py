@@ -1,10 +1,11 @@
 """The console channel: one JSON line per message to a file or stdout. The stand-in for an SMS
-provider
-in development and tests; it accepts everything."""
+provider in development and tests; it accepts everything, and can be asked afterwards what it got
+(so that messages whose outcome a crash lost can be reconciled)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import uuid
@@ -27,32 +28,49 @@ class ConsoleChannel:
         lines = []
         for message in messages:
             provider_id = f"console-{uuid.uuid4().hex}"
-            lines.append(
-                json.dumps(
-                    {
-                        "message_id": message.message_id,
-                        "wave_id": message.wave_id,
-                        "to": message.to,
-                        "body": message.body,
-                        "sent_at": now.isoformat(),
-                    },
-                    ensure_ascii=False,
-                )
-                + "\n"
-            )
+            line = {
+                "message_id": message.message_id,
+                "wave_id": message.wave_id,
+                "to": message.to,
+                "body": message.body,
+                "sent_at": now.isoformat(),
+                "provider_id": provider_id,
+            }
+            lines.append(json.dumps(line, ensure_ascii=False) + "\n")
             results.append(
                 SendResult(message.message_id, Outcome.ACCEPTED, provider_id=provider_id)
             )
-        self._write("".join(lines))
+        self._write("".join(lines).encode("utf-8"))
         return results
 
-    def _write(self, text: str) -> None:
+    def _write(self, data: bytes) -> None:
         with self._lock:
             if self._sink is None:
-                sys.stdout.write(text)
+                sys.stdout.buffer.write(data)
                 sys.stdout.flush()
                 return
             self._sink.parent.mkdir(parents=True, exist_ok=True)
-            # Append mode: several worker processes may share one sink file.
-            with self._sink.open("a", encoding="utf-8") as f:
-                f.write(text)
+            # One write(2) on an O_APPEND descriptor: processes sharing the sink never interleave,
+            # and a process killed mid-batch leaves either the whole batch or none of it. (A
+            # buffered file object may split a large batch over several writes.)
+            fd = os.open(self._sink, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(f"short write to {self._sink}: {written} of {len(data)} bytes")
+            finally:
+                os.close(fd)
+
+    def lookup(self, message_ids: Sequence[int]) -> dict[int, str | None]:
+        """What the sink holds: its lines are the channel's record of what it accepted."""
+        if self._sink is None:
+            return {}  # stdout keeps no record: nothing can be told
+        wanted = set(message_ids)
+        found: dict[int, str | None] = dict.fromkeys(wanted)
+        if self._sink.exists():
+            with self._sink.open(encoding="utf-8") as f:
+                for line in f:
+                    record = json.loads(line)
+                    if record["message_id"] in wanted:
+                        found[record["message_id"]] = record.get("provider_id") or "console"
+        return found

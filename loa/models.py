@@ -70,6 +70,7 @@ FINAL_MESSAGE_STATUSES = frozenset(
 # Predicates of the outbox's partial indexes; scheduler/dispatch.py uses the same text.
 PLANNED_ONLY = "status = 'planned'"
 IN_FLIGHT_ONLY = "status IN ('claimed', 'sending')"
+UNKNOWN_ONLY = "status = 'unknown'"
 
 
 def _where(predicate: str) -> dict[str, Any]:
@@ -193,6 +194,7 @@ class OutboxMessage(SQLModel, table=True):
         # Queries must repeat the predicate with literal values for either database to use them.
         Index("ix_outbox_due", "due_at", "id", **_where(PLANNED_ONLY)),  # the claim
         Index("ix_outbox_lease", "lease_expires_at", **_where(IN_FLIGHT_ONLY)),  # expired leases
+        Index("ix_outbox_unknown", "updated_at", **_where(UNKNOWN_ONLY)),  # to reconcile
         Index("ix_outbox_wave_status", "wave_id", "status"),  # progress and stats per wave
         Index("ix_outbox_recipient", "recipient_id"),  # per-recipient caps and suppression
         Index("ix_outbox_provider_id", "provider_id", **_where("provider_id IS NOT NULL")),

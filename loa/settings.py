@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # Transient failures are retried after base * 2^(attempt-1) seconds (jittered), at most max.
     retry_base_seconds: float = Field(default=30, ge=0)
     retry_max_seconds: float = Field(default=3600, ge=0)
+    # How often a worker asks its channels about messages whose outcome a crash lost (`unknown`).
+    # Only messages unknown for at least one lease period are asked about: a slow worker may
+    # still be about to record them.
+    reconcile_seconds: float = Field(default=30, gt=0)
 
     log_level: str = "INFO"
 

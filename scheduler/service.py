@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC
 
@@ -18,6 +19,7 @@ from loa.clock import Clock
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once, new_worker_id
 from scheduler.leader import Leadership, leadership_for
+from scheduler.reconcile import reconcile_unknown
 from scheduler.tick import TickReport, run_tick
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,19 @@ class DispatchWorker:
 
     def run(self) -> None:
         log.info("dispatch worker %s started", self.worker_id)
+        next_reconcile = 0.0
         while not self._stop.is_set():
+            if time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + self._settings.reconcile_seconds
+                try:
+                    reconcile_unknown(
+                        self._engine,
+                        channel_for=self._channel_for,
+                        now=self._clock(),
+                        settings=self._settings,
+                    )
+                except Exception:  # a channel that cannot answer now is asked again later
+                    log.exception("reconciliation failed; retrying later")
             try:
                 claimed = dispatch_once(
                     self._engine,

@@ -170,6 +170,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_outbox_recipient', ['recipient_id'], unique=False)
         batch_op.create_index('ix_outbox_due', ['due_at', 'id'], unique=False, **_where("status = 'planned'"))
         batch_op.create_index('ix_outbox_lease', ['lease_expires_at'], unique=False, **_where("status IN ('claimed', 'sending')"))
+        batch_op.create_index('ix_outbox_unknown', ['updated_at'], unique=False, **_where("status = 'unknown'"))
         batch_op.create_index('ix_outbox_wave_status', ['wave_id', 'status'], unique=False)
 
     op.create_table('recipient_tag',
@@ -216,6 +217,7 @@ def downgrade() -> None:
     op.drop_table('recipient_tag')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_wave_status')
+        batch_op.drop_index('ix_outbox_unknown')
         batch_op.drop_index('ix_outbox_lease')
         batch_op.drop_index('ix_outbox_due')
         batch_op.drop_index('ix_outbox_recipient')

@@ -1,0 +1,126 @@
+"""Reconciliation: messages whose send outcome was lost (`unknown`) are settled by asking the
+channel, never by sending again blindly. The provider has it -> `sent`; the provider never got
+it -> `planned` again (sending it then cannot make a duplicate); the provider cannot tell -> it
+stays `unknown` for a person to look at."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, text, update
+from sqlmodel import Session, col, select
+
+from channels.base import Channel, Reconcilable
+from loa.db import session_scope
+from loa.models import UNKNOWN_ONLY, DeliveryEvent, MessageStatus, OutboxMessage
+from loa.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    sent: int = 0
+    replanned: int = 0
+    still_unknown: int = 0
+
+
+def reconcile_unknown(
+    engine: Engine,
+    *,
+    channel_for: Callable[[str], Channel],
+    now: datetime,
+    settings: Settings,
+    limit: int = 1000,
+) -> ReconcileReport:
+    report = ReconcileReport()
+    settled_before = now - timedelta(seconds=settings.lease_seconds)
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(OutboxMessage.id, OutboxMessage.wave_id, OutboxMessage.channel)
+            .where(text(UNKNOWN_ONLY), col(OutboxMessage.updated_at) <= settled_before)
+            .order_by(col(OutboxMessage.updated_at))
+            .limit(limit)
+        ).all()
+    by_channel: dict[str, list[tuple[int, int]]] = {}
+    for message_id, wave_id, channel in rows:
+        assert message_id is not None
+        by_channel.setdefault(channel, []).append((message_id, wave_id))
+
+    for channel_name, messages in by_channel.items():
+        adapter = channel_for(channel_name)
+        if not isinstance(adapter, Reconcilable):
+            report.still_unknown += len(messages)
+            continue
+        answers = adapter.lookup([m for m, _ in messages])
+        sent = [(m, w, answers[m]) for m, w in messages if answers.get(m)]
+        never = [(m, w) for m, w in messages if m in answers and answers[m] is None]
+        report.still_unknown += len(messages) - len(sent) - len(never)
+        with session_scope(engine) as session:
+            report.sent += _settle(
+                session,
+                channel_name,
+                now,
+                MessageStatus.SENT,
+                [(m, w, p) for m, w, p in sent],
+                "reconciled: the channel has it",
+            )
+            report.replanned += _settle(
+                session,
+                channel_name,
+                now,
+                MessageStatus.PLANNED,
+                [(m, w, None) for m, w in never],
+                "reconciled: the channel never received it; planned again",
+            )
+    if rows:
+        log.info("reconciled unknown messages: %s", report)
+    return report
+
+
+def _settle(
+    session: Session,
+    channel: str,
+    now: datetime,
+    status: MessageStatus,
+    messages: list[tuple[int, int, str | None]],
+    detail: str,
+) -> int:
+    """Move each message that is still `unknown`, with its event. One statement per message: these
+    are the few a crash left behind, and RETURNING tells exactly which ones this worker moved (two
+    workers may reconcile at once)."""
+    moved = 0
+    for message_id, wave_id, provider_id in messages:
+        done = session.execute(
+            update(OutboxMessage)
+            .where(col(OutboxMessage.id) == message_id, text(UNKNOWN_ONLY))
+            .values(
+                status=status,
+                provider_id=provider_id,
+                sent_at=now if status == MessageStatus.SENT else None,
+                due_at=now if status == MessageStatus.PLANNED else col(OutboxMessage.due_at),
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(col(OutboxMessage.id))
+        ).first()
+        if done is None:
+            continue
+        moved += 1
+        session.add(
+            DeliveryEvent(
+                message_id=message_id,
+                wave_id=wave_id,
+                channel=channel,
+                kind="status",
+                status=status,
+                provider_id=provider_id,
+                detail=detail,
+                occurred_at=now,
+            )
+        )
+    return moved
