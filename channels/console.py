@@ -50,11 +50,16 @@ class ConsoleChannel:
                 sys.stdout.flush()
                 return
             self._sink.parent.mkdir(parents=True, exist_ok=True)
-            # One write(2) on an O_APPEND descriptor: processes sharing the sink never interleave,
-            # and a process killed mid-batch leaves either the whole batch or none of it. (A
-            # buffered file object may split a large batch over several writes.)
-            fd = os.open(self._sink, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # One write(2) on an O_APPEND descriptor, so processes sharing the sink never
+            # interleave (a buffered file object may split a batch over several writes). A process
+            # killed mid-write can still leave a torn last line (Linux stops a write between pages
+            # on SIGKILL): start on a fresh line after one, so the fragment stands alone, and
+            # lookup() does not count it as a message.
+            fd = os.open(self._sink, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data
                 written = os.write(fd, data)
                 if written != len(data):
                     raise OSError(f"short write to {self._sink}: {written} of {len(data)} bytes")
@@ -68,9 +73,12 @@ class ConsoleChannel:
         wanted = set(message_ids)
         found: dict[int, str | None] = dict.fromkeys(wanted)
         if self._sink.exists():
-            with self._sink.open(encoding="utf-8") as f:
+            with self._sink.open(encoding="utf-8", errors="replace") as f:
                 for line in f:
-                    record = json.loads(line)
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue  # blank, or the torn fragment of a killed writer: not accepted
                     if record["message_id"] in wanted:
                         found[record["message_id"]] = record.get("provider_id") or "console"
         return found

@@ -387,7 +387,7 @@ def record_results(
     in_flight_status = outbox.c.status.concat("")
     # Only this worker's rows still in flight move: a final status is never overwritten, and a row
     # the lease reaper marked `unknown` meanwhile is resolved by the answer we did get.
-    session.execute(
+    moved = session.scalars(
         update(outbox)
         .where(
             outbox.c.id == r.c.id,
@@ -409,7 +409,14 @@ def record_results(
             lease_expires_at=None,
             updated_at=now,
         )
-    )
+        .returning(outbox.c.id)
+    ).all()
+    if len(moved) < len(rows):
+        # Answers that came after the message was settled elsewhere (reconciled after this
+        # worker's lease expired): the outbox keeps its status, and no second event is written.
+        log.warning("%d late answer(s) ignored: already settled", len(rows) - len(moved))
+    if not moved:
+        return
     session.execute(
         insert(DeliveryEvent).from_select(
             [
@@ -433,7 +440,7 @@ def record_results(
                 r.c.error_code,
                 r.c.detail,
                 literal(now, UTCDateTime()),
-            ).where(outbox.c.id == r.c.id),
+            ).where(outbox.c.id == r.c.id, outbox.c.id.in_(moved)),
         )
     )
 

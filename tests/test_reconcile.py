@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
@@ -148,3 +149,21 @@ def test_a_channel_that_cannot_tell_leaves_them_unknown(
     report = reconcile_unknown(engine, channel_for=lookup, now=clock(), settings=settings)
     assert (report.sent, report.replanned, report.still_unknown) == (0, 0, 2)
     assert _status(engine) == {first: "unknown", second: "unknown"}
+
+
+def test_console_sink_survives_a_torn_write(tmp_path: Path) -> None:
+    sink = tmp_path / "sink.jsonl"
+    # What a writer killed mid-write leaves: whole lines, then a fragment with no newline.
+    sink.write_bytes(
+        b'{"message_id": 1, "provider_id": "console-a"}\n{"message_id": 2, "provider_id": "con'
+    )
+    channel = ConsoleChannel(sink)
+    channel.send_batch([OutgoingMessage(2, 9, "+84912000002", "x")], now=FIRE_AT)
+    lines = sink.read_text("utf-8").splitlines()
+    assert lines[1] == '{"message_id": 2, "provider_id": "con'  # the fragment stands alone
+    assert json.loads(lines[2])["message_id"] == 2
+    found = channel.lookup([1, 2, 3])
+    assert found[1] == "console-a"
+    assert found[2] == json.loads(lines[2])["provider_id"]  # from the whole line, not the fragment
+    assert found[3] is None
+    assert ConsoleChannel(None).lookup([1]) == {}  # stdout keeps no record: cannot tell
