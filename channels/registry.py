@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from channels.base import Channel
 from channels.console import ConsoleChannel
+from channels.simulated import SimulatedChannel
 from loa.errors import InvalidInput, NotBuilt
 from loa.settings import Settings
 
@@ -20,6 +22,10 @@ def channel_for(wave_channel: str, settings: Settings) -> Channel:
     adapter = settings.sms_channel
     if adapter == "console":
         return ConsoleChannel(settings.console_sink)
+    if adapter == "simulated":
+        return SimulatedChannel(
+            latency_ms=settings.simulated_latency_ms, concurrency=settings.simulated_concurrency
+        )
     if adapter in _PLANNED_ADAPTERS:
         raise NotBuilt(f"LOA_SMS_CHANNEL={adapter!r}: that adapter is not built yet; use 'console'")
     raise InvalidInput(
@@ -30,10 +36,12 @@ def channel_for(wave_channel: str, settings: Settings) -> Channel:
 def channel_lookup(settings: Settings) -> Callable[[str], Channel]:
     """A lookup that builds each adapter once (adapters may hold connections or pools)."""
     built: dict[str, Channel] = {}
+    lock = threading.Lock()  # the dispatch loops of one process share it
 
     def lookup(wave_channel: str) -> Channel:
-        if wave_channel not in built:
-            built[wave_channel] = channel_for(wave_channel, settings)
-        return built[wave_channel]
+        with lock:
+            if wave_channel not in built:
+                built[wave_channel] = channel_for(wave_channel, settings)
+            return built[wave_channel]
 
     return lookup

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    ColumnElement,
     Connection,
     DateTime,
     Engine,
     Integer,
     Table,
+    any_,
+    bindparam,
     create_engine,
     event,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.types import TypeDecorator
@@ -129,6 +132,16 @@ def upsert_insert(bind: Engine | Connection, table: Table) -> postgresql.Insert 
     if bind.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+def id_in(column: Any, ids: Sequence[int], bind: Engine | Connection) -> ColumnElement[bool]:
+    """`column IN ids` for a batch of ids. On PostgreSQL one array parameter (`= ANY(:ids)`):
+    a 500-element IN list costs more to render and parse than the statement costs to run."""
+    if bind.dialect.name == "postgresql":
+        return cast(
+            ColumnElement[bool], column == any_(bindparam(None, list(ids), ARRAY(BigInteger())))
+        )
+    return cast(ColumnElement[bool], column.in_(ids))
 
 
 @contextmanager

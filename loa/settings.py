@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     sms_channel: str = "console"
     # File the console channel appends JSON lines to; stdout when unset.
     console_sink: Path | None = None
+    # The simulated channel (load tests): latency of each call, and calls in flight at once.
+    simulated_latency_ms: float = Field(default=20, ge=0)
+    simulated_concurrency: int = Field(default=100, ge=1)
 
     # Campaign rules.
     default_timezone: str = "Asia/Ho_Chi_Minh"
@@ -46,7 +49,9 @@ class Settings(BaseSettings):
     scheduler_tick_seconds: float = Field(default=2.0, gt=0)
     expansion_chunk_size: int = Field(default=20_000, ge=1)
 
-    # Dispatch workers.
+    # Dispatch workers. Each `loa worker` process runs `worker_loops` claim-and-send loops, so that
+    # one batch's database work overlaps another's sending (SQLite runs one: it has one writer).
+    worker_loops: int = Field(default=4, ge=1)
     worker_batch_size: int = Field(default=200, ge=1)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     lease_seconds: int = Field(default=120, ge=5)

@@ -43,7 +43,7 @@ from sqlmodel import Session, col
 
 from channels.base import Channel, Outcome, OutgoingMessage, SendResult
 from loa.clock import Clock
-from loa.db import UTCDateTime, session_scope
+from loa.db import UTCDateTime, id_in, session_scope
 from loa.models import (
     IN_FLIGHT_ONLY,
     PLANNED_ONLY,
@@ -63,7 +63,8 @@ log = logging.getLogger(__name__)
 
 
 def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    # Fits the 64-character lease owner column with room for a loop number.
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def claim_batch(
         .cte("batch")
         .prefix_with("MATERIALIZED")
     )
-    claimed_ids = list(
+    claimed_ids: list[int] = list(
         session.scalars(
             update(OutboxMessage)
             # The status again: PostgreSQL re-checks the outer condition on a row changed meanwhile.
@@ -197,12 +198,13 @@ def claim_batch(
     )
     if not claimed_ids:
         return []
+    bind = session.connection()
 
     # Suppression is checked now, not only at planning: an opt-out mid-wave stops the rest.
     suppressed = session.execute(
         update(OutboxMessage)
         .where(
-            col(OutboxMessage.id).in_(claimed_ids),
+            id_in(col(OutboxMessage.id), claimed_ids, bind),
             exists(
                 select(1)
                 .select_from(Recipient)
@@ -231,7 +233,7 @@ def claim_batch(
         .join(Recipient, col(Recipient.id) == col(OutboxMessage.recipient_id))
         .join(Wave, col(Wave.id) == col(OutboxMessage.wave_id))
         .where(
-            col(OutboxMessage.id).in_(claimed_ids),
+            id_in(col(OutboxMessage.id), claimed_ids, bind),
             col(OutboxMessage.status) == MessageStatus.CLAIMED,
         )
         .order_by(col(OutboxMessage.id))
@@ -265,7 +267,7 @@ def begin_sending(
         return
     ids = [m.id for m in ready]
     mine = (
-        col(OutboxMessage.id).in_(ids),
+        id_in(col(OutboxMessage.id), ids, session.connection()),
         col(OutboxMessage.lease_owner) == worker_id,
     )
     session.execute(
@@ -440,7 +442,7 @@ def record_results(
                 r.c.error_code,
                 r.c.detail,
                 literal(now, UTCDateTime()),
-            ).where(outbox.c.id == r.c.id, outbox.c.id.in_(moved)),
+            ).where(outbox.c.id == r.c.id, id_in(outbox.c.id, moved, session.connection())),
         )
     )
 

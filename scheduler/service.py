@@ -68,7 +68,9 @@ class SchedulerService:
 
 
 class DispatchWorker:
-    """Claims and sends batches until stopped; sleeps only when nothing is due."""
+    """Claims and sends batches until stopped, in `worker_loops` threads (one on SQLite); each
+    loop sleeps only when nothing is due. The loops overlap database work with sending: both
+    release the GIL while they wait."""
 
     def __init__(
         self,
@@ -82,28 +84,34 @@ class DispatchWorker:
         self._clock = clock
         self._channel_for = channel_for
         self.worker_id = new_worker_id()
+        loops = 1 if engine.dialect.name == "sqlite" else settings.worker_loops
+        # Each loop holds its own leases, so each has its own owner id.
+        self.loop_ids = [f"{self.worker_id}/{n}" for n in range(loops)]
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
-    def run(self) -> None:
-        log.info("dispatch worker %s started", self.worker_id)
+    def _reconcile(self) -> None:
+        try:
+            reconcile_unknown(
+                self._engine,
+                channel_for=self._channel_for,
+                now=self._clock(),
+                settings=self._settings,
+            )
+        except Exception:  # a channel that cannot answer now is asked again later
+            log.exception("reconciliation failed; retrying later")
+
+    def run(self, loop_id: str, *, reconciles: bool) -> None:
+        log.info("dispatch loop %s started", loop_id)
         next_reconcile = 0.0
         while not self._stop.is_set():
-            if time.monotonic() >= next_reconcile:
+            if reconciles and time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self._settings.reconcile_seconds
-                try:
-                    reconcile_unknown(
-                        self._engine,
-                        channel_for=self._channel_for,
-                        now=self._clock(),
-                        settings=self._settings,
-                    )
-                except Exception:  # a channel that cannot answer now is asked again later
-                    log.exception("reconciliation failed; retrying later")
+                self._reconcile()
             try:
                 claimed = dispatch_once(
                     self._engine,
-                    worker_id=self.worker_id,
+                    worker_id=loop_id,
                     clock=self._clock,
                     settings=self._settings,
                     channel_for=self._channel_for,
@@ -115,10 +123,18 @@ class DispatchWorker:
                 self._stop.wait(self._settings.worker_poll_seconds)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="dispatch-worker", daemon=True)
-        self._thread.start()
+        for n, loop_id in enumerate(self.loop_ids):
+            thread = threading.Thread(
+                target=self.run,
+                args=(loop_id,),
+                kwargs={"reconciles": n == 0},
+                name=f"dispatch-{n}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)

@@ -1,0 +1,165 @@
+"""Benchmark: dispatch throughput of `loa worker` processes through the simulated channel.
+
+    .venv/bin/python bench/dispatch_throughput.py --recipients 100000 --processes 1 2 4 \
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/loa_bench
+
+For each process count: a fresh database, N recipients, one wave expanded into the outbox, then
+P real `loa worker` processes (LOA_SMS_CHANNEL=simulated: 20 ms per call, 100 calls at once per
+process) drain it. Throughput is measured from the database's own record: messages sent divided
+by the time from the first attempt event to the last message marked sent, so process start-up
+does not count. Every attempt and result is committed before it counts (delivery events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy.engine import make_url
+from sqlmodel import col
+
+from loa import schema
+from loa.db import make_engine, session_scope
+from loa.models import DeliveryEvent, OutboxMessage
+from loa.settings import Settings
+from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
+from scheduler.spec import validate_spec
+from scheduler.tick import run_tick
+
+LOA = str(Path(sys.executable).parent / "loa")
+
+
+def _fresh(url: str) -> None:
+    parsed = make_url(url)
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    admin.dispose()
+
+
+def _prepare(engine: Engine, settings: Settings, n: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO area (code, name, level, parent_code, path) VALUES "
+                "('42', 'Hà Tĩnh', 'province', NULL, '/42/'), "
+                "('18301', 'Xã A', 'commune', '42', '/42/18301/')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO recipient (phone, name, area_code, carrier, phone_converted, "
+                "attributes, created_at, updated_at) SELECT '+8491' || lpad(i::text, 7, '0'), "
+                "'Nguyễn Văn ' || i, '18301', 'Viettel', false, '{}', now(), now() "
+                "FROM generate_series(1, :n) AS i"
+            ),
+            {"n": n},
+        )
+    zone = ZoneInfo("Asia/Ho_Chi_Minh")
+    fire = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    spec = validate_spec(
+        {
+            "name": "bench",
+            "waves": [
+                {
+                    "name": "w",
+                    "channel": "sms",
+                    "at": fire.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"),
+                    "audience": {"areas": ["42"]},
+                    "template": "BHXH: {{ name }} oi, thang 5.",
+                }
+            ],
+        },
+        source="bench",
+    )
+    now = datetime.now(UTC)
+    with session_scope(engine) as session:
+        campaign = create_campaign(session, spec=spec, actor="bench", now=now, settings=settings)
+        assert campaign.id is not None
+        approve_campaign(session, campaign.id, actor="bench", now=now, settings=settings)
+        launch_campaign(session, campaign.id, actor="bench", now=now, settings=settings)
+    assert run_tick(engine, now=fire, settings=settings).fired == {1: n}
+    time.sleep(max(0.0, (fire - datetime.now(UTC)).total_seconds()))
+
+
+def one_run(url: str, n: int, processes: int, loops: int, batch: int) -> float:
+    _fresh(url)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(database_url=url, data_dir=Path(tmp), window_info="always")
+        engine = make_engine(settings)
+        schema.upgrade(engine)
+        _prepare(engine, settings, n)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_")}
+        env.update(
+            LOA_DATABASE_URL=url,
+            LOA_DATA_DIR=tmp,
+            LOA_SMS_CHANNEL="simulated",
+            LOA_SIMULATED_LATENCY_MS="20",
+            LOA_SIMULATED_CONCURRENCY="100",
+            LOA_WORKER_LOOPS=str(loops),
+            LOA_WORKER_BATCH_SIZE=str(batch),
+            LOA_WORKER_POLL_SECONDS="0.05",
+            LOA_WINDOW_INFO="always",
+            LOA_LOG_LEVEL="WARNING",
+        )
+        workers = [subprocess.Popen([LOA, "worker"], env=env) for _ in range(processes)]
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                with session_scope(engine) as session:
+                    sent = session.scalar(
+                        select(func.count())
+                        .select_from(OutboxMessage)
+                        .where(col(OutboxMessage.status) == "sent")
+                    )
+                if sent == n:
+                    break
+                time.sleep(0.2)
+            else:
+                raise SystemExit(f"gave up: {sent} of {n} sent after 600 s")
+        finally:
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.wait(timeout=60)
+        with session_scope(engine) as session:
+            first = session.scalar(select(func.min(col(DeliveryEvent.occurred_at))))
+            last = session.scalar(select(func.max(col(OutboxMessage.sent_at))))
+        engine.dispose()
+    assert first is not None and last is not None
+    return float(n / (last - first).total_seconds())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=100_000)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--loops", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--database-url", required=True)
+    args = parser.parse_args()
+    for processes in args.processes:
+        rates = sorted(
+            one_run(args.database_url, args.recipients, processes, args.loops, args.batch)
+            for _ in range(args.runs)
+        )
+        print(
+            f"{processes} process(es) x {args.loops} loops, batch {args.batch}, "
+            f"{args.recipients} messages: median {rates[len(rates) // 2]:,.0f} msg/s "
+            f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
