@@ -1,6 +1,6 @@
 """Benchmark: dispatch throughput of `loa worker` processes through the simulated channel.
 
-    .venv/bin/python bench/dispatch_throughput.py --recipients 100000 --processes 1 2 4 \
+    .venv/bin/python -m bench.dispatch_throughput --recipients 100000 --processes 1 2 4 \
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/loa_bench
 
 For each process count: a fresh database, N recipients, one wave expanded into the outbox, then

@@ -1,6 +1,6 @@
 """Benchmark: expanding one wave into the outbox, then dispatching it through the console channel.
 
-    .venv/bin/python bench/expand_dispatch.py --recipients 200000 --runs 3 \
+    .venv/bin/python -m bench.expand_dispatch --recipients 200000 --runs 3 \
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/loa_bench]
 
 Each run starts from a fresh database (SQLite file in a temp dir, or the PostgreSQL database named

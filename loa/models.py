@@ -248,6 +248,16 @@ class DeliveryEvent(SQLModel, table=True):
     occurred_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class RateBucket(SQLModel, table=True):
+    """A token bucket shared by all workers (scheduler/ratelimit.py): one row per channel."""
+
+    __tablename__ = "rate_bucket"
+
+    name: str = Field(primary_key=True, max_length=64)
+    tokens: float
+    refilled_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class ApiKey(SQLModel, table=True):
     """API keys are stored hashed; `prefix` is the public part used to find the row."""
 

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     scheduler_tick_seconds: float = Field(default=2.0, gt=0)
     expansion_chunk_size: int = Field(default=20_000, ge=1)
 
+    # Rate limit of the sms channel across all workers: messages per second (0: none), and the
+    # most that may leave at once.
+    sms_rate_per_second: float = Field(default=0, ge=0)
+    sms_burst: int = Field(default=0, ge=0)  # 0: one second's worth
+
     # Dispatch workers. Each `loa worker` process runs `worker_loops` claim-and-send loops, so that
     # one batch's database work overlaps another's sending (SQLite runs one: it has one writer).
     worker_loops: int = Field(default=4, ge=1)

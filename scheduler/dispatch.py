@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -57,6 +58,7 @@ from loa.models import (
 from loa.settings import Settings
 from scheduler.backoff import retry_delay
 from scheduler.gate import sendable_wave_ids
+from scheduler.ratelimit import give_back, take_tokens
 from templates.render import TemplateProblem, render
 
 log = logging.getLogger(__name__)
@@ -456,6 +458,14 @@ def dispatch_once(
     channel_for: Callable[[str], Channel],
 ) -> int:
     """Claim and send one batch. Returns how many messages were claimed (0: nothing was due)."""
+    limit = settings.worker_batch_size
+    rate = settings.sms_rate_per_second
+    burst = settings.sms_burst or math.ceil(rate)
+    if rate:
+        with session_scope(engine) as session:
+            limit = take_tokens(session, "sms", want=limit, rate=rate, burst=burst, now=clock())
+        if not limit:
+            return 0
     with session_scope(engine) as session:
         now = clock()
         release_expired_leases(session, now=now)
@@ -464,9 +474,11 @@ def dispatch_once(
             worker_id=worker_id,
             now=now,
             lease_seconds=settings.lease_seconds,
-            limit=settings.worker_batch_size,
+            limit=limit,
             wave_ids=sendable_wave_ids(session, now=now, settings=settings),
         )
+        if rate and len(claimed) < limit:
+            give_back(session, "sms", tokens=limit - len(claimed), burst=burst)
     if not claimed:
         return 0
     ready, render_failures = _render_all(claimed)

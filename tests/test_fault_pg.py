@@ -120,7 +120,7 @@ class Workers:
         return [
             p
             for p in self.live()
-            if b"dispatch worker"
+            if b"dispatch loop"
             in (self.log_dir / f"worker-{self.procs.index(p)}.err").read_bytes()
         ]
 
@@ -274,6 +274,7 @@ def test_sigkilled_workers_deliver_each_recipient_exactly_once_postgresql(
         pg_url,
         tmp_path,
         LOA_WORKER_BATCH_SIZE="200",
+        LOA_WORKER_LOOPS="2",  # a killed process takes several loops' batches down with it
         LOA_LEASE_SECONDS="5",
         LOA_WORKER_POLL_SECONDS="0.1",
         LOA_RECONCILE_SECONDS="1",

@@ -75,6 +75,12 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('phone')
     )
+    op.create_table('rate_bucket',
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('tokens', sa.Float(), nullable=False),
+    sa.Column('refilled_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('name')
+    )
     op.create_table('template',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -235,6 +241,7 @@ def downgrade() -> None:
     op.drop_table('recipient')
     op.drop_table('api_key')
     op.drop_table('template')
+    op.drop_table('rate_bucket')
     op.drop_table('suppression')
     with op.batch_alter_table('campaign', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_campaign_status'))
