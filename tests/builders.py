@@ -13,6 +13,7 @@ from loa.models import Area, Recipient, RecipientTag
 from loa.settings import Settings
 from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
 from scheduler.spec import validate_spec
+from scheduler.tick import run_tick
 
 # Hà Tĩnh (42) > Đức Thọ (440) > two communes; Nghệ An (40) > one commune elsewhere.
 AREAS = [
@@ -73,3 +74,26 @@ def launch(engine: Engine, raw_spec: dict[str, Any], settings: Settings, now: da
         approve_campaign(session, campaign.id, actor="approver", now=now, settings=settings)
         launch_campaign(session, campaign.id, actor="approver", now=now, settings=settings)
         return campaign.id
+
+
+def launch_and_fire(
+    engine: Engine,
+    settings: Settings,
+    *,
+    at: str,
+    fire_at: datetime,
+    launched_at: datetime,
+    template: str = "x",
+) -> int:
+    """A one-wave SMS campaign to area 42, launched at `launched_at` and fired by a scheduler tick
+    at `fire_at` (the UTC instant of the local `at`); returns the campaign id."""
+    wave = {
+        "name": "W",
+        "channel": "sms",
+        "at": at,
+        "audience": {"areas": ["42"]},
+        "template": template,
+    }
+    campaign_id = launch(engine, {"name": "C", "waves": [wave]}, settings, launched_at)
+    run_tick(engine, now=fire_at, settings=settings)
+    return campaign_id

@@ -120,8 +120,7 @@ class Workers:
         return [
             p
             for p in self.live()
-            if b"dispatch loop"
-            in (self.log_dir / f"worker-{self.procs.index(p)}.err").read_bytes()
+            if b"dispatch loop" in (self.log_dir / f"worker-{self.procs.index(p)}.err").read_bytes()
         ]
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:

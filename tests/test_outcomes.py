@@ -18,8 +18,7 @@ from loa.models import DeliveryEvent, OutboxMessage
 from loa.settings import Settings
 from scheduler.backoff import retry_delay
 from scheduler.dispatch import dispatch_once
-from scheduler.tick import run_tick
-from tests.builders import add_areas, add_recipient, launch
+from tests.builders import add_areas, add_recipient, launch_and_fire
 from tests.conftest import FakeClock
 
 FIRE_AT = datetime(2026, 5, 8, 0, 30, tzinfo=UTC)
@@ -75,25 +74,8 @@ def test_each_outcome_lands_in_its_status_and_transients_back_off(
         add_areas(session)
         for last in "1234":
             add_recipient(session, f"+8491200000{last}", now=clock())
-    launch(
-        engine,
-        {
-            "name": "C",
-            "waves": [
-                {
-                    "name": "W",
-                    "channel": "sms",
-                    "at": "2026-05-08 07:30",
-                    "audience": {"areas": ["42"]},
-                    "template": "x",
-                }
-            ],
-        },
-        settings,
-        clock(),
-    )
+    launch_and_fire(engine, settings, at="2026-05-08 07:30", fire_at=FIRE_AT, launched_at=clock())
     clock.now = FIRE_AT
-    run_tick(engine, now=clock(), settings=settings)
     channel = ScriptedChannel()
 
     def lookup(_: str) -> Channel:

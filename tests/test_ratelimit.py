@@ -11,8 +11,7 @@ from loa.db import session_scope
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once
 from scheduler.ratelimit import give_back, take_tokens
-from scheduler.tick import run_tick
-from tests.builders import add_areas, add_recipient, launch
+from tests.builders import add_areas, add_recipient, launch_and_fire
 from tests.conftest import FakeClock
 
 T0 = datetime(2026, 5, 8, 2, 0, tzinfo=UTC)
@@ -51,25 +50,8 @@ def test_dispatch_across_workers_keeps_to_the_rate(
         add_areas(session)
         for i in range(45):
             add_recipient(session, f"+849120000{i:02d}", now=clock())
-    launch(
-        engine,
-        {
-            "name": "C",
-            "waves": [
-                {
-                    "name": "W",
-                    "channel": "sms",
-                    "at": "2026-05-08 09:00",
-                    "audience": {"areas": ["42"]},
-                    "template": "x",
-                }
-            ],
-        },
-        settings,
-        clock(),
-    )
+    launch_and_fire(engine, settings, at="2026-05-08 09:00", fire_at=T0, launched_at=clock())
     clock.now = T0
-    run_tick(engine, now=clock(), settings=settings)
     lookup = channel_lookup(settings)
 
     def dispatch(worker: str) -> int:

@@ -19,8 +19,7 @@ from loa.settings import Settings
 from scheduler.dispatch import begin_sending, claim_batch, dispatch_once, release_expired_leases
 from scheduler.gate import sendable_wave_ids
 from scheduler.reconcile import reconcile_unknown
-from scheduler.tick import run_tick
-from tests.builders import add_areas, add_recipient, launch
+from tests.builders import add_areas, add_recipient, launch_and_fire
 from tests.conftest import FakeClock
 
 FIRE_AT = datetime(2026, 5, 8, 2, 0, tzinfo=UTC)  # 09:00 in Vietnam
@@ -32,25 +31,8 @@ def _crash_mid_batch(engine: Engine, settings: Settings, clock: FakeClock) -> li
         add_areas(session)
         add_recipient(session, "+84912000001", now=clock())
         add_recipient(session, "+84912000002", now=clock())
-    launch(
-        engine,
-        {
-            "name": "C",
-            "waves": [
-                {
-                    "name": "W",
-                    "channel": "sms",
-                    "at": "2026-05-08 09:00",
-                    "audience": {"areas": ["42"]},
-                    "template": "x",
-                }
-            ],
-        },
-        settings,
-        clock(),
-    )
+    launch_and_fire(engine, settings, at="2026-05-08 09:00", fire_at=FIRE_AT, launched_at=clock())
     clock.now = FIRE_AT
-    run_tick(engine, now=clock(), settings=settings)
     with session_scope(engine) as session:
         claimed = claim_batch(
             session,
