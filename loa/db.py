@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -83,7 +85,16 @@ def make_engine(settings: Settings) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database, settings.sqlite_busy_timeout_ms)
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        # Each session names its process, so pg_stat_activity and pg_locks show which Loa
+        # process on which machine holds what (the scheduler's lock, a worker's claims).
+        name = f"loa:{socket.gethostname()[:40]}:{os.getpid()}"
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=10,
+            connect_args={"application_name": name},
+        )
     raise DatabaseUnavailable(
         f"LOA_DATABASE_URL uses {parsed.get_backend_name()!r}; Loa supports sqlite and postgresql"
     )

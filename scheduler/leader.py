@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 # An arbitrary constant naming "the Loa scheduler" among the advisory locks of the database.
 ADVISORY_LOCK_KEY = 0x10A5C4ED
+KEEPALIVES = {"tcp_keepalives_idle": 5, "tcp_keepalives_interval": 2, "tcp_keepalives_count": 3}
 
 
 class Leadership(Protocol):
@@ -45,6 +46,11 @@ class PostgresLeadership:
                 self._drop()
         conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
+            # If the leader's machine vanishes, its connection (and the lock) would live on until
+            # TCP gives up, which can take hours. Server-side keepalives on this session make the
+            # server drop it within idle + interval * count seconds (11 s) instead.
+            for name, seconds in KEEPALIVES.items():
+                conn.execute(text(f"SET {name} = {seconds}"))
             got = conn.execute(
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
             ).scalar()

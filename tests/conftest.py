@@ -120,6 +120,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from _fresh_database(request.param, request, tmp_path)
 
 
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A clean migrated PostgreSQL database, for tests of what only PostgreSQL does (worker
+    processes on many machines, advisory locks). Skipped without LOA_TEST_POSTGRES_URL, which
+    fails a strict run."""
+    if not POSTGRES_URL:
+        pytest.skip("LOA_TEST_POSTGRES_URL is not set: this test runs on PostgreSQL only")
+    template: str = request.getfixturevalue("pg_template")
+    name = f"loa_p_{uuid.uuid4().hex[:12]}"
+    url = _create_pg_database(name, template=template)
+    yield url
+    _drop_pg_database(name)
+
+
 @pytest.fixture(params=BACKENDS)
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database (no tables) on each backend, for migration tests."""

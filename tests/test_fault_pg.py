@@ -20,16 +20,13 @@ import random
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlmodel import col
 
@@ -39,7 +36,6 @@ from loa.settings import Settings
 from scheduler.tick import run_tick
 from tests.builders import add_areas, launch
 from tests.clirun import LOA, loa_env
-from tests.conftest import POSTGRES_URL, _create_pg_database, _drop_pg_database
 
 RECIPIENTS = 20_000
 WORKERS = 3
@@ -50,18 +46,6 @@ SEED = int(os.environ.get("LOA_FAULT_SEED", "20260508"))
 ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
 # Not final: still to send, in flight, or waiting for reconciliation.
 UNSETTLED = {"planned", "claimed", "sending", "unknown"}
-
-
-@pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh migrated PostgreSQL database (cloned from conftest's template) for this test."""
-    if not POSTGRES_URL:
-        pytest.skip("LOA_TEST_POSTGRES_URL is not set: the fault test runs on PostgreSQL only")
-    template: str = request.getfixturevalue("pg_template")
-    name = f"loa_fault_{uuid.uuid4().hex[:12]}"
-    url = _create_pg_database(name, template=template)
-    yield url
-    _drop_pg_database(name)
 
 
 def _phone(i: int) -> str:
