@@ -10,7 +10,9 @@ running -> completed when every wave is done) are conditional updates in schedul
 Pause and resume change the campaign's status only: which messages may be claimed is the
 dispatcher's decision, so resuming (once or twice) never re-sends anything. Cancel also ends what
 is still waiting, in set-based statements: planned messages become cancelled (one delivery event
-each) and waves that have not fired are closed. Messages a worker already holds are left to it.
+each) and waves that have not fired are closed. Messages a worker already holds are left to it;
+any that come back to `planned` later (an expired claim, a retry) are swept to cancelled by the
+scheduler's tick.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""One pass of the active scheduler: fire the waves that are due, close what has finished."""
+"""One pass of the active scheduler: fire the waves that are due (or expire them when the service
+was down too long), move messages waiting for a send window to its opening, sweep messages of
+cancelled campaigns to a final status, and close the waves and campaigns that have finished."""
 
 from __future__ import annotations
 
