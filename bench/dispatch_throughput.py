@@ -13,19 +13,17 @@ does not count. Every attempt and result is committed before it counts (delivery
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, func, select, text
 from sqlmodel import col
 
+from bench.common import LOA, recreate_database, worker_env
 from loa import schema
 from loa.db import make_engine, session_scope
 from loa.models import DeliveryEvent, OutboxMessage
@@ -33,17 +31,6 @@ from loa.settings import Settings
 from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
 from scheduler.spec import validate_spec
 from scheduler.tick import run_tick
-
-LOA = str(Path(sys.executable).parent / "loa")
-
-
-def _fresh(url: str) -> None:
-    parsed = make_url(url)
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-    admin.dispose()
 
 
 def _prepare(engine: Engine, settings: Settings, n: int) -> None:
@@ -92,24 +79,19 @@ def _prepare(engine: Engine, settings: Settings, n: int) -> None:
 
 
 def one_run(url: str, n: int, processes: int, loops: int, batch: int) -> float:
-    _fresh(url)
+    recreate_database(url)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=url, data_dir=Path(tmp), window_info="always")
         engine = make_engine(settings)
         schema.upgrade(engine)
         _prepare(engine, settings, n)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_")}
-        env.update(
-            LOA_DATABASE_URL=url,
-            LOA_DATA_DIR=tmp,
-            LOA_SMS_CHANNEL="simulated",
+        env = worker_env(
+            url,
+            tmp,
             LOA_SIMULATED_LATENCY_MS="20",
             LOA_SIMULATED_CONCURRENCY="100",
             LOA_WORKER_LOOPS=str(loops),
             LOA_WORKER_BATCH_SIZE=str(batch),
-            LOA_WORKER_POLL_SECONDS="0.05",
-            LOA_WINDOW_INFO="always",
-            LOA_LOG_LEVEL="WARNING",
         )
         workers = [subprocess.Popen([LOA, "worker"], env=env) for _ in range(processes)]
         try:

@@ -19,9 +19,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
+from bench.common import recreate_database
 from channels.registry import channel_lookup
 from loa import schema
 from loa.db import make_engine, session_scope
@@ -38,12 +38,7 @@ def _fresh_settings(url: str | None, tmp: Path, batch: int) -> Settings:
     if url is None:
         url = f"sqlite:///{tmp / 'bench.db'}"
     else:
-        parsed = make_url(url)
-        admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-        admin.dispose()
+        recreate_database(url)
     return Settings(
         database_url=url, data_dir=tmp, console_sink=Path("/dev/null"), worker_batch_size=batch
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import os
 import subprocess
 import tempfile
 import time
@@ -22,7 +21,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlmodel import col
 
-from bench.dispatch_throughput import LOA, _fresh, _prepare
+from bench.common import LOA, recreate_database, worker_env
+from bench.dispatch_throughput import _prepare
 from loa import schema
 from loa.db import make_engine, session_scope
 from loa.models import OutboxMessage
@@ -37,23 +37,18 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     args = parser.parse_args()
     url = args.database_url
-    _fresh(url)
+    recreate_database(url)
     n = int(args.rate * args.seconds * 2)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=url, data_dir=Path(tmp), window_info="always")
         engine = make_engine(settings)
         schema.upgrade(engine)
         _prepare(engine, settings, n)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_")}
-        env.update(
-            LOA_DATABASE_URL=url,
-            LOA_DATA_DIR=tmp,
-            LOA_SMS_CHANNEL="simulated",
+        env = worker_env(
+            url,
+            tmp,
             LOA_SMS_RATE_PER_SECOND=str(args.rate),
             LOA_SMS_BURST=str(int(args.rate)),
-            LOA_WORKER_POLL_SECONDS="0.05",
-            LOA_WINDOW_INFO="always",
-            LOA_LOG_LEVEL="WARNING",
         )
         workers = [subprocess.Popen([LOA, "worker"], env=env) for _ in range(args.processes)]
         time.sleep(args.seconds + 3)  # + start-up; the window measured is cut from the record
