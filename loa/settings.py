@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     window_qc: str = "07:00-22:00"
     window_info: str = "07:00-21:00"
     window_care: str = "07:00-21:00"
+    # Frequency caps per recipient and class over a rolling period, "N/24h" ("" for none).
+    # Advertising (qc): at most 3 per number per 24 h (Decree 91/2020/ND-CP).
+    cap_qc: str = "3/24h"
+    cap_info: str = ""
+    cap_care: str = ""
     # A wave that fires more than this after its time (the service was down) expires its
     # messages instead of sending them hours late.
     late_after_minutes: int = Field(default=120, ge=1)
@@ -78,6 +83,17 @@ class Settings(BaseSettings):
 
         try:
             parse_window(value)
+        except LoaError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("cap_qc", "cap_info", "cap_care")
+    @classmethod
+    def _cap_parses(cls, value: str) -> str:
+        from scheduler.policy import parse_cap  # the parser lives with the class rules
+
+        try:
+            parse_cap(value)
         except LoaError as exc:
             raise ValueError(exc.message) from None
         return value

@@ -57,6 +57,7 @@ from loa.models import (
 )
 from loa.settings import Settings
 from scheduler.backoff import retry_delay
+from scheduler.caps import defer_capped
 from scheduler.gate import sendable_wave_ids
 from scheduler.ratelimit import give_back, take_tokens
 from templates.render import TemplateProblem, render
@@ -161,9 +162,11 @@ def claim_batch(
     now: datetime,
     lease_seconds: int,
     limit: int,
+    settings: Settings,
     wave_ids: Sequence[int],
 ) -> list[ClaimedMessage]:
-    """Claim up to `limit` due messages of the given waves (those that may send now)."""
+    """Claim up to `limit` due messages of the given waves (those that may send now); the ones
+    suppressed or over their class's cap are set aside in the same transaction."""
     if not wave_ids:
         return []
     due = (
@@ -220,6 +223,7 @@ def claim_batch(
         .returning(*_MOVED)
     ).all()
     _record_moves(session, suppressed, MessageStatus.SUPPRESSED, now, "suppressed at send time")
+    defer_capped(session, claimed_ids, now=now, settings=settings)
 
     rows = session.execute(
         select(
@@ -475,6 +479,7 @@ def dispatch_once(
             now=now,
             lease_seconds=settings.lease_seconds,
             limit=limit,
+            settings=settings,
             wave_ids=sendable_wave_ids(session, now=now, settings=settings),
         )
         if rate and len(claimed) < limit:

@@ -1,11 +1,41 @@
-"""What a message class allows: its send window (and, to come, its frequency cap), from settings."""
+"""What a message class allows: its send window and its frequency cap, from settings."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from loa.errors import InvalidInput
 from loa.settings import Settings
 from scheduler.windows import SendWindow, parse_window
 
 MESSAGE_CLASSES = ("qc", "info", "care")
+_CAP = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*([mhd])\s*")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+@dataclass(frozen=True)
+class Cap:
+    """At most `count` messages of a class to one recipient in any rolling `period`."""
+
+    count: int
+    period: timedelta
+
+
+def parse_cap(text: str) -> Cap | None:
+    """ "3/24h", "1/7d", "10/90m"; "" for no cap."""
+    if not text.strip():
+        return None
+    match = _CAP.fullmatch(text)
+    if match is None:
+        raise InvalidInput(f"cap {text!r} is not like '3/24h' (a count, /, a period in m, h or d)")
+    count, amount, unit = int(match[1]), int(match[2]), match[3]
+    if count == 0 or amount == 0:
+        raise InvalidInput(
+            f"cap {text!r} would never let a message through; leave it empty for none"
+        )
+    return Cap(count, timedelta(**{_UNITS[unit]: amount}))
 
 
 def window_for(message_class: str, settings: Settings) -> SendWindow | None:
@@ -15,3 +45,8 @@ def window_for(message_class: str, settings: Settings) -> SendWindow | None:
         "care": settings.window_care,
     }
     return parse_window(windows[message_class])
+
+
+def cap_for(message_class: str, settings: Settings) -> Cap | None:
+    caps = {"qc": settings.cap_qc, "info": settings.cap_info, "care": settings.cap_care}
+    return parse_cap(caps[message_class])

@@ -200,6 +200,7 @@ def test_a_dead_workers_claims_return_and_its_sends_become_unknown_never_resent(
             now=clock(),
             lease_seconds=60,
             limit=10,
+            settings=settings,
             wave_ids=sendable_wave_ids(session, now=clock(), settings=settings),
         )
         # The dead worker had told the database it was sending the first one, then vanished.

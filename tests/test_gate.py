@@ -149,10 +149,22 @@ def test_a_claim_takes_exactly_its_batch(
     with session_scope(engine) as session:
         waves = sendable_wave_ids(session, now=clock(), settings=settings)
         first = claim_batch(
-            session, worker_id="a", now=clock(), lease_seconds=60, limit=2, wave_ids=waves
+            session,
+            worker_id="a",
+            now=clock(),
+            lease_seconds=60,
+            limit=2,
+            settings=settings,
+            wave_ids=waves,
         )
         second = claim_batch(
-            session, worker_id="b", now=clock(), lease_seconds=60, limit=3, wave_ids=waves
+            session,
+            worker_id="b",
+            now=clock(),
+            lease_seconds=60,
+            limit=3,
+            settings=settings,
+            wave_ids=waves,
         )
     assert (len(first), len(second)) == (2, 3)
     assert not {m.id for m in first} & {m.id for m in second}
@@ -172,6 +184,7 @@ def test_messages_that_return_to_planned_after_cancel_are_swept_to_cancelled(
             now=clock(),
             lease_seconds=60,
             limit=1,
+            settings=settings,
             wave_ids=sendable_wave_ids(session, now=clock(), settings=settings),
         )
         result = cancel_campaign(session, campaign_id, actor="a", now=clock())

@@ -40,6 +40,7 @@ def _crash_mid_batch(engine: Engine, settings: Settings, clock: FakeClock) -> li
             now=clock(),
             lease_seconds=60,
             limit=10,
+            settings=settings,
             wave_ids=sendable_wave_ids(session, now=clock(), settings=settings),
         )
         begin_sending(session, claimed, worker_id="dead", now=clock())
