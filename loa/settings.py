@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loa.errors import LoaError
@@ -76,24 +76,16 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("window_qc", "window_info", "window_care")
+    @field_validator("window_qc", "window_info", "window_care", "cap_qc", "cap_info", "cap_care")
     @classmethod
-    def _window_parses(cls, value: str) -> str:
-        from scheduler.windows import parse_window  # the parser lives with the window logic
+    def _class_rule_parses(cls, value: str, info: ValidationInfo) -> str:
+        # The parsers live with the class rules; imported here to keep settings import-light.
+        from scheduler.policy import parse_cap
+        from scheduler.windows import parse_window
 
+        parse = parse_window if (info.field_name or "").startswith("window") else parse_cap
         try:
-            parse_window(value)
-        except LoaError as exc:
-            raise ValueError(exc.message) from None
-        return value
-
-    @field_validator("cap_qc", "cap_info", "cap_care")
-    @classmethod
-    def _cap_parses(cls, value: str) -> str:
-        from scheduler.policy import parse_cap  # the parser lives with the class rules
-
-        try:
-            parse_cap(value)
+            parse(value)
         except LoaError as exc:
             raise ValueError(exc.message) from None
         return value

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session, col
 
 from loa.db import session_scope
-from loa.models import Area, Recipient, RecipientTag
+from loa.models import Area, OutboxMessage, Recipient, RecipientTag
 from loa.settings import Settings
 from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
 from scheduler.spec import validate_spec
@@ -97,3 +97,13 @@ def launch_and_fire(
     campaign_id = launch(engine, {"name": "C", "waves": [wave]}, settings, launched_at)
     run_tick(engine, now=fire_at, settings=settings)
     return campaign_id
+
+
+def outbox_counts(engine: Engine) -> dict[str, int]:
+    """How many outbox messages are in each status."""
+    with session_scope(engine) as session:
+        return dict(
+            session.execute(
+                select(col(OutboxMessage.status), func.count()).group_by(col(OutboxMessage.status))
+            ).all()
+        )

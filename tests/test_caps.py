@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlmodel import col
 
 from channels.registry import channel_lookup
@@ -20,7 +20,7 @@ from scheduler.dispatch import claim_batch, dispatch_once
 from scheduler.gate import sendable_wave_ids
 from scheduler.policy import Cap, parse_cap
 from scheduler.tick import run_tick
-from tests.builders import add_areas, add_recipient, launch
+from tests.builders import add_areas, add_recipient, launch, outbox_counts
 from tests.conftest import FakeClock
 
 NINE = datetime(2026, 5, 8, 2, 0, tzinfo=UTC)  # 09:00 in Vietnam
@@ -59,15 +59,6 @@ def _waves(engine: Engine, settings: Settings, clock: FakeClock, classes: list[s
     run_tick(engine, now=clock(), settings=settings)
 
 
-def _by_status(engine: Engine) -> dict[str, int]:
-    with session_scope(engine) as session:
-        return dict(
-            session.execute(
-                select(col(OutboxMessage.status), func.count()).group_by(col(OutboxMessage.status))
-            ).all()
-        )
-
-
 def test_the_fourth_advert_in_a_day_waits_until_the_first_leaves_the_window(
     engine: Engine, settings: Settings, clock: FakeClock
 ) -> None:
@@ -80,7 +71,7 @@ def test_the_fourth_advert_in_a_day_waits_until_the_first_leaves_the_window(
         )
 
     dispatch()
-    assert _by_status(engine) == {"sent": 4, "planned": 1}  # 3 qc + the info message
+    assert outbox_counts(engine) == {"sent": 4, "planned": 1}  # 3 qc + the info message
     with session_scope(engine) as session:
         waiting = session.execute(
             select(col(OutboxMessage.due_at), col(DeliveryEvent.detail))
@@ -97,7 +88,7 @@ def test_the_fourth_advert_in_a_day_waits_until_the_first_leaves_the_window(
     assert dispatch() == 0
     clock.now = NINE + timedelta(hours=24)
     assert dispatch() == 1
-    assert _by_status(engine) == {"sent": 5}
+    assert outbox_counts(engine) == {"sent": 5}
 
 
 def test_claims_of_other_workers_count_against_the_cap(
@@ -126,7 +117,7 @@ def test_claims_of_other_workers_count_against_the_cap(
             wave_ids=waves,
         )
     assert (len(first), len(second)) == (2, 1)  # a holds two unsent: b may take only one more
-    assert _by_status(engine) == {"claimed": 3, "planned": 1}
+    assert outbox_counts(engine) == {"claimed": 3, "planned": 1}
 
 
 def test_no_cap_for_a_class_whose_setting_is_empty(

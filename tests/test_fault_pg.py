@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, select, text
 from sqlmodel import col
 
 from loa.db import make_engine, session_scope
 from loa.models import DeliveryEvent, OutboxMessage
 from loa.settings import Settings
 from scheduler.tick import run_tick
-from tests.builders import add_areas, launch
+from tests.builders import add_areas, launch, outbox_counts
 from tests.clirun import LOA, loa_env
 
 RECIPIENTS = 20_000
@@ -66,14 +66,6 @@ def _load_recipients(engine: Engine, n: int, now: datetime) -> None:
             ),
             {"n": n, "t": now},
         )
-
-
-def _status_counts(engine: Engine) -> dict[str, int]:
-    with session_scope(engine) as session:
-        rows = session.execute(
-            select(col(OutboxMessage.status), func.count()).group_by(col(OutboxMessage.status))
-        ).all()
-    return {status: count for status, count in rows}
 
 
 @dataclass
@@ -271,7 +263,7 @@ def test_sigkilled_workers_deliver_each_recipient_exactly_once_postgresql(
         chaos_started = time.monotonic()
         while kills < MAX_KILLS and time.monotonic() - chaos_started < CHAOS_SECONDS:
             time.sleep(rng.uniform(0.3, 1.2))
-            if _status_counts(engine).get("planned", 0) == 0:
+            if outbox_counts(engine).get("planned", 0) == 0:
                 break
             victims = workers.running()
             if victims:
@@ -281,10 +273,10 @@ def test_sigkilled_workers_deliver_each_recipient_exactly_once_postgresql(
         print(f"chaos: {kills} SIGKILL(s) in {time.monotonic() - chaos_started:.1f} s")
 
         settle_started = time.monotonic()
-        counts = _status_counts(engine)
+        counts = outbox_counts(engine)
         while set(counts) & UNSETTLED and time.monotonic() - settle_started < SETTLE_SECONDS:
             time.sleep(0.5)
-            counts = _status_counts(engine)
+            counts = outbox_counts(engine)
         print(f"settling: {time.monotonic() - settle_started:.1f} s, outbox {counts}")
         if set(counts) & UNSETTLED:
             problems.append(
@@ -303,7 +295,7 @@ def test_sigkilled_workers_deliver_each_recipient_exactly_once_postgresql(
     duplicated = {phone: n for phone, n in phones.items() if n > 1}
     missing = expected - set(phones)
     strangers = set(phones) - expected
-    counts = _status_counts(engine)
+    counts = outbox_counts(engine)
     with session_scope(engine) as session:
         sent_rows = session.execute(
             select(

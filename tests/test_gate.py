@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlmodel import col
 
 from channels.registry import channel_lookup
@@ -17,7 +17,7 @@ from scheduler.dispatch import claim_batch, dispatch_once
 from scheduler.gate import sendable_wave_ids
 from scheduler.lifecycle import cancel_campaign, pause_campaign, resume_campaign
 from scheduler.tick import run_tick
-from tests.builders import add_areas, add_recipient, launch
+from tests.builders import add_areas, add_recipient, launch, outbox_counts
 from tests.conftest import FakeClock
 
 VN = timedelta(hours=7)  # Asia/Ho_Chi_Minh is UTC+7 all year
@@ -58,15 +58,6 @@ def _dispatch(engine: Engine, settings: Settings, clock: FakeClock) -> int:
     )
 
 
-def _statuses(engine: Engine) -> dict[str, int]:
-    with session_scope(engine) as session:
-        return dict(
-            session.execute(
-                select(col(OutboxMessage.status), func.count()).group_by(col(OutboxMessage.status))
-            ).all()
-        )
-
-
 def test_qc_waits_for_0700_and_stops_at_2200(
     engine: Engine, settings: Settings, clock: FakeClock
 ) -> None:
@@ -97,7 +88,7 @@ def test_qc_waits_for_0700_and_stops_at_2200(
     assert _dispatch(engine, settings, clock) == 0
     clock.now = local("2026-05-09 07:00:00")
     assert _dispatch(engine, settings, clock) == 1
-    assert _statuses(engine) == {"sent": 3}
+    assert outbox_counts(engine) == {"sent": 3}
 
 
 def test_pause_stops_unclaimed_messages_at_once_and_resume_sends_them(
@@ -115,7 +106,7 @@ def test_pause_stops_unclaimed_messages_at_once_and_resume_sends_them(
         resume_campaign(session, campaign_id, actor="a", now=clock())
     assert _dispatch(engine, settings, clock) == 1
     assert _dispatch(engine, settings, clock) == 1
-    assert _statuses(engine) == {"sent": 3}
+    assert outbox_counts(engine) == {"sent": 3}
 
 
 def test_a_wave_fired_late_after_downtime_expires_instead_of_sending(
@@ -128,7 +119,7 @@ def test_a_wave_fired_late_after_downtime_expires_instead_of_sending(
     assert report.expired == list(report.fired)
     assert report.campaigns_completed == [campaign_id]  # nothing left to send: done at once
     assert _dispatch(engine, settings, clock) == 0
-    assert _statuses(engine) == {"expired": 3}
+    assert outbox_counts(engine) == {"expired": 3}
 
 
 def test_a_wave_fired_within_its_lateness_still_sends(
@@ -168,7 +159,7 @@ def test_a_claim_takes_exactly_its_batch(
         )
     assert (len(first), len(second)) == (2, 3)
     assert not {m.id for m in first} & {m.id for m in second}
-    assert _statuses(engine) == {"claimed": 5, "planned": 2}
+    assert outbox_counts(engine) == {"claimed": 5, "planned": 2}
 
 
 def test_messages_that_return_to_planned_after_cancel_are_swept_to_cancelled(
@@ -191,6 +182,6 @@ def test_messages_that_return_to_planned_after_cancel_are_swept_to_cancelled(
     assert result.messages_cancelled == 2
     clock.advance(seconds=61)  # the claimer died; its lease expires and the claim returns
     assert _dispatch(engine, settings, clock) == 0  # nothing of a cancelled campaign is sent
-    assert _statuses(engine) == {"cancelled": 2, "planned": 1}
+    assert outbox_counts(engine) == {"cancelled": 2, "planned": 1}
     assert run_tick(engine, now=clock(), settings=settings).swept == 1
-    assert _statuses(engine) == {"cancelled": 3}
+    assert outbox_counts(engine) == {"cancelled": 3}
