@@ -1,1 +1,1 @@
-"""Message templates and SMS text: rendering now; encoding and segments to come."""
+"""Message templates and SMS text: rendering, GSM-7/UCS-2 encoding and segments, unaccent."""

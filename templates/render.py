@@ -11,6 +11,7 @@ from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 from loa.errors import InvalidInput
+from templates.encoding import unaccent as strip_diacritics
 
 
 class TemplateProblem(InvalidInput):
@@ -53,12 +54,14 @@ def check_template(source: str) -> None:
         raise TemplateProblem(f"template does not parse: {exc}") from None
 
 
-def render(source: str, context: dict[str, Any]) -> str:
-    """Render for one recipient. A missing variable is an error, never a gap in a sent SMS."""
+def render(source: str, context: dict[str, Any], *, unaccent: bool = False) -> str:
+    """Render for one recipient. A missing variable is an error, never a gap in a sent SMS.
+    With `unaccent`, diacritics are stripped from the whole result, the variables' values too."""
     try:
         text = _compile(source).render(**context)
     except UndefinedError as exc:
         raise TemplateProblem(f"template variable missing: {exc.message}") from None
     except TemplateError as exc:
         raise TemplateProblem(f"template failed: {exc}") from None
-    return unicodedata.normalize("NFC", text).strip()
+    text = unicodedata.normalize("NFC", text).strip()
+    return strip_diacritics(text) if unaccent else text
