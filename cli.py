@@ -397,6 +397,34 @@ def stats(campaign_id: int, as_json: bool) -> None:
         )
 
 
+# --- SMS text ---------------------------------------------------------------------------------
+
+
+@main.group()
+def sms() -> None:
+    """SMS text: encoding and segments."""
+
+
+@sms.command("count")
+@click.argument("text")
+@click.option("--unaccent", is_flag=True, help="Count the text with its diacritics stripped.")
+def sms_count(text: str, unaccent: bool) -> None:
+    """Print the encoding (GSM-7 or UCS-2), segments and characters TEXT costs as one SMS."""
+    from templates.encoding import count_sms
+    from templates.encoding import unaccent as strip_diacritics
+
+    counted = count_sms(strip_diacritics(text) if unaccent else text)
+    click.echo(
+        json.dumps(
+            {
+                "encoding": counted.encoding,
+                "segments": counted.segments,
+                "characters": counted.characters,
+            }
+        )
+    )
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ def test_every_command_has_help() -> None:
         ("campaign", "create"),
         ("campaign", "launch"),
         ("stats",),
+        ("sms", "count"),
     } <= set(commands)
     for path in commands:
         result = CliRunner().invoke(main, [*path, "--help"])
@@ -75,6 +76,22 @@ def test_malformed_spec_names_file_and_field_and_writes_nothing(
         for table in (Campaign, Wave, AuditEntry):
             assert conn.scalar(select(func.count()).select_from(table)) == 0
     engine.dispose()
+
+
+def test_sms_count_prints_one_line_of_json(tmp_path: Path) -> None:
+    # No database is opened: the URL points at a file that is never created.
+    env = loa_env(f"sqlite:///{tmp_path / 'unused.db'}", tmp_path)
+    text = "BHXH tỉnh Hà Tĩnh: Tham gia BHXH tự nguyện - điểm tựa của bạn và gia đình."
+    assert run_loa("sms", "count", "Hello", env=env).stdout == (
+        '{"encoding": "GSM-7", "segments": 1, "characters": 5}\n'
+    )
+    assert run_loa("sms", "count", text, env=env).stdout == (
+        '{"encoding": "UCS-2", "segments": 2, "characters": 74}\n'
+    )
+    assert run_loa("sms", "count", "--unaccent", text, env=env).stdout == (
+        '{"encoding": "GSM-7", "segments": 1, "characters": 74}\n'
+    )
+    assert not (tmp_path / "unused.db").exists()
 
 
 @pytest.mark.parametrize(
