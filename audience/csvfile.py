@@ -20,6 +20,7 @@ from loa.errors import ImportFileError
 # Enough to tell a binary file or a workbook from text before reading it line by line.
 _SNIFF_BYTES: Final = 64 * 1024
 
+
 @dataclass(frozen=True, slots=True)
 class CsvTable:
     header: list[str]

@@ -14,19 +14,20 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, delete, func, insert, select
 from sqlmodel import Session, SQLModel
 
 from audience.csvfile import header_key, read_csv
 from audience.phones import InvalidPhone, normalize_phone
-from loa.db import upsert_insert
+from loa.db import id_in, upsert_insert
 from loa.errors import ImportFileError, InvalidInput
-from loa.models import Area, Recipient, RecipientTag
+from loa.models import Area, Recipient, RecipientDate, RecipientTag
 
 CHUNK_SIZE: Final = 1000
 
 RECIPIENT: Final = SQLModel.metadata.tables[Recipient.__tablename__]
 RECIPIENT_TAG: Final = SQLModel.metadata.tables[RecipientTag.__tablename__]
+RECIPIENT_DATE: Final = SQLModel.metadata.tables[RecipientDate.__tablename__]
 AREA: Final = SQLModel.metadata.tables[Area.__tablename__]
 
 # Header spellings seen in office spreadsheets, compared after header_key() (no accents, no case).
@@ -50,7 +51,9 @@ TAG_SEPARATOR: Final = "|"
 
 _NAME_MAX: Final = 200  # the widths of the recipient and recipient_tag columns
 _TAG_MAX: Final = 64
+_ATTRIBUTE_KEY_MAX: Final = 200  # recipient_date.attribute
 _VN_DATE: Final = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})", re.ASCII)
+_ISO_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +270,14 @@ def _title(columns: _Columns, index: int | None) -> str:
 
 
 def _attribute_value(key: str, value: str) -> str:
-    """A Vietnamese date (dd/mm/yyyy) becomes ISO so that templates and triggers can compute."""
+    """A Vietnamese date (dd/mm/yyyy) becomes ISO so that templates and triggers can compute.
+    A value already written as an ISO date must be a real one: it is indexed as a date."""
+    if _ISO_DATE.fullmatch(value):
+        try:
+            date.fromisoformat(value)
+        except ValueError:
+            raise _BadRow(key, value, "impossible date (expected yyyy-mm-dd)") from None
+        return value
     match = _VN_DATE.fullmatch(value)
     if match is None:
         return value
@@ -310,6 +320,31 @@ def _flush(
         session.execute(
             upsert_insert(session.connection(), RECIPIENT_TAG).on_conflict_do_nothing(), tag_rows
         )
+    _replace_dates(session, batch, ids)
+
+
+def _replace_dates(session: Session, batch: Sequence[_Row], ids: dict[str, int]) -> None:
+    """Keep recipient_date in step with the attributes this file sets: the dates of the columns
+    the batch has are replaced (a changed card_expiry moves its row; a value that is no longer a
+    date removes it), the other attributes' dates are left as they were, as in the merge."""
+    keys = {key for row in batch for key in row.attributes}
+    if not keys:
+        return
+    bind = session.connection()
+    session.execute(
+        delete(RECIPIENT_DATE).where(
+            id_in(RECIPIENT_DATE.c.recipient_id, list(ids.values()), bind),
+            RECIPIENT_DATE.c.attribute.in_(keys),
+        )
+    )
+    rows = [
+        {"recipient_id": ids[row.phone], "attribute": key, "value": date.fromisoformat(value)}
+        for row in batch
+        for key, value in row.attributes.items()
+        if _ISO_DATE.fullmatch(value) and len(key) <= _ATTRIBUTE_KEY_MAX
+    ]
+    if rows:
+        session.execute(insert(RECIPIENT_DATE), rows)
 
 
 def _upsert_recipients(session: Session, batch: Sequence[_Row], now: datetime) -> dict[str, int]:

@@ -1,7 +1,9 @@
-"""An audience (areas + tags) as a SQL condition on recipients, so expansion stays set-based."""
+"""An audience (areas + tags, and for one occurrence of a relative wave a date) as a SQL condition
+on recipients, so expansion stays set-based."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, select, true
@@ -9,11 +11,12 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from loa.errors import NotBuilt
-from loa.models import Area, Recipient, RecipientTag
+from loa.models import Area, Recipient, RecipientDate, RecipientTag
 
 
 def audience_condition(audience: dict[str, Any]) -> ColumnElement[bool]:
-    """Recipients living in any of the areas (at any depth below) AND carrying any of the tags."""
+    """Recipients living in any of the areas (at any depth below) AND carrying any of the tags
+    AND, for an occurrence of a relative wave, whose date attribute is that occurrence's date."""
     if audience.get("segment"):
         raise NotBuilt("saved segments are not built yet")
     conditions: list[ColumnElement[bool]] = []
@@ -33,6 +36,16 @@ def audience_condition(audience: dict[str, Any]) -> ColumnElement[bool]:
                 select(1).where(
                     col(RecipientTag.recipient_id) == col(Recipient.id),
                     col(RecipientTag.tag).in_(tags),
+                )
+            )
+        )
+    if on := audience.get("date"):
+        conditions.append(
+            exists(
+                select(1).where(
+                    col(RecipientDate.recipient_id) == col(Recipient.id),
+                    col(RecipientDate.attribute) == on["attribute"],
+                    col(RecipientDate.value) == date.fromisoformat(on["on"]),
                 )
             )
         )

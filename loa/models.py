@@ -6,7 +6,7 @@ Statuses are plain strings (not database enums) so that adding one is a one-line
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -32,9 +32,18 @@ class CampaignStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class WaveKind(StrEnum):
+    ONCE = "once"  # fires once at fire_at (an `at` wave, or one occurrence of a series)
+    # Series: they never send themselves; the scheduler makes one `once` child per occurrence,
+    # so the outbox key (wave, recipient, channel) still means "at most once per occurrence".
+    RECURRING = "recurring"  # one child per local date-time of its schedule
+    RELATIVE = "relative"  # one child per value of a date attribute of recipients
+
+
 class WaveStatus(StrEnum):
     PENDING = "pending"  # campaign not launched yet
-    SCHEDULED = "scheduled"  # fire_at is set; the scheduler fires it then
+    # fire_at is set; the scheduler fires it then (a series: makes its next occurrence then)
+    SCHEDULED = "scheduled"
     EXPANDING = "expanding"  # being written into the outbox; re-running is harmless
     EXPANDED = "expanded"  # every recipient has an outbox row
     DONE = "done"  # every outbox row is final
@@ -122,6 +131,21 @@ class RecipientTag(SQLModel, table=True):
     tag: str = Field(primary_key=True, max_length=64)
 
 
+class RecipientDate(SQLModel, table=True):
+    """The date-valued attributes of recipients (card_expiry, ...), one row each, so that relative
+    waves and date filters find "everyone whose card expires on D" through an index instead of
+    reading every recipient's JSON. Kept in step with `recipient.attributes` by the importer."""
+
+    __tablename__ = "recipient_date"
+    __table_args__ = (Index("ix_recipient_date_value", "attribute", "value", "recipient_id"),)
+
+    recipient_id: int = Field(
+        sa_column=Column(BigId, ForeignKey("recipient.id", ondelete="CASCADE"), primary_key=True)
+    )
+    attribute: str = Field(primary_key=True, max_length=200)
+    value: date
+
+
 class Suppression(SQLModel, table=True):
     """Numbers that must never receive a message, checked at expansion and again at send time."""
 
@@ -161,12 +185,23 @@ class Campaign(SQLModel, table=True):
 
 
 class Wave(SQLModel, table=True):
+    """A wave of the spec, or one occurrence of a recurring or relative wave (`parent_id` set)."""
+
     __tablename__ = "wave"
-    __table_args__ = (Index("ix_wave_status_fire_at", "status", "fire_at"),)
+    __table_args__ = (
+        Index("ix_wave_status_fire_at", "status", "fire_at"),
+        # An occurrence is made once, however often (or by however many schedulers) it is asked.
+        UniqueConstraint("parent_id", "occurrence", name="uq_wave_parent_occurrence"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     campaign_id: int = Field(foreign_key="campaign.id", index=True)
-    position: int  # order within the campaign spec
+    position: int  # order within the campaign spec (an occurrence has its parent's)
+    kind: str = Field(default=WaveKind.ONCE, max_length=16)
+    parent_id: int | None = Field(default=None, foreign_key="wave.id", index=True)
+    # Which occurrence: the local date-time of a recurring wave ("2026-05-01T06:00"), the
+    # attribute's date for a relative wave ("2026-05-15").
+    occurrence: str | None = Field(default=None, max_length=32)
     name: str = Field(max_length=200)
     channel: str = Field(max_length=32)
     message_class: str = Field(max_length=8)  # qc | info | care
@@ -177,6 +212,10 @@ class Wave(SQLModel, table=True):
     options: dict[str, Any] = Field(default_factory=dict, sa_type=JsonDoc)
     status: str = Field(default=WaveStatus.PENDING, max_length=16)
     fire_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Messages of this wave not sent by then expire: an occurrence is superseded by the next.
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # A relative wave: every recipient date up to this one has had its occurrence made.
+    covered_through: date | None = None
     expanded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     expanded_count: int = 0
 

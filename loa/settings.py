@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # A wave that fires more than this after its time (the service was down) expires its
     # messages instead of sending them hours late.
     late_after_minutes: int = Field(default=120, ge=1)
+    # A message of one occurrence of a recurring or relative wave that has not gone out this long
+    # after its time expires (and always when the wave's next occurrence is due).
+    occurrence_valid_hours: int = Field(default=24, ge=1)
     require_approval: bool = True
     # Four-eyes: the approver must be someone other than the campaign's author.
     four_eyes_approval: bool = False

@@ -20,7 +20,7 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -52,6 +52,7 @@ from loa.models import (
     MessageStatus,
     OutboxMessage,
     Recipient,
+    RecipientDate,
     Suppression,
     Wave,
 )
@@ -80,6 +81,7 @@ class ClaimedMessage:
     attributes: dict[str, Any]
     template: str
     attempts: int  # attempts made before this claim
+    unaccent: bool = False  # the wave sends its text without Vietnamese diacritics (GSM-7)
 
 
 def _event(
@@ -223,6 +225,7 @@ def claim_batch(
         .returning(*_MOVED)
     ).all()
     _record_moves(session, suppressed, MessageStatus.SUPPRESSED, now, "suppressed at send time")
+    _cancel_outdated_dates(session, claimed_ids, wave_ids, now=now)
     defer_capped(session, claimed_ids, now=now, settings=settings)
 
     rows = session.execute(
@@ -235,6 +238,7 @@ def claim_batch(
             col(Recipient.attributes),
             col(Wave.body),
             col(OutboxMessage.attempts),
+            col(Wave.options),
         )
         .join(Recipient, col(Recipient.id) == col(OutboxMessage.recipient_id))
         .join(Wave, col(Wave.id) == col(OutboxMessage.wave_id))
@@ -245,9 +249,67 @@ def claim_batch(
         .order_by(col(OutboxMessage.id))
     ).all()
     return [
-        ClaimedMessage(r[0], r[1], r[2], r[3], r[4], dict(r[5] or {}), r[6] or "", r[7])
+        ClaimedMessage(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            dict(r[5] or {}),
+            r[6] or "",
+            r[7],
+            unaccent=bool((r[8] or {}).get("unaccent")),
+        )
         for r in rows
     ]
+
+
+def _cancel_outdated_dates(
+    session: Session, claimed_ids: list[int], wave_ids: Sequence[int], *, now: datetime
+) -> None:
+    """A reminder planned for a recipient's date (an occurrence of a relative wave) is not sent
+    when the date has changed since: the card was renewed, and the new date has its own
+    occurrence. Cancelled, with the reason in its event."""
+    bind = session.connection()
+    dated = [
+        (wave_id, audience["date"])
+        for wave_id, audience in session.execute(
+            select(col(Wave.id), col(Wave.audience)).where(
+                col(Wave.id).in_(wave_ids), col(Wave.parent_id).is_not(None)
+            )
+        )
+        if "date" in (audience or {})
+    ]
+    for wave_id, on in dated:
+        outdated = session.execute(
+            update(OutboxMessage)
+            .where(
+                id_in(col(OutboxMessage.id), claimed_ids, bind),
+                col(OutboxMessage.wave_id) == wave_id,
+                ~exists(
+                    select(1).where(
+                        col(RecipientDate.recipient_id) == col(OutboxMessage.recipient_id),
+                        col(RecipientDate.attribute) == on["attribute"],
+                        col(RecipientDate.value) == date.fromisoformat(on["on"]),
+                    )
+                ),
+            )
+            .values(
+                status=MessageStatus.CANCELLED,
+                error_code="date_changed",
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(*_MOVED)
+        ).all()
+        _record_moves(
+            session,
+            outdated,
+            MessageStatus.CANCELLED,
+            now,
+            f"{on['attribute']} is no longer {on['on']}: planned for a date that changed",
+        )
 
 
 def _render_all(
@@ -257,7 +319,7 @@ def _render_all(
     for message in claimed:
         context = {**message.attributes, "name": message.name or "", "phone": message.phone}
         try:
-            ready.append((message, render(message.template, context)))
+            ready.append((message, render(message.template, context, unaccent=message.unaccent)))
         except TemplateProblem as exc:
             failed.append(
                 SendResult(message.id, Outcome.PERMANENT, error_code="template", detail=exc.message)

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, exists, insert, literal, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlmodel import Session, col
 
 from loa import audit
@@ -32,15 +32,16 @@ from loa.models import (
     Area,
     Campaign,
     CampaignStatus,
-    DeliveryEvent,
     MessageStatus,
-    OutboxMessage,
+    RecipientDate,
     Wave,
+    WaveKind,
     WaveStatus,
 )
 from loa.settings import Settings
+from scheduler.outbox import end_planned_messages
 from scheduler.spec import CampaignSpec, WaveSpec
-from scheduler.triggers import first_fire_time
+from scheduler.triggers import Recurring, Relative, check_trigger, localize, trigger_of
 
 FINAL_CAMPAIGN_STATUSES = frozenset({CampaignStatus.COMPLETED, CampaignStatus.CANCELLED})
 CANCELLABLE = frozenset(set(CampaignStatus) - FINAL_CAMPAIGN_STATUSES)
@@ -66,8 +67,6 @@ def _check_buildable(spec: CampaignSpec, source: str) -> None:
         label = f"{source}: {_wave_label(index, wave)}"
         if wave.channel != "sms":
             raise NotBuilt(f"{label}, field channel: loudspeaker waves are not built yet")
-        if wave.at is None:
-            raise NotBuilt(f"{label}: recurring and relative triggers are not built yet; use at")
         if wave.audience.segment is not None:
             raise NotBuilt(f"{label}, field audience.segment: saved segments are not built yet")
 
@@ -87,6 +86,30 @@ def _check_areas(session: Session, spec: CampaignSpec, source: str) -> None:
             )
 
 
+def _check_date_attributes(session: Session, spec: CampaignSpec, source: str) -> None:
+    """A relative wave's attribute must be a date some recipient has: a typo (`card_expiy`) would
+    otherwise make a wave that never fires and never says why."""
+    for index, wave in enumerate(spec.waves):
+        if wave.relative is None:
+            continue
+        attribute = wave.relative.attribute
+        found = session.scalar(
+            select(col(RecipientDate.recipient_id))
+            .where(col(RecipientDate.attribute) == attribute)
+            .limit(1)
+        )
+        if found is None:
+            known = session.scalars(
+                select(col(RecipientDate.attribute)).distinct().order_by(RecipientDate.attribute)
+            ).all()
+            raise InvalidInput(
+                f"{source}: {_wave_label(index, wave)}, field relative.attribute: no recipient "
+                f"has a date in {attribute!r} (date attributes on file: "
+                f"{', '.join(known[:20]) or 'none; import recipients with a date column first'})",
+                field="relative.attribute",
+            )
+
+
 def create_campaign(
     session: Session,
     *,
@@ -98,14 +121,13 @@ def create_campaign(
 ) -> Campaign:
     _check_buildable(spec, source)
     _check_areas(session, spec, source)
+    _check_date_attributes(session, spec, source)
     zone = ZoneInfo(spec.timezone or settings.default_timezone)
     for index, wave in enumerate(spec.waves):
         try:
-            first_fire_time(wave.trigger, zone)
+            check_trigger(wave.trigger, zone)
         except InvalidInput as exc:
-            raise InvalidInput(
-                f"{source}: {_wave_label(index, wave)}, field at: {exc.message}"
-            ) from None
+            raise InvalidInput(f"{source}: {_wave_label(index, wave)}, {exc.message}") from None
 
     campaign = Campaign(
         name=spec.name,
@@ -124,13 +146,14 @@ def create_campaign(
             Wave(
                 campaign_id=campaign.id,
                 position=index,
+                kind=_kind(wave),
                 name=wave.name,
                 channel=wave.channel,
                 message_class=wave.message_class,
                 trigger=wave.trigger,
                 audience=wave.audience.model_dump(exclude_none=True),
                 body=wave.template,
-                options={"unaccent": wave.unaccent},
+                options={"unaccent": wave.unaccent, "window": wave.window},
                 status=WaveStatus.PENDING,
             )
         )
@@ -144,6 +167,14 @@ def create_campaign(
         after={"name": campaign.name, "waves": len(spec.waves)},
     )
     return campaign
+
+
+def _kind(wave: WaveSpec) -> WaveKind:
+    if wave.recurring is not None:
+        return WaveKind.RECURRING
+    if wave.relative is not None:
+        return WaveKind.RELATIVE
+    return WaveKind.ONCE
 
 
 def get_campaign(session: Session, campaign_id: int, *, for_update: bool = False) -> Campaign:
@@ -232,7 +263,9 @@ def approve_campaign(
 def launch_campaign(
     session: Session, campaign_id: int, *, actor: str, now: datetime, settings: Settings
 ) -> Campaign:
-    """Schedule every wave at its fire time. A wave whose time has passed refuses the launch."""
+    """Schedule every wave: an `at` wave at its time (one whose time has passed refuses the
+    launch), a recurring wave at its next occurrence (earlier ones are not made up), a relative
+    wave from now on (recipients whose moment has passed already are not reminded late)."""
     campaign = get_campaign(session, campaign_id, for_update=True)
     allowed = {CampaignStatus.APPROVED}
     if not settings.require_approval:
@@ -254,17 +287,34 @@ def launch_campaign(
     )
     zone = ZoneInfo(campaign.timezone)
     for wave in list_waves(session, campaign_id):
-        fire_at = first_fire_time(wave.trigger, zone)
+        _schedule_wave(wave, zone, now=now)
+    campaign.launched_at = now
+    return campaign
+
+
+def _schedule_wave(wave: Wave, zone: ZoneInfo, *, now: datetime) -> None:
+    trigger = trigger_of(wave.trigger)
+    passed = f"campaign {wave.campaign_id}: wave {wave.name!r}"
+    hint = "change its time and create the campaign again"
+    if isinstance(trigger, Recurring):
+        fire_at = trigger.next_at_or_after(now, zone)
+        if fire_at is None:
+            raise Conflict(f"{passed}: its last occurrence ({trigger.end}) has passed; {hint}")
+    elif isinstance(trigger, Relative):
+        # The scheduler makes occurrences for dates after covered_through as they fall due.
+        wave.covered_through = trigger.last_date_due(now, zone)
+        if trigger.until is not None and wave.covered_through >= trigger.until:
+            raise Conflict(f"{passed}: every date up to its end ({trigger.until}) is past; {hint}")
+        fire_at = now
+    else:
+        fire_at = localize(trigger, zone)
         if fire_at < now:
             local = fire_at.astimezone(zone)
             raise Conflict(
-                f"campaign {campaign_id}: wave {wave.name!r} was due at {local:%Y-%m-%d %H:%M} "
-                f"({zone.key}), which has passed; change its time and create the campaign again"
+                f"{passed} was due at {local:%Y-%m-%d %H:%M} ({zone.key}), which has passed; {hint}"
             )
-        wave.fire_at = fire_at
-        wave.status = WaveStatus.SCHEDULED
-    campaign.launched_at = now
-    return campaign
+    wave.fire_at = fire_at
+    wave.status = WaveStatus.SCHEDULED
 
 
 def pause_campaign(session: Session, campaign_id: int, *, actor: str, now: datetime) -> Campaign:
@@ -359,39 +409,10 @@ def cancel_planned_messages(session: Session, campaign_id: int, *, now: datetime
     Used by cancel, and by the scheduler for messages that came back to `planned` afterwards (an
     expired claim, a retry, a late expansion chunk), so that every message reaches a final status.
     """
-    of_campaign = select(col(Wave.id)).where(col(Wave.campaign_id) == campaign_id)
-    # On PostgreSQL a row a worker is claiming right now is waited for, then skipped (no longer
-    # planned); a worker's claim skips the rows locked here. Either way each row has one fate.
-    cancelled: int = session.execute(
-        update(OutboxMessage)
-        .where(
-            col(OutboxMessage.wave_id).in_(of_campaign),
-            col(OutboxMessage.status) == MessageStatus.PLANNED,
-        )
-        .values(status=MessageStatus.CANCELLED, updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    if cancelled:
-        # Exactly the rows moved above: nothing else cancels messages of this campaign at this `now`
-        # (the campaign row is locked, or only the single active scheduler sweeps).
-        table = DeliveryEvent.__table__  # type: ignore[attr-defined]
-        moved = select(
-            col(OutboxMessage.id),
-            col(OutboxMessage.wave_id),
-            col(OutboxMessage.channel),
-            literal("status"),
-            literal(MessageStatus.CANCELLED.value),
-            literal("campaign cancelled"),
-            literal(now, table.c.occurred_at.type),
-        ).where(
-            col(OutboxMessage.wave_id).in_(of_campaign),
-            col(OutboxMessage.status) == MessageStatus.CANCELLED,
-            col(OutboxMessage.updated_at) == now,
-        )
-        session.execute(
-            insert(DeliveryEvent).from_select(
-                ["message_id", "wave_id", "channel", "kind", "status", "detail", "occurred_at"],
-                moved,
-            )
-        )
-    return cancelled
+    return end_planned_messages(
+        session,
+        wave_ids=select(col(Wave.id)).where(col(Wave.campaign_id) == campaign_id),
+        status=MessageStatus.CANCELLED,
+        detail="campaign cancelled",
+        now=now,
+    )

@@ -3,7 +3,6 @@ anything is written. Every error names the wave and the field."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -11,7 +10,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loa.errors import SpecError
+from loa.errors import InvalidInput, SpecError
+from scheduler.triggers import (
+    parse_date,
+    parse_local,
+    parse_offset,
+    parse_time,
+    parse_weekday,
+)
+from scheduler.windows import parse_window
 from templates.render import TemplateProblem, check_template
 
 MessageClass = Literal["qc", "info", "care"]
@@ -35,16 +42,80 @@ class AudienceSpec(_Strict):
 
 
 class RecurringSpec(_Strict):
+    """`times` (local) on every date from `from` to `to`, or only on `weekdays`."""
+
     from_: str = Field(alias="from")
     to: str
-    times: list[str]
+    times: list[str] = Field(min_length=1)
     weekdays: list[str] | None = None
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _is_date(cls, value: str) -> str:
+        parse_date(value)
+        return value
+
+    @field_validator("times")
+    @classmethod
+    def _are_times(cls, value: list[str]) -> list[str]:
+        parsed = [parse_time(t) for t in value]
+        if len(set(parsed)) != len(parsed):
+            raise ValueError("a time is listed twice")
+        return value
+
+    @field_validator("weekdays")
+    @classmethod
+    def _are_weekdays(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("give at least one weekday, or leave weekdays out for every day")
+            for day in value:
+                parse_weekday(day)
+        return value
+
+    @model_validator(mode="after")
+    def _in_order(self) -> RecurringSpec:
+        if parse_date(self.from_) > parse_date(self.to):
+            raise ValueError(f"from {self.from_} is after to {self.to}")
+        return self
 
 
 class RelativeSpec(_Strict):
-    attribute: str
+    """An offset from a date attribute of each recipient: `card_expiry`, `-7d`, at `09:00`."""
+
+    attribute: str = Field(min_length=1, max_length=200)
     offset: str
     at: str | None = None
+    until: str | None = None  # the last date (of the attribute) that makes an occurrence
+
+    @field_validator("offset")
+    @classmethod
+    def _is_offset(cls, value: str) -> str:
+        parse_offset(value)
+        return value
+
+    @field_validator("at")
+    @classmethod
+    def _is_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_time(value)
+        return value
+
+    @field_validator("until")
+    @classmethod
+    def _is_date(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_date(value)
+        return value
+
+    @model_validator(mode="after")
+    def _at_needs_whole_days(self) -> RelativeSpec:
+        offset = parse_offset(self.offset)
+        if self.at is not None and offset.seconds:
+            raise ValueError(
+                f"at {self.at} goes with an offset in whole days (e.g. '-7d'), not {self.offset!r}"
+            )
+        return self
 
 
 class WaveSpec(_Strict):
@@ -57,6 +128,8 @@ class WaveSpec(_Strict):
     audience: AudienceSpec
     template: str | None = None
     unaccent: bool = False
+    # The class's send window (a setting) unless given: "08:00-20:00", or "always".
+    window: str | None = None
     audio: str | None = None
     priority: Literal["normal", "priority", "emergency"] | None = None
 
@@ -80,14 +153,24 @@ class WaveSpec(_Strict):
             parse_local(value)
         return value
 
+    @field_validator("window")
+    @classmethod
+    def _window_opens(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_window(value)
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None
+        return value
+
     @property
     def trigger(self) -> dict[str, Any]:
         if self.at is not None:
             return {"at": self.at}
         if self.recurring is not None:
-            return {"recurring": self.recurring.model_dump(by_alias=True)}
+            return {"recurring": self.recurring.model_dump(by_alias=True, exclude_none=True)}
         assert self.relative is not None
-        return {"relative": self.relative.model_dump()}
+        return {"relative": self.relative.model_dump(exclude_none=True)}
 
 
 class CampaignSpec(_Strict):
@@ -106,19 +189,6 @@ class CampaignSpec(_Strict):
                     f"unknown time zone {value!r} (use e.g. Asia/Ho_Chi_Minh)"
                 ) from None
         return value
-
-
-def parse_local(value: str) -> datetime:
-    """`2026-05-08 07:30` (or ISO with a T) as a naive local date-time."""
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(f"{value!r} is not a local date-time like '2026-05-08 07:30'") from None
-    if parsed.tzinfo is not None:
-        raise ValueError(
-            f"{value!r}: give local time without an offset; the campaign has a time zone"
-        )
-    return parsed
 
 
 def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:

@@ -1,6 +1,8 @@
-"""One pass of the active scheduler: fire the waves that are due (or expire them when the service
-was down too long), move messages waiting for a send window to its opening, sweep messages of
-cancelled campaigns to a final status, and close the waves and campaigns that have finished."""
+"""One pass of the active scheduler: make the occurrences of recurring and relative waves that
+are due, fire the waves that are due (or expire them when the service was down too long),
+expire the messages of occurrences that were not sent in time, move messages waiting for a send
+window to its opening, sweep messages of cancelled campaigns to a final status, and close the
+waves and campaigns that have finished."""
 
 from __future__ import annotations
 
@@ -10,16 +12,25 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, exists, select, update
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from loa import audit
 from loa.db import session_scope
-from loa.models import Campaign, CampaignStatus, MessageStatus, OutboxMessage, Wave, WaveStatus
+from loa.models import (
+    Campaign,
+    CampaignStatus,
+    MessageStatus,
+    OutboxMessage,
+    Wave,
+    WaveKind,
+    WaveStatus,
+)
 from loa.settings import Settings
 from scheduler.expand import expand_wave
-from scheduler.gate import defer_closed_waves
+from scheduler.gate import defer_closed_waves, wave_window
 from scheduler.lifecycle import cancel_planned_messages
-from scheduler.policy import window_for
+from scheduler.outbox import end_planned_messages
+from scheduler.series import SeriesReport, make_due_occurrences
 from scheduler.windows import next_open
 
 log = logging.getLogger(__name__)
@@ -29,8 +40,10 @@ IN_FLIGHT = (MessageStatus.PLANNED, MessageStatus.CLAIMED, MessageStatus.SENDING
 
 @dataclass
 class TickReport:
+    series: SeriesReport = field(default_factory=SeriesReport)
     fired: dict[int, int] = field(default_factory=dict)  # wave id -> outbox rows
     expired: list[int] = field(default_factory=list)  # waves that fired too late to send
+    lapsed: int = 0  # planned messages of occurrences past their expiry, expired now
     deferred: dict[int, datetime] = field(default_factory=dict)  # wave id -> window opening
     swept: int = 0  # planned messages of cancelled campaigns, cancelled now
     waves_done: list[int] = field(default_factory=list)
@@ -38,29 +51,29 @@ class TickReport:
 
 
 def run_tick(engine: Engine, *, now: datetime, settings: Settings) -> TickReport:
-    report = TickReport()
+    report = TickReport(series=make_due_occurrences(engine, now=now, settings=settings))
     late_after = timedelta(minutes=settings.late_after_minutes)
     with session_scope(engine) as session:
         due = session.execute(
-            select(
-                col(Wave.id),
-                col(Wave.campaign_id),
-                col(Wave.message_class),
-                col(Wave.fire_at),
-                col(Campaign.timezone),
-            )
+            select(Wave, col(Campaign.timezone))
             .join(Campaign, col(Campaign.id) == col(Wave.campaign_id))
             .where(
+                col(Wave.kind) == WaveKind.ONCE,
                 col(Wave.status).in_([WaveStatus.SCHEDULED, WaveStatus.EXPANDING]),
                 col(Wave.fire_at) <= now,
             )
             .order_by(col(Wave.fire_at), col(Wave.id))
         ).all()
-    for wave_id, campaign_id, message_class, fire_at, timezone in due:
-        _mark_running(engine, campaign_id, now=now)
-        # Downtime: a wave starting this late would reach people hours after its time.
-        expired = now - fire_at > late_after
-        first_send = next_open(fire_at, window_for(message_class, settings), ZoneInfo(timezone))
+    for wave, timezone in due:
+        wave_id, fire_at = wave.id, wave.fire_at
+        assert wave_id is not None and fire_at is not None
+        _mark_running(engine, wave.campaign_id, now=now)
+        # Downtime: a wave starting this late would reach people hours after its time; an
+        # occurrence past its expiry has been superseded.
+        expired = now - fire_at > late_after or (
+            wave.expires_at is not None and now >= wave.expires_at
+        )
+        first_send = next_open(fire_at, wave_window(wave, settings), ZoneInfo(timezone))
         report.fired[wave_id] = expand_wave(
             engine,
             wave_id,
@@ -77,10 +90,27 @@ def run_tick(engine: Engine, *, now: datetime, settings: Settings) -> TickReport
         else:
             log.info("wave %d fired: %d messages in the outbox", wave_id, report.fired[wave_id])
     with session_scope(engine) as session:
+        report.lapsed = _expire_lapsed(session, now=now)
         report.deferred = defer_closed_waves(session, now=now, settings=settings)
     report.swept = _sweep_cancelled(engine, now=now)
     _close_finished(engine, now=now, report=report)
     return report
+
+
+def _expire_lapsed(session: Session, *, now: datetime) -> int:
+    """Planned messages of occurrences whose time to be sent is over (the next occurrence is
+    due, or the campaign was paused past it) expire rather than going out late."""
+    lapsed = select(col(Wave.id)).where(
+        col(Wave.status).in_([WaveStatus.EXPANDING, WaveStatus.EXPANDED]),
+        col(Wave.expires_at) <= now,
+    )
+    return end_planned_messages(
+        session,
+        wave_ids=lapsed,
+        status=MessageStatus.EXPIRED,
+        detail="not sent before the occurrence expired",
+        now=now,
+    )
 
 
 def _sweep_cancelled(engine: Engine, *, now: datetime) -> int:

@@ -1,4 +1,5 @@
-"""Counts by status for one campaign and each of its waves.
+"""Counts by status for one campaign and each of its waves (a recurring or relative wave with
+all its occurrences together).
 
 Counts come from the outbox (one row per message, its current status) grouped with the
 (wave_id, status) index. Rollups maintained with the delivery events replace this when statistics
@@ -25,8 +26,10 @@ class WaveStats(BaseModel):
     wave_id: int
     name: str
     channel: str
+    kind: str  # once | recurring | relative
     status: str
-    fire_at: datetime | None
+    fire_at: datetime | None  # a series: when its next occurrence is due
+    occurrences: int  # occurrences made so far (1 for a wave that has fired once)
     total: int
     by_status: dict[str, int]
 
@@ -43,17 +46,24 @@ class CampaignStats(BaseModel):
 
 def campaign_stats(session: Session, campaign_id: int) -> CampaignStats:
     campaign = get_campaign(session, campaign_id)
-    waves = session.scalars(
+    all_waves = session.scalars(
         select(Wave).where(col(Wave.campaign_id) == campaign_id).order_by(col(Wave.position))
     ).all()
+    waves = [w for w in all_waves if w.parent_id is None]
+    # An occurrence counts under the wave of the spec it belongs to.
+    spec_wave: dict[int, int] = {w.id: w.parent_id or w.id for w in all_waves if w.id is not None}
+    occurrences: dict[int, int] = {}
+    for wave in all_waves:
+        if wave.parent_id is not None:
+            occurrences[wave.parent_id] = occurrences.get(wave.parent_id, 0) + 1
     counts = session.execute(
         select(col(OutboxMessage.wave_id), col(OutboxMessage.status), func.count())
-        .where(col(OutboxMessage.wave_id).in_([w.id for w in waves]))
+        .where(col(OutboxMessage.wave_id).in_(list(spec_wave)))
         .group_by(col(OutboxMessage.wave_id), col(OutboxMessage.status))
     ).all()
     per_wave: dict[int, dict[str, int]] = {w.id: _zero() for w in waves if w.id is not None}
     for wave_id, status, n in counts:
-        per_wave[wave_id][status] = n
+        per_wave[spec_wave[wave_id]][status] += n
     totals = _zero()
     wave_stats = []
     for wave in waves:
@@ -66,8 +76,10 @@ def campaign_stats(session: Session, campaign_id: int) -> CampaignStats:
                 wave_id=wave.id,
                 name=wave.name,
                 channel=wave.channel,
+                kind=wave.kind,
                 status=wave.status,
                 fire_at=wave.fire_at,
+                occurrences=occurrences.get(wave.id, int(wave.expanded_at is not None)),
                 total=sum(by_status.values()),
                 by_status=by_status,
             )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from loa.db import session_scope
-from loa.models import Area, OutboxMessage, Recipient, RecipientTag
+from loa.models import Area, OutboxMessage, Recipient, RecipientDate, RecipientTag
 from loa.settings import Settings
 from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
 from scheduler.spec import validate_spec
@@ -56,6 +56,13 @@ def add_recipient(
     assert recipient.id is not None
     for tag in tags:
         session.add(RecipientTag(recipient_id=recipient.id, tag=tag))
+    # As the importer keeps them: every ISO date attribute is indexed in recipient_date.
+    for key, value in (attributes or {}).items():
+        try:
+            day = date.fromisoformat(value)
+        except (TypeError, ValueError):
+            continue
+        session.add(RecipientDate(recipient_id=recipient.id, attribute=key, value=day))
     session.flush()
     return recipient
 

@@ -16,7 +16,7 @@ from audience.areas import AreaImportResult, import_areas
 from audience.importer import ImportReport, RowError, import_recipients
 from loa.db import session_scope
 from loa.errors import ImportFileError, InvalidInput
-from loa.models import Area, Recipient, RecipientTag
+from loa.models import Area, Recipient, RecipientDate, RecipientTag
 
 NOW = datetime(2026, 5, 8, 0, 30, tzinfo=UTC)
 LATER = datetime(2026, 5, 9, 1, 0, tzinfo=UTC)
@@ -426,3 +426,54 @@ def test_write_csv_lists_the_rejected_rows(engine: Engine, tmp_path: Path) -> No
         ["3", "phone", "abc", "contains characters that are not part of a phone number"],
         ["4", "card_expiry", "30/02/2026", "impossible date (expected dd/mm/yyyy)"],
     ]
+
+
+def recipient_dates(engine: Engine) -> dict[tuple[str, str], str]:
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(
+                col(Recipient.phone), col(RecipientDate.attribute), col(RecipientDate.value)
+            ).join(RecipientDate, col(RecipientDate.recipient_id) == col(Recipient.id))
+        )
+        return {(phone, attribute): value.isoformat() for phone, attribute, value in rows}
+
+
+def test_date_attributes_are_indexed_and_follow_re_imports(engine: Engine, tmp_path: Path) -> None:
+    load_areas(engine, tmp_path)
+    first = write(
+        tmp_path,
+        "first.csv",
+        "phone,card_expiry,ngay_sinh,dia_chi\n"
+        "0912000001,15/05/2026,1980-01-02,Thôn 1\n"
+        "0912000002,2026-05-16,,Thôn 2\n",
+    )
+    import_file(engine, first)
+    assert recipient_dates(engine) == {
+        ("+84912000001", "card_expiry"): "2026-05-15",
+        ("+84912000001", "ngay_sinh"): "1980-01-02",
+        ("+84912000002", "card_expiry"): "2026-05-16",
+    }
+    # A renewed card moves; a value that is no longer a date leaves the index; a column the
+    # second file does not have (ngay_sinh) keeps its date, as the attributes merge keeps it.
+    second = write(
+        tmp_path,
+        "second.csv",
+        "phone,card_expiry\n0912000001,15/05/2027\n0912000002,chưa có\n",
+    )
+    import_file(engine, second, now=LATER)
+    assert recipient_dates(engine) == {
+        ("+84912000001", "card_expiry"): "2027-05-15",
+        ("+84912000001", "ngay_sinh"): "1980-01-02",
+    }
+    assert recipients(engine)["+84912000002"].attributes["card_expiry"] == "chưa có"
+
+
+def test_an_iso_date_that_does_not_exist_is_a_rejected_row(engine: Engine, tmp_path: Path) -> None:
+    load_areas(engine, tmp_path)
+    report = import_file(
+        engine, write(tmp_path, "r.csv", "phone,card_expiry\n0912000001,2026-02-30\n")
+    )
+    assert report.rejected == [
+        RowError(2, "card_expiry", "2026-02-30", "impossible date (expected yyyy-mm-dd)")
+    ]
+    assert recipient_dates(engine) == {}

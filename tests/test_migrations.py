@@ -18,6 +18,7 @@ EXPECTED_TABLES = {
     "area",
     "recipient",
     "recipient_tag",
+    "recipient_date",
     "suppression",
     "template",
     "campaign",
@@ -71,4 +72,36 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 4321
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     assert (tmp_path / "loa.db").exists()
+    engine.dispose()
+
+
+def test_upgrade_to_0002_indexes_dates_already_in_recipients(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    engine = make_engine(Settings(database_url=empty_db_url, data_dir=tmp_path))
+    config = schema._alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO recipient (phone, attributes, phone_converted, created_at, updated_at)"
+                " VALUES (:p, :a, false, '2026-05-01 00:00:00', '2026-05-01 00:00:00')"
+            ),
+            [
+                {"p": "+84912000001", "a": '{"card_expiry": "2026-05-15", "dia_chi": "Thôn 1"}'},
+                {"p": "+84912000002", "a": '{"card_expiry": "2026-02-30"}'},  # not a real date
+                {"p": "+84912000003", "a": "{}"},
+            ],
+        )
+    schema.upgrade(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT attribute, value FROM recipient_date ORDER BY recipient_id")
+        ).all()
+    assert [(a, str(v)) for a, v in rows] == [("card_expiry", "2026-05-15")]
     engine.dispose()
