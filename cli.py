@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from loa import schema
+from loa.apikeys import Role
 from loa.clock import system_clock
 from loa.db import check_database, make_engine, redacted, session_scope
 from loa.errors import LoaError
@@ -354,6 +355,93 @@ def campaign_show(campaign_id: int) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+@main.group()
+def apikey() -> None:
+    """API keys: who may call the HTTP API, and in which role."""
+
+
+@apikey.command("create")
+@click.option("--role", required=True, help=f"One of {', '.join(Role)}.")
+@click.option("--area", default=None, help="Area code a district key serves (district keys only).")
+@click.option("--name", default=None, help="Who or what uses the key (default: the role).")
+@click.option("--expires-days", type=int, default=None, help="Refuse the key after N days.")
+def apikey_create(role: str, area: str | None, name: str | None, expires_days: int | None) -> None:
+    """Create an API key and print it. It is shown only this once: Loa keeps only a hash."""
+    from loa.apikeys import create_key
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        created = create_key(
+            session,
+            role=role,
+            actor=_actor(),
+            now=system_clock(),
+            name=name,
+            area_code=area,
+            expires_in=timedelta(days=expires_days) if expires_days is not None else None,
+        )
+    row = created.api_key
+    # The key alone on stdout, so that KEY=$(loa apikey create ...) captures it.
+    click.echo(created.key)
+    click.echo(
+        f"created {row.role} key {row.prefix} ({row.name!r}"
+        + (f", area {row.area_code}" if row.area_code else "")
+        + (f", expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else "")
+        + "). Store the key now: it is not shown again.",
+        err=True,
+    )
+
+
+@apikey.command("list")
+def apikey_list() -> None:
+    """Every API key with its role, area and dates (never the secret)."""
+    from loa.apikeys import list_keys
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        keys = list_keys(session)
+    if not keys:
+        click.echo("no API keys yet; create one with: loa apikey create --role ROLE")
+        return
+
+    def when(value: datetime | None) -> str:
+        return f"{value:%Y-%m-%d %H:%M}" if value is not None else "-"
+
+    rows = [["prefix", "name", "role", "area", "created", "expires", "revoked", "last used"]]
+    for key in keys:
+        rows.append(
+            [
+                key.prefix,
+                key.name,
+                key.role,
+                key.area_code or "-",
+                when(key.created_at),
+                when(key.expires_at),
+                when(key.revoked_at),
+                when(key.last_used_at),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    click.echo("(times in UTC)")
+
+
+@apikey.command("revoke")
+@click.argument("prefix")
+def apikey_revoke(prefix: str) -> None:
+    """Refuse an API key from now on (PREFIX as shown by `loa apikey list`)."""
+    from loa.apikeys import revoke_key
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        revoked = revoke_key(session, prefix, actor=_actor(), now=system_clock())
+    click.echo(f"API key {revoked.prefix} ({revoked.name!r}, {revoked.role}) revoked")
 
 
 # --- statistics -------------------------------------------------------------------------------

@@ -2,19 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import campaigns, health
 from channels.registry import channel_lookup
 from loa.clock import Clock, system_clock
-from loa.errors import LoaError
+from loa.errors import InvalidInput, LoaError, NotAuthenticated
 from loa.settings import Settings
 from scheduler.service import DispatchWorker, SchedulerService
+
+
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "field": field}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _request_problems(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """FastAPI's validation errors as one message a person reads (where, then what), and the
+    field of the first."""
+    problems: list[str] = []
+    fields: list[str] = []
+    for error in errors:
+        source, *rest = [str(part) for part in error["loc"]] or ["request"]
+        if error["type"] == "json_invalid":
+            problems.append(
+                f"the request body is not valid JSON: {error['ctx']['error']} "
+                f"at character {rest[-1] if rest else 0}"
+            )
+            continue
+        if error["type"] == "missing" and source == "body" and not rest:
+            problems.append("the request has no body; send it as JSON")
+            continue
+        where = ".".join(rest)
+        problems.append(
+            f"{source} {where}: {error['msg']}" if where else f"{source}: {error['msg']}"
+        )
+        if where:
+            fields.append(where)
+    return "; ".join(problems), fields[0] if fields else None
 
 
 def create_app(
@@ -48,14 +91,26 @@ def create_app(
     app = FastAPI(title="Loa", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
+    app.state.clock = clock
 
     @app.exception_handler(LoaError)
     async def _domain_error(_request: Request, exc: LoaError) -> JSONResponse:
         # The one place domain errors become HTTP: a stable code, the message, the field.
-        return JSONResponse(
-            {"error": {"code": exc.code, "message": exc.message, "field": exc.field}},
-            status_code=exc.http_status,
-        )
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthenticated) else None
+        return _error(exc.http_status, exc.code, exc.message, exc.field, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own checks (malformed JSON, a path id that is not a number) answer in the same
+        # shape as domain errors, so that a client reads one kind of error body.
+        message, field = _request_problems(exc.errors())
+        return _error(422, InvalidInput.code, message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # An unknown path or method: the same shape again.
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        return _error(exc.status_code, code, str(exc.detail), None, exc.headers)
 
     app.include_router(health.router)
     app.include_router(campaigns.router)

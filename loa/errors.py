@@ -27,6 +27,20 @@ class Conflict(LoaError):
     http_status = 409
 
 
+class NotAuthenticated(LoaError):
+    """No API key, or one that is unknown, revoked or expired."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class Forbidden(LoaError):
+    """A valid API key whose role does not allow the request."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class InvalidInput(LoaError):
     code = "invalid"
     http_status = 422

@@ -1,5 +1,6 @@
 """The first user journey with real processes: import areas and recipients, create and launch a
-campaign with the CLI, run `loa serve`, and watch the wave go out through the console channel."""
+campaign with the CLI, run `loa serve`, and watch the wave go out through the console channel,
+reading its figures over the API with an operator's key."""
 
 from __future__ import annotations
 
@@ -87,6 +88,8 @@ def test_sms_campaign_from_spec_to_stats(db_url: str, tmp_path: Path) -> None:
     campaign_id = int(created.stdout.split()[2])
     run_loa("campaign", "approve", str(campaign_id), env=env)
     run_loa("campaign", "launch", str(campaign_id), env=env)
+    key = run_loa("apikey", "create", "--role", "operator", env=env).stdout.strip()
+    operator = {"Authorization": f"Bearer {key}"}
 
     port = _free_port()
     server = subprocess.Popen(
@@ -111,11 +114,14 @@ def test_sms_campaign_from_spec_to_stats(db_url: str, tmp_path: Path) -> None:
         assert health["database"]["status"] == "ok"
 
         def campaign_done() -> bool:
-            body = httpx.get(f"{base}/api/v1/campaigns/{campaign_id}/stats", timeout=5).json()
+            body = httpx.get(
+                f"{base}/api/v1/campaigns/{campaign_id}/stats", headers=operator, timeout=5
+            ).json()
             return bool(body["status"] == "completed")
 
         _wait_for(campaign_done, "the campaign to complete")
-        stats = httpx.get(f"{base}/api/v1/campaigns/{campaign_id}/stats").json()
+        stats = httpx.get(f"{base}/api/v1/campaigns/{campaign_id}/stats", headers=operator).json()
+        assert httpx.get(f"{base}/api/v1/campaigns/{campaign_id}/stats").status_code == 401
     finally:
         server.terminate()
         server.wait(timeout=30)

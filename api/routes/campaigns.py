@@ -1,18 +1,42 @@
+"""Campaigns over HTTP: create from a spec, the lifecycle verbs, and reading. Each route calls the
+same lifecycle function as the CLI, with the API key's actor, the app's clock and the settings."""
+
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlmodel import col
 
-from api.deps import SessionDep
+from api.deps import ClockDep, SessionDep, SettingsDep, require_roles
+from loa.apikeys import Caller, Role
+from loa.errors import InvalidInput
 from loa.models import Campaign
-from scheduler.lifecycle import get_campaign
+from scheduler.lifecycle import (
+    approve_campaign,
+    cancel_campaign,
+    create_campaign,
+    get_campaign,
+    launch_campaign,
+    pause_campaign,
+    resume_campaign,
+)
+from scheduler.spec import validate_spec
 from stats.campaign import CampaignStats, campaign_stats
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
+
+# Who may do what (district keys: none of it; they get their own area's playlists).
+Reader = Annotated[
+    Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))
+]
+Planner = Annotated[Caller, Depends(require_roles(Role.PLANNER, Role.ADMIN))]
+Approver = Annotated[Caller, Depends(require_roles(Role.APPROVER, Role.ADMIN))]
+
+SOURCE = "request body"
 
 
 class CampaignPublic(BaseModel):
@@ -21,22 +45,104 @@ class CampaignPublic(BaseModel):
     status: str
     timezone: str
     created_by: str
+    approved_by: str | None
     created_at: datetime
+    updated_at: datetime
     launched_at: datetime | None
     completed_at: datetime | None
 
 
+class CancelledCampaign(CampaignPublic):
+    messages_cancelled: int  # planned messages that will now never be sent
+    waves_closed: int  # waves that had not fired
+
+
+def _public(campaign: Campaign) -> CampaignPublic:
+    return CampaignPublic.model_validate(campaign, from_attributes=True)
+
+
+@router.post("", status_code=201)
+def create(
+    caller: Planner,
+    raw: Annotated[Any, Body(description="A campaign spec: the YAML spec's shape, as JSON.")],
+    session: SessionDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+) -> CampaignPublic:
+    """Create a draft campaign. The spec is validated whole; errors name the wave and field."""
+    if isinstance(raw, bytes):  # FastAPI passes a body that is not declared as JSON through raw
+        raise InvalidInput(f"{SOURCE}: send the spec as JSON, with Content-Type: application/json")
+    campaign = create_campaign(
+        session,
+        spec=validate_spec(raw, source=SOURCE),
+        actor=caller.actor,
+        now=clock(),
+        settings=settings,
+        source=SOURCE,
+    )
+    return _public(campaign)
+
+
+@router.post("/{campaign_id}/approve")
+def approve(
+    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep, settings: SettingsDep
+) -> CampaignPublic:
+    """Approve a draft (with four-eyes approval on, by another key than the author's)."""
+    return _public(
+        approve_campaign(session, campaign_id, actor=caller.actor, now=clock(), settings=settings)
+    )
+
+
+@router.post("/{campaign_id}/launch")
+def launch(
+    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep, settings: SettingsDep
+) -> CampaignPublic:
+    """Schedule an approved campaign's waves; the scheduler fires each at its time."""
+    return _public(
+        launch_campaign(session, campaign_id, actor=caller.actor, now=clock(), settings=settings)
+    )
+
+
+@router.post("/{campaign_id}/pause")
+def pause(
+    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep
+) -> CampaignPublic:
+    """Stop sending until resumed; takes effect at every worker's next claim."""
+    return _public(pause_campaign(session, campaign_id, actor=caller.actor, now=clock()))
+
+
+@router.post("/{campaign_id}/resume")
+def resume(
+    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep
+) -> CampaignPublic:
+    """Continue a paused campaign (nothing already sent is sent again)."""
+    return _public(resume_campaign(session, campaign_id, actor=caller.actor, now=clock()))
+
+
+@router.post("/{campaign_id}/cancel")
+def cancel(
+    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep
+) -> CancelledCampaign:
+    """End the campaign for good: messages not yet sent are cancelled, unfired waves closed."""
+    result = cancel_campaign(session, campaign_id, actor=caller.actor, now=clock())
+    return CancelledCampaign(
+        **_public(result.campaign).model_dump(),
+        messages_cancelled=result.messages_cancelled,
+        waves_closed=result.waves_closed,
+    )
+
+
 @router.get("")
-def list_campaigns(session: SessionDep) -> list[CampaignPublic]:
+def list_campaigns(_caller: Reader, session: SessionDep) -> list[CampaignPublic]:
     campaigns = session.scalars(select(Campaign).order_by(col(Campaign.id).desc()).limit(200))
-    return [CampaignPublic.model_validate(c, from_attributes=True) for c in campaigns]
+    return [_public(c) for c in campaigns]
 
 
 @router.get("/{campaign_id}")
-def read_campaign(campaign_id: int, session: SessionDep) -> CampaignPublic:
-    return CampaignPublic.model_validate(get_campaign(session, campaign_id), from_attributes=True)
+def read_campaign(campaign_id: int, _caller: Reader, session: SessionDep) -> CampaignPublic:
+    return _public(get_campaign(session, campaign_id))
 
 
 @router.get("/{campaign_id}/stats")
-def read_campaign_stats(campaign_id: int, session: SessionDep) -> CampaignStats:
+def read_campaign_stats(campaign_id: int, _caller: Reader, session: SessionDep) -> CampaignStats:
     return campaign_stats(session, campaign_id)
