@@ -66,6 +66,19 @@ def _actor() -> str:
         return "cli"
 
 
+def _print_table(rows: list[list[str]], *, right_from: int | None = None) -> None:
+    """Rows as aligned columns; columns from `right_from` on (numbers) are right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i])
+            if right_from is not None and i >= right_from
+            else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        click.echo("  ".join(cells).rstrip())
+
+
 def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -335,26 +348,111 @@ def campaign_show(campaign_id: int) -> None:
         waves = list_waves(session, campaign_id)
     zone = ZoneInfo(shown.timezone)
     click.echo(f"campaign {shown.id} {shown.name!r}: {shown.status}, time zone {zone.key}")
-    rows = [["#", "wave", "channel", "class", "status", f"fires at ({zone.key})"]]
+    made: dict[int | None, int] = {}
     for wave in waves:
-        fires = (
-            wave.fire_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
-            if wave.fire_at is not None
-            else "not scheduled"
-        )
+        made[wave.parent_id] = made.get(wave.parent_id, 0) + 1
+    rows = [["#", "wave", "channel", "class", "trigger", "status", f"next ({zone.key})", "made"]]
+    for wave in waves:
+        if wave.parent_id is not None:
+            continue
+        fires = _local(wave.fire_at, zone) if wave.fire_at is not None else "not scheduled"
+        if wave.kind != "once" and wave.status == "done":
+            fires = "no occurrence left"
         rows.append(
             [
                 str(wave.position + 1),
                 wave.name,
                 wave.channel,
                 wave.message_class,
+                wave.kind,
                 wave.status,
                 fires,
+                str(made.get(wave.id, 0)) if wave.kind != "once" else "",
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    _print_table(rows)
+
+
+def _local(instant: datetime | None, zone: ZoneInfo) -> str:
+    return instant.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S") if instant else "-"
+
+
+@campaign.command("plan")
+@click.argument("campaign_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def campaign_plan(campaign_id: int, as_json: bool) -> None:
+    """What each wave would send: recipients, exclusions, segments, cost, first and last send.
+
+    Writes nothing; works on a draft as well as on a running campaign.
+    """
+    from scheduler.plan import plan_campaign
+
+    settings = _settings()
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        plan = plan_campaign(session, campaign_id, now=system_clock(), settings=settings)
+    if as_json:
+        click.echo(plan.model_dump_json(indent=2))
+        return
+    zone = ZoneInfo(plan.timezone)
+    click.echo(
+        f"campaign {plan.campaign_id} {plan.name!r}: {plan.status}, plan at "
+        f"{_local(plan.planned_at, zone)} ({zone.key})"
+    )
+    rows = [
+        [
+            "wave",
+            "trigger",
+            "times",
+            "targeted",
+            "left out",
+            "capped",
+            "to send",
+            "segments",
+            f"cost ({plan.currency})",
+            "first send",
+            "last send",
+        ]
+    ]
+    for wave in plan.waves:
+        left_out = (
+            ", ".join(
+                f"{n} {reason.replace('_', ' ')}"
+                for reason, n in wave.excluded.model_dump().items()
+                if n
+            )
+            or "0"
+        )
+        segments = wave.segments
+        rows.append(
+            [
+                f"{wave.wave_id} {wave.name}",
+                wave.kind,
+                str(wave.occurrences),
+                str(wave.targeted),
+                left_out,
+                str(wave.capped),
+                str(wave.to_send),
+                f"{segments.total} ({segments.per_message_mean:g}/msg {segments.encoding})"
+                if segments
+                else "-",
+                f"{wave.cost:,.0f}" if wave.cost is not None else "-",
+                _local(wave.first_send_at, zone),
+                _local(wave.last_send_at, zone),
+            ]
+        )
+    _print_table(rows)
+    cost = f"{plan.cost:,.0f} {plan.currency}" if plan.cost is not None else "not estimated"
+    click.echo(f"in all: {plan.to_send} messages, {plan.segments} segments, cost {cost}")
+    for wave in plan.waves:
+        for variable, n in wave.missing_variables.items():
+            click.echo(
+                f"wave {wave.wave_id}: {n} recipient(s) have no {variable!r}, which the "
+                "template uses",
+                err=True,
+            )
+        for note in wave.notes:
+            click.echo(f"wave {wave.wave_id}: {note}", err=True)
 
 
 # --- API keys ---------------------------------------------------------------------------------
@@ -426,9 +524,7 @@ def apikey_list() -> None:
                 when(key.last_used_at),
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    _print_table(rows)
     click.echo("(times in UTC)")
 
 
@@ -475,14 +571,7 @@ def stats(campaign_id: int, as_json: bool) -> None:
             ]
         )
     rows.append(["all waves", "", *(str(result.by_status[s]) for s in shown), str(result.total)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo(
-            "  ".join(
-                cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
-                for i, cell in enumerate(row)
-            )
-        )
+    _print_table(rows, right_from=2)
 
 
 # --- SMS text ---------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, select, true
+from sqlalchemy import Boolean, ColumnElement, and_, exists, func, literal, not_, select, true
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
@@ -50,3 +50,13 @@ def audience_condition(audience: dict[str, Any]) -> ColumnElement[bool]:
             )
         )
     return and_(true(), *conditions)
+
+
+def lacks_attribute(key: str, dialect: str) -> ColumnElement[bool]:
+    """Recipients whose attributes have no `key`. Per dialect: SQLAlchemy's JSON index on SQLite
+    wraps the value in json_quote(), which turns a missing key into the text 'null'."""
+    attributes = col(Recipient.attributes)
+    if dialect == "postgresql":
+        return not_(attributes.op("?", return_type=Boolean)(literal(key)))
+    path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return func.json_type(attributes, path).is_(None)

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     # still be about to record them.
     reconcile_seconds: float = Field(default=30, gt=0)
 
+    # Planning: what one SMS segment costs (0: not set, the plan gives no cost), in `currency`;
+    # how many recipients' texts are rendered to estimate the segments of a wave.
+    sms_price_per_segment: float = Field(default=0, ge=0)
+    currency: str = "VND"
+    plan_sample_size: int = Field(default=2000, ge=1)
+
     log_level: str = "INFO"
 
     @field_validator("window_qc", "window_info", "window_care", "cap_qc", "cap_info", "cap_care")

@@ -86,28 +86,24 @@ def _check_areas(session: Session, spec: CampaignSpec, source: str) -> None:
             )
 
 
-def _check_date_attributes(session: Session, spec: CampaignSpec, source: str) -> None:
+def require_date_attribute(session: Session, attribute: str, where: str) -> None:
     """A relative wave's attribute must be a date some recipient has: a typo (`card_expiy`) would
-    otherwise make a wave that never fires and never says why."""
-    for index, wave in enumerate(spec.waves):
-        if wave.relative is None:
-            continue
-        attribute = wave.relative.attribute
-        found = session.scalar(
-            select(col(RecipientDate.recipient_id))
-            .where(col(RecipientDate.attribute) == attribute)
-            .limit(1)
+    otherwise make a wave that never fires and never says why. `where` names the wave."""
+    found = session.scalar(
+        select(col(RecipientDate.recipient_id))
+        .where(col(RecipientDate.attribute) == attribute)
+        .limit(1)
+    )
+    if found is None:
+        known = session.scalars(
+            select(col(RecipientDate.attribute)).distinct().order_by(col(RecipientDate.attribute))
+        ).all()
+        raise InvalidInput(
+            f"{where}, field relative.attribute: no recipient has a date in {attribute!r} "
+            f"(date attributes on file: "
+            f"{', '.join(known[:20]) or 'none; import recipients with a date column first'})",
+            field="relative.attribute",
         )
-        if found is None:
-            known = session.scalars(
-                select(col(RecipientDate.attribute)).distinct().order_by(RecipientDate.attribute)
-            ).all()
-            raise InvalidInput(
-                f"{source}: {_wave_label(index, wave)}, field relative.attribute: no recipient "
-                f"has a date in {attribute!r} (date attributes on file: "
-                f"{', '.join(known[:20]) or 'none; import recipients with a date column first'})",
-                field="relative.attribute",
-            )
 
 
 def create_campaign(
@@ -121,7 +117,11 @@ def create_campaign(
 ) -> Campaign:
     _check_buildable(spec, source)
     _check_areas(session, spec, source)
-    _check_date_attributes(session, spec, source)
+    for index, wave in enumerate(spec.waves):
+        if wave.relative is not None:
+            require_date_attribute(
+                session, wave.relative.attribute, f"{source}: {_wave_label(index, wave)}"
+            )
     zone = ZoneInfo(spec.timezone or settings.default_timezone)
     for index, wave in enumerate(spec.waves):
         try:

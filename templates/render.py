@@ -7,7 +7,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2 import StrictUndefined, TemplateError, UndefinedError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from loa.errors import InvalidInput
@@ -50,6 +50,14 @@ def check_template(source: str) -> None:
     """Raise TemplateProblem when the template does not even parse."""
     try:
         _compile(source)
+    except TemplateError as exc:
+        raise TemplateProblem(f"template does not parse: {exc}") from None
+
+
+def template_variables(source: str) -> set[str]:
+    """The variables a template reads (that the recipient's data must supply)."""
+    try:
+        return set(meta.find_undeclared_variables(_ENV.parse(unicodedata.normalize("NFC", source))))
     except TemplateError as exc:
         raise TemplateProblem(f"template does not parse: {exc}") from None
 

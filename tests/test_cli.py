@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -38,6 +39,7 @@ def test_every_command_has_help() -> None:
         ("campaign", "launch"),
         ("stats",),
         ("sms", "count"),
+        ("campaign", "plan"),
     } <= set(commands)
     for path in commands:
         result = CliRunner().invoke(main, [*path, "--help"])
@@ -147,3 +149,46 @@ def test_a_file_that_is_not_csv_fails_cleanly_and_imports_nothing(
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Recipient)) == 0
     engine.dispose()
+
+
+def test_campaign_plan_prints_each_wave_and_json(db_url: str, tmp_path: Path) -> None:
+    env = loa_env(db_url, tmp_path, LOA_SMS_PRICE_PER_SEGMENT="650", LOA_SMS_RATE_PER_SECOND="10")
+    (tmp_path / "areas.csv").write_text(
+        "code,name,level,parent_code\n42,Tỉnh Hà Tĩnh,province,\n", encoding="utf-8"
+    )
+    (tmp_path / "people.csv").write_text(
+        "phone,ma_xa,card_expiry\n0912000001,42,01/06/2030\n0912000002,42,\n", encoding="utf-8"
+    )
+    run_loa("areas", "import", str(tmp_path / "areas.csv"), env=env)
+    run_loa("recipients", "import", str(tmp_path / "people.csv"), env=env)
+    spec = tmp_path / "c.yaml"
+    spec.write_text(
+        "name: C\nwaves:\n  - name: Nhắc\n    channel: sms\n    at: '2030-05-08 07:30'\n"
+        "    audience: {areas: ['42']}\n    template: 'Het han {{ card_expiry }}'\n",
+        encoding="utf-8",
+    )
+    run_loa("campaign", "create", str(spec), env=env)
+    before = _counts(db_url, tmp_path)
+    table = run_loa("campaign", "plan", "1", env=env)
+    assert _counts(db_url, tmp_path) == before  # a plan writes nothing
+    lines = table.stdout.splitlines()
+    assert lines[1].split()[:3] == ["wave", "trigger", "times"]
+    assert lines[2].split()[:8] == ["1", "Nhắc", "once", "1", "2", "0", "0", "2"]
+    assert "2030-05-08 07:30:00  2030-05-08 07:30:00" in lines[2]
+    assert lines[-1] == "in all: 2 messages, 2 segments, cost 1,300 VND"
+    assert "1 recipient(s) have no 'card_expiry'" in table.stderr
+    as_json = json.loads(run_loa("campaign", "plan", "1", "--json", env=env).stdout)
+    assert as_json["waves"][0]["missing_variables"] == {"card_expiry": 1}
+    missing = run_loa("campaign", "plan", "7", env=env, check=False)
+    assert (missing.returncode, missing.stderr.strip()) == (1, "Error: no campaign with id 7")
+
+
+def _counts(db_url: str, tmp_path: Path) -> tuple[int, int, int]:
+    engine = make_engine(Settings(database_url=db_url, data_dir=tmp_path))
+    with engine.connect() as conn:
+        counts = tuple(
+            conn.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in (Campaign, Wave, AuditEntry)
+        )
+    engine.dispose()
+    return counts  # type: ignore[return-value]

@@ -24,6 +24,7 @@ from scheduler.lifecycle import (
     pause_campaign,
     resume_campaign,
 )
+from scheduler.plan import CampaignPlan, plan_campaign
 from scheduler.spec import validate_spec
 from stats.campaign import CampaignStats, campaign_stats
 
@@ -130,6 +131,14 @@ def cancel(
         messages_cancelled=result.messages_cancelled,
         waves_closed=result.waves_closed,
     )
+
+
+@router.post("/{campaign_id}/plan")
+def plan(
+    campaign_id: int, _caller: Reader, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> CampaignPlan:
+    """What each wave would send, from the data as it is now. Writes nothing."""
+    return plan_campaign(session, campaign_id, now=clock(), settings=settings)
 
 
 @router.get("")

@@ -1,0 +1,421 @@
+"""Plan before you send: what each wave of a campaign would do, computed from the data as it is
+now, without writing anything.
+
+Per wave: the recipients targeted, those left out and why (opted out, on the do-not-contact list,
+number marked invalid, suppressed by hand, already messaged by this wave), those who will wait
+for their class's frequency cap, the template variables some recipients lack, the SMS segments
+and what they cost, and when the first and the last message would leave at the channel's rate
+inside the wave's send window. A recurring wave is planned over its occurrences still to come; a
+relative wave over the recipients whose date's moment is still ahead.
+
+Segments come from rendering the template for a spread sample of the audience (all of it when it
+is small), because they depend on each recipient's name and attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, and_, exists, func, not_, select
+from sqlmodel import Session, col
+
+from audience.resolve import audience_condition, lacks_attribute
+from loa.models import OutboxMessage, Recipient, RecipientDate, Suppression, Wave, WaveStatus
+from loa.settings import Settings
+from scheduler.caps import COUNTED
+from scheduler.gate import wave_window
+from scheduler.lifecycle import get_campaign, list_waves, require_date_attribute
+from scheduler.policy import cap_for
+from scheduler.triggers import Recurring, Relative, localize, trigger_of
+from scheduler.windows import SendWindow, next_open, window_closes
+from templates.encoding import count_sms
+from templates.render import TemplateProblem, render, template_variables
+
+# Suppression reasons as the plan reports them.
+_REASONS = {
+    "opt_out": "opted_out",
+    "do_not_contact": "do_not_contact",
+    "invalid": "invalid_number",
+    "manual": "suppressed_manual",
+}
+# Variables every recipient has (dispatch puts them in the context).
+_ALWAYS_THERE = frozenset({"name", "phone"})
+
+
+class Excluded(BaseModel):
+    """Recipients of the audience who will not get this wave's message, by reason."""
+
+    opted_out: int = 0
+    do_not_contact: int = 0
+    invalid_number: int = 0
+    suppressed_manual: int = 0
+    duplicate: int = 0  # already have this wave's message (a wave that has fired)
+
+
+class Segments(BaseModel):
+    encoding: str  # GSM-7, UCS-2, or "mixed" when recipients' texts differ
+    per_message_min: int
+    per_message_max: int
+    per_message_mean: float
+    total: int  # over every message to send; estimated from the sample unless `exact`
+    sampled: int  # recipients whose text was rendered
+    exact: bool
+
+
+class WavePlan(BaseModel):
+    wave_id: int
+    name: str
+    channel: str
+    message_class: str
+    kind: str
+    occurrences: int  # still to come (1 for an `at` wave not fired yet)
+    targeted: int  # in the audience, over all occurrences still to come
+    excluded: Excluded
+    capped: int  # will wait for their class's frequency cap (delayed, not dropped)
+    to_send: int  # messages that will go out, over all occurrences still to come
+    missing_variables: dict[str, int]  # template variable -> recipients who lack it
+    segments: Segments | None
+    price_per_segment: float | None
+    cost: float | None
+    first_send_at: datetime | None  # UTC
+    last_send_at: datetime | None  # UTC, at the channel's rate
+    notes: list[str]
+
+
+class CampaignPlan(BaseModel):
+    campaign_id: int
+    name: str
+    status: str
+    timezone: str
+    planned_at: datetime
+    currency: str
+    waves: list[WavePlan]
+    to_send: int
+    segments: int
+    cost: float | None
+
+
+def plan_campaign(
+    session: Session, campaign_id: int, *, now: datetime, settings: Settings
+) -> CampaignPlan:
+    """The plan of every wave of the campaign (a series counts its occurrences together)."""
+    campaign = get_campaign(session, campaign_id)
+    zone = ZoneInfo(campaign.timezone)
+    waves = [
+        _plan_wave(session, wave, zone, now=now, settings=settings)
+        for wave in list_waves(session, campaign_id)
+        if wave.parent_id is None
+    ]
+    costs = [w.cost for w in waves if w.to_send]
+    assert campaign.id is not None
+    return CampaignPlan(
+        campaign_id=campaign.id,
+        name=campaign.name,
+        status=campaign.status,
+        timezone=zone.key,
+        planned_at=now,
+        currency=settings.currency,
+        waves=waves,
+        to_send=sum(w.to_send for w in waves),
+        segments=sum(w.segments.total for w in waves if w.segments),
+        cost=None if None in costs else sum(c or 0 for c in costs),
+    )
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """When a wave's messages fall due: each occurrence still to come. `each_targets_all`: every
+    occurrence goes to the whole audience (at, recurring); else each recipient has their own
+    occurrence (relative), and `last_count` is how many the last one has."""
+
+    times: list[datetime]
+    each_targets_all: bool
+    last_count: int = 0
+
+
+def _moments(
+    session: Session,
+    wave: Wave,
+    zone: ZoneInfo,
+    audience: ColumnElement[bool],
+    *,
+    now: datetime,
+    notes: list[str],
+) -> tuple[ColumnElement[bool], _Moments]:
+    """The audience condition of one occurrence (for a relative wave: everyone whose moment is
+    still ahead) and the moments still to come."""
+    trigger = trigger_of(wave.trigger)
+    if isinstance(trigger, Relative):
+        require_date_attribute(session, trigger.attribute, f"wave {wave.name!r}")
+        after = trigger.last_date_due(now, zone)
+        if wave.covered_through is not None:
+            after = max(after, wave.covered_through)
+        dated = [
+            col(RecipientDate.attribute) == trigger.attribute,
+            col(RecipientDate.value) > after,
+        ]
+        if trigger.until is not None:
+            dated.append(col(RecipientDate.value) <= trigger.until)
+        per_date = session.execute(
+            select(col(RecipientDate.value), func.count())
+            .join(Recipient, col(Recipient.id) == col(RecipientDate.recipient_id))
+            .where(*dated, audience)
+            .group_by(col(RecipientDate.value))
+            .order_by(col(RecipientDate.value))
+        ).all()
+        condition = and_(
+            audience,
+            exists(select(1).where(col(RecipientDate.recipient_id) == col(Recipient.id), *dated)),
+        )
+        times = [trigger.fire_time(value, zone) for value, _ in per_date]
+        return condition, _Moments(times, False, per_date[-1][1] if per_date else 0)
+    if isinstance(trigger, Recurring):
+        times = []
+        start = max(now, wave.fire_at) if wave.fire_at else now
+        while (fire := trigger.next_at_or_after(start, zone)) is not None:
+            times.append(fire)
+            start = fire + timedelta(microseconds=1)
+        return audience, _Moments(times, True)
+    fire = wave.fire_at or localize(trigger, zone)
+    if wave.status == WaveStatus.DONE:
+        return audience, _Moments([], True)
+    if fire < now and wave.expanded_at is None:
+        notes.append("its time has passed: launching it now is refused")
+    return audience, _Moments([max(fire, now)], True)
+
+
+def _plan_wave(
+    session: Session, wave: Wave, zone: ZoneInfo, *, now: datetime, settings: Settings
+) -> WavePlan:
+    assert wave.id is not None
+    notes: list[str] = []
+    audience, moments = _moments(
+        session, wave, zone, audience_condition(wave.audience), now=now, notes=notes
+    )
+    occurrences = len(moments.times)
+    factor = occurrences if moments.each_targets_all else 1
+    in_audience = _count(session, audience)
+    excluded = _excluded(session, wave, audience)
+    left_out = sum(excluded.model_dump().values())
+    targeted = in_audience * factor
+    to_send = (in_audience - left_out) * factor if occurrences else 0
+    first_due = moments.times[0] if moments.times else now
+    capped = _capped(session, wave, audience, first_due, settings)
+    if capped:
+        notes.append(
+            f"{capped} recipient(s) already had their cap of {wave.message_class} messages "
+            "in its period before the first send: theirs wait, they are not dropped"
+        )
+    segments = _segments(session, wave, audience, in_audience, to_send, settings, notes)
+    price = settings.sms_price_per_segment or None
+    if price is None and segments is not None:
+        notes.append("no price per segment set (LOA_SMS_PRICE_PER_SEGMENT): cost not estimated")
+    window = wave_window(wave, settings)
+    first = last = None
+    if to_send:
+        first = next_open(moments.times[0], window, zone)
+        last_count = to_send // factor if moments.each_targets_all else moments.last_count
+        if not settings.sms_rate_per_second:
+            notes.append(
+                "no rate limit set (LOA_SMS_RATE_PER_SECOND): the last send time assumes the "
+                "messages of an occurrence all leave at its first moment"
+            )
+        last = finish_time(
+            moments.times[-1], last_count, settings.sms_rate_per_second, window, zone
+        )
+    return WavePlan(
+        wave_id=wave.id,
+        name=wave.name,
+        channel=wave.channel,
+        message_class=wave.message_class,
+        kind=wave.kind,
+        occurrences=occurrences,
+        targeted=targeted,
+        excluded=_scaled(excluded, factor),
+        capped=capped,
+        to_send=to_send,
+        missing_variables=_missing_variables(session, wave, audience),
+        segments=segments,
+        price_per_segment=price,
+        cost=round(segments.total * price, 2) if segments and price else None,
+        first_send_at=first,
+        last_send_at=last,
+        notes=notes,
+    )
+
+
+def _count(session: Session, condition: ColumnElement[bool]) -> int:
+    return session.scalar(select(func.count()).select_from(Recipient).where(condition)) or 0
+
+
+def _relative_audience(
+    session: Session,
+    wave: Wave,
+    trigger: Relative,
+    zone: ZoneInfo,
+    audience: ColumnElement[bool],
+    *,
+    now: datetime,
+) -> tuple[ColumnElement[bool], list[datetime]]:
+    """Recipients whose date's moment is still ahead (after now, and after what the wave has
+    covered already), with the moment of each."""
+    after = trigger.last_date_due(now, zone)
+    if wave.covered_through is not None:
+        after = max(after, wave.covered_through)
+    dated = [
+        col(RecipientDate.recipient_id) == col(Recipient.id),
+        col(RecipientDate.attribute) == trigger.attribute,
+        col(RecipientDate.value) > after,
+    ]
+    if trigger.until is not None:
+        dated.append(col(RecipientDate.value) <= trigger.until)
+    condition = and_(audience, exists(select(1).where(*dated)))
+    per_date = session.execute(
+        select(col(RecipientDate.value), func.count())
+        .join(Recipient, col(Recipient.id) == col(RecipientDate.recipient_id))
+        .where(*dated[1:], audience)
+        .group_by(col(RecipientDate.value))
+        .order_by(col(RecipientDate.value))
+    ).all()
+    fires = [trigger.fire_time(value, zone) for value, n in per_date for _ in range(n)]
+    return condition, fires
+
+
+def _excluded(session: Session, wave: Wave, audience: ColumnElement[bool]) -> Excluded:
+    """For one occurrence: suppressed recipients by reason, and those this wave already has."""
+    excluded = Excluded()
+    for reason, n in session.execute(
+        select(col(Suppression.reason), func.count())
+        .join(Recipient, col(Recipient.phone) == col(Suppression.phone))
+        .where(audience)
+        .group_by(col(Suppression.reason))
+    ):
+        field = _REASONS.get(reason, "suppressed_manual")
+        setattr(excluded, field, getattr(excluded, field) + n)
+    if wave.expanded_at is not None:
+        suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
+        already = exists(
+            select(1).where(
+                col(OutboxMessage.recipient_id) == col(Recipient.id),
+                col(OutboxMessage.wave_id) == wave.id,
+            )
+        )
+        excluded.duplicate = _count(session, and_(audience, not_(suppressed), already))
+    return excluded
+
+
+def _scaled(excluded: Excluded, factor: int) -> Excluded:
+    return Excluded(**{k: v * factor for k, v in excluded.model_dump().items()})
+
+
+def _capped(
+    session: Session,
+    wave: Wave,
+    audience: ColumnElement[bool],
+    first_send: datetime,
+    settings: Settings,
+) -> int:
+    """Recipients who already have as many messages of the class in the cap's period before the
+    first send as the cap allows (from the messages sent so far)."""
+    cap = cap_for(wave.message_class, settings)
+    if cap is None:
+        return 0
+    counted_at = func.coalesce(col(OutboxMessage.sent_at), col(OutboxMessage.updated_at))
+    heavy = (
+        select(col(OutboxMessage.recipient_id))
+        .join(Wave, col(Wave.id) == col(OutboxMessage.wave_id))
+        .where(
+            col(Wave.message_class) == wave.message_class,
+            col(OutboxMessage.status).in_(COUNTED),
+            counted_at > first_send - cap.period,
+        )
+        .group_by(col(OutboxMessage.recipient_id))
+        .having(func.count() >= cap.count)
+    )
+    return _count(session, and_(audience, col(Recipient.id).in_(heavy)))
+
+
+def _missing_variables(
+    session: Session, wave: Wave, audience: ColumnElement[bool]
+) -> dict[str, int]:
+    """Recipients of the audience without an attribute the template reads: with them in the
+    audience the wave would fail for those people at send time."""
+    if not wave.body:
+        return {}
+    missing = {}
+    for variable in sorted(template_variables(wave.body) - _ALWAYS_THERE):
+        dialect = session.get_bind().dialect.name
+        lacking = _count(session, and_(audience, lacks_attribute(variable, dialect)))
+        if lacking:
+            missing[variable] = lacking
+    return missing
+
+
+def _segments(
+    session: Session,
+    wave: Wave,
+    audience: ColumnElement[bool],
+    audience_size: int,
+    to_send: int,
+    settings: Settings,
+    notes: list[str],
+) -> Segments | None:
+    if wave.channel != "sms" or not wave.body or not audience_size:
+        return None
+    # A sample spread over the id range (every k-th recipient), not the first ones: people
+    # imported together tend to look alike.
+    step = max(1, audience_size // settings.plan_sample_size)
+    spread = [col(Recipient.id) % step == 0] if step > 1 else []
+    sendable = not_(exists(select(1).where(col(Suppression.phone) == col(Recipient.phone))))
+    rows = session.execute(
+        select(col(Recipient.name), col(Recipient.phone), col(Recipient.attributes))
+        .where(audience, sendable, *spread)
+        .order_by(col(Recipient.id))
+        .limit(settings.plan_sample_size)
+    ).all()
+    unaccent = bool((wave.options or {}).get("unaccent"))
+    counts = []
+    failures: dict[str, int] = {}
+    for name, phone, attributes in rows:
+        context = {**(attributes or {}), "name": name or "", "phone": phone}
+        try:
+            counts.append(count_sms(render(wave.body, context, unaccent=unaccent)))
+        except TemplateProblem as exc:
+            failures[exc.message] = failures.get(exc.message, 0) + 1
+    for message, n in failures.items():
+        notes.append(f"the template fails for {n} of {len(rows)} sampled recipient(s): {message}")
+    if not counts:
+        return None
+    per_message = [c.segments for c in counts]
+    mean = sum(per_message) / len(per_message)
+    encodings = {c.encoding for c in counts}
+    exact = step == 1 and audience_size <= settings.plan_sample_size and not failures
+    return Segments(
+        encoding=encodings.pop() if len(encodings) == 1 else "mixed",
+        per_message_min=min(per_message),
+        per_message_max=max(per_message),
+        per_message_mean=round(mean, 3),
+        total=round(mean * to_send),
+        sampled=len(rows),
+        exact=exact,
+    )
+
+
+def finish_time(
+    start: datetime, count: int, rate: float, window: SendWindow | None, zone: ZoneInfo
+) -> datetime:
+    """When the last of `count` messages leaves, sending `rate` a second from `start` while the
+    window is open (and waiting for its next opening when it closes). No rate: all at once, at
+    the first moment the window allows."""
+    at, left = next_open(start, window, zone), float(count)
+    if not rate or count <= 0:
+        return at
+    while True:
+        closes = window_closes(at, window, zone)
+        if closes is None or (closes - at).total_seconds() * rate >= left:
+            return at + timedelta(seconds=left / rate)
+        left -= (closes - at).total_seconds() * rate
+        at = next_open(closes, window, zone)
