@@ -11,11 +11,15 @@ from collections.abc import Callable
 from datetime import UTC
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlmodel import col
 
 from channels.base import Channel
 from loa.clock import Clock
+from loa.db import session_scope
+from loa.models import Wave, WaveStatus
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once, new_worker_id
 from scheduler.leader import Leadership, leadership_for
@@ -25,9 +29,22 @@ from scheduler.tick import TickReport, run_tick
 log = logging.getLogger(__name__)
 
 
+# How many of the next fire times get a wake-up job of their own; later ones get theirs as the
+# earlier ones pass (each tick rebuilds the set).
+WAKEUPS_AHEAD = 50
+
+
 class SchedulerService:
-    """APScheduler drives the tick; the database holds every wave's state and fire time, so a
-    restart or a change of leader loses nothing and never fires a wave twice."""
+    """APScheduler drives the scheduler; the database holds every wave's state and fire time, so
+    a restart or a change of leader loses nothing and never fires a wave twice.
+
+    Two kinds of job: the tick, every `scheduler_tick_seconds`, which does everything (fires due
+    waves, makes occurrences, expires, defers, closes); and one wake-up per upcoming fire time
+    (a DateTrigger), which runs the tick at that very second instead of up to a tick later. The
+    wake-ups are rebuilt from the wave table at start and after every tick, so a launch, a pause
+    or a cancel made by any process on any machine is reflected within one tick, and nothing
+    lives only in APScheduler's memory.
+    """
 
     def __init__(
         self, engine: Engine, settings: Settings, clock: Clock, leadership: Leadership | None = None
@@ -37,22 +54,62 @@ class SchedulerService:
         self._clock = clock
         self._leadership = leadership or leadership_for(engine)
         self._aps = BackgroundScheduler(timezone=UTC)
+        # The tick job and the wake-ups run on APScheduler's thread pool: one at a time. Once
+        # stopping, none starts: APScheduler's shutdown holds its job-store lock while it waits
+        # for running jobs, so a job that then touched its jobs would wait for ever.
+        self._ticking = threading.Lock()
+        self._stopping = False
 
     def tick(self) -> TickReport | None:
         """One tick if this process is the leader; None when another scheduler is active."""
+        with self._ticking:
+            return self._tick()
+
+    def _tick(self) -> TickReport | None:
         if not self._leadership.try_acquire():
             return None
         return run_tick(self._engine, now=self._clock(), settings=self._settings)
 
-    def _safe_tick(self) -> None:
-        try:
-            self.tick()
-        except Exception:  # the next tick retries; a crash here must not stop the scheduler thread
-            log.exception("scheduler tick failed")
+    def _job(self) -> None:
+        """What the tick job and every wake-up run."""
+        with self._ticking:
+            if self._stopping:
+                return
+            try:
+                self._tick()
+                self.sync_wakeups()
+            except Exception:  # the next tick retries; a crash must not stop the scheduler
+                log.exception("scheduler tick failed")
+
+    def sync_wakeups(self) -> set[str]:
+        """One DateTrigger job per upcoming fire time of a scheduled wave (the next
+        WAKEUPS_AHEAD); jobs of times no longer wanted are removed. Returns the job ids."""
+        with session_scope(self._engine) as session:
+            upcoming = session.scalars(
+                select(col(Wave.fire_at))
+                .where(col(Wave.status) == WaveStatus.SCHEDULED, col(Wave.fire_at) > self._clock())
+                .distinct()
+                .order_by(col(Wave.fire_at))
+                .limit(WAKEUPS_AHEAD)
+            ).all()
+        wanted = {f"wake:{at.isoformat()}": at for at in upcoming if at is not None}
+        for job in self._aps.get_jobs():
+            if job.id.startswith("wake:") and job.id not in wanted:
+                job.remove()
+        for job_id, at in wanted.items():
+            if self._aps.get_job(job_id) is None:
+                self._aps.add_job(
+                    self._job,
+                    DateTrigger(run_date=at, timezone=UTC),
+                    id=job_id,
+                    misfire_grace_time=None,  # late (a busy pool) is better than never
+                    replace_existing=True,
+                )
+        return set(wanted)
 
     def start(self) -> None:
         self._aps.add_job(
-            self._safe_tick,
+            self._job,
             IntervalTrigger(seconds=self._settings.scheduler_tick_seconds, timezone=UTC),
             id="tick",
             max_instances=1,
@@ -62,6 +119,8 @@ class SchedulerService:
         self._aps.start()
 
     def shutdown(self) -> None:
+        with self._ticking:
+            self._stopping = True
         if self._aps.running:
             self._aps.shutdown(wait=True)
         self._leadership.release()
