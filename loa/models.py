@@ -288,13 +288,18 @@ class DeliveryEvent(SQLModel, table=True):
 
 
 class RateBucket(SQLModel, table=True):
-    """A token bucket shared by all workers (scheduler/ratelimit.py): one row per channel."""
+    """The rate limit shared by all workers (scheduler/ratelimit.py): one row per channel."""
 
     __tablename__ = "rate_bucket"
 
     name: str = Field(primary_key=True, max_length=64)
     tokens: float
+    # The latest grant's instant (grants only move forward), from which the tokens refill.
     refilled_at: datetime = Field(sa_type=UTCDateTime)
+    # The grants of the last second, oldest first: [instant in microseconds since 1970, count].
+    grants: list[list[int]] = Field(
+        default_factory=list, sa_type=JsonDoc, sa_column_kwargs={"server_default": text("'[]'")}
+    )
 
 
 class ApiKey(SQLModel, table=True):

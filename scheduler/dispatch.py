@@ -17,6 +17,7 @@ import math
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from loa.settings import Settings
 from scheduler.backoff import retry_delay
 from scheduler.caps import defer_capped
 from scheduler.gate import sendable_wave_ids
-from scheduler.ratelimit import give_back, take_tokens
+from scheduler.ratelimit import Grant, give_back, take_tokens
 from templates.render import TemplateProblem, render
 
 log = logging.getLogger(__name__)
@@ -522,16 +523,43 @@ def dispatch_once(
     clock: Clock,
     settings: Settings,
     channel_for: Callable[[str], Channel],
+    sleep: Callable[[float], object] = time.sleep,
 ) -> int:
-    """Claim and send one batch. Returns how many messages were claimed (0: nothing was due)."""
+    """Claim and send one batch. Returns how many messages were claimed (0: nothing was due).
+
+    Under a rate limit the batch is one grant of the shared limiter (scheduler/ratelimit.py): the
+    loop waits (`sleep`) for the grant's instant, and that instant is the time of the batch's
+    attempt events, the instant the limiter counted. A `sleep` that returns early (a stop) gives
+    the grant back rather than send before its instant."""
     limit = settings.worker_batch_size
     rate = settings.sms_rate_per_second
     burst = settings.sms_burst or math.ceil(rate)
+    grant: Grant | None = None
     if rate:
         with session_scope(engine) as session:
-            limit = take_tokens(session, "sms", want=limit, rate=rate, burst=burst, now=clock())
-        if not limit:
+            grant = take_tokens(
+                session,
+                "sms",
+                want=limit,
+                rate=rate,
+                burst=burst,
+                now=clock(),
+                # A loop waits up to a second (or a poll) for its turn: one that already holds
+                # the next turn keeps the schedule even while every other loop is busy.
+                horizon=max(settings.worker_poll_seconds, 1.0),
+            )
+        if not grant.count:
             return 0
+        limit = grant.count
+        wait = (grant.at - clock()).total_seconds()
+        if wait > 0:
+            sleep(wait)
+            # Woken well before the instant (a stop); a millisecond is the wall clock's own drift
+            # from the timer that slept.
+            if clock() < grant.at - timedelta(milliseconds=1):
+                with session_scope(engine) as session:
+                    give_back(session, "sms", grant=grant, unused=grant.count, burst=burst)
+                return 0
     with session_scope(engine) as session:
         now = clock()
         release_expired_leases(session, now=now)
@@ -544,13 +572,18 @@ def dispatch_once(
             settings=settings,
             wave_ids=sendable_wave_ids(session, now=now, settings=settings),
         )
-        if rate and len(claimed) < limit:
-            give_back(session, "sms", tokens=limit - len(claimed), burst=burst)
+        if grant is not None and len(claimed) < limit:
+            give_back(session, "sms", grant=grant, unused=limit - len(claimed), burst=burst)
     if not claimed:
         return 0
     ready, render_failures = _render_all(claimed)
     with session_scope(engine) as session:
-        begin_sending(session, [m for m, _ in ready], worker_id=worker_id, now=clock())
+        begin_sending(
+            session,
+            [m for m, _ in ready],
+            worker_id=worker_id,
+            now=grant.at if grant is not None else clock(),
+        )
         record_results(
             session,
             render_failures,
