@@ -174,6 +174,8 @@ class DispatchWorker:
                     clock=self._clock,
                     settings=self._settings,
                     channel_for=self._channel_for,
+                    # A stop wakes a loop waiting for its rate-limit turn; the turn is given back.
+                    sleep=self._stop.wait,
                 )
             except Exception:  # e.g. the database restarting: wait and try again
                 log.exception("dispatch failed; retrying")

@@ -1,7 +1,7 @@
 """rate limit: the grants of the last second, kept with each bucket
 
-Revision ID: 0002r
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-23 09:00:00.000000
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0002r"
-down_revision: str | None = "0001"
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
