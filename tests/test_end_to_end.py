@@ -144,3 +144,109 @@ def test_sms_campaign_from_spec_to_stats(db_url: str, tmp_path: Path) -> None:
     assert table.splitlines()[2].split()[-3] == "done"
     as_json = json.loads(run_loa("stats", str(campaign_id), "--json", env=env).stdout)
     assert as_json["by_status"] == stats["by_status"]
+
+
+def test_card_expiry_reminders_planned_approved_and_sent_over_the_api(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The office's second journey, with four-eyes approval: recipients with card expiry dates;
+    a planner key creates a reminder seven days before each date and plans it; another key
+    approves and launches; only the person whose card expires in seven days gets it, at the
+    minute set, with the date written as Vietnamese do."""
+    env = loa_env(
+        db_url,
+        tmp_path,
+        LOA_SCHEDULER_TICK_SECONDS="0.3",
+        LOA_WORKER_POLL_SECONDS="0.2",
+        LOA_FOUR_EYES_APPROVAL="true",
+    )
+    zone = ZoneInfo("Asia/Ho_Chi_Minh")
+    today = datetime.now(zone).date()
+    in_seven, in_eight = today + timedelta(days=7), today + timedelta(days=8)
+    (tmp_path / "areas.csv").write_text(AREAS, encoding="utf-8")
+    (tmp_path / "recipients.csv").write_text(
+        "so_dien_thoai,ho_ten,ma_xa,han_the\n"
+        f"0912000001,Nguyễn Văn An,18301,{in_seven:%d/%m/%Y}\n"
+        f"0912000002,Trần Thị Bình,18302,{in_eight:%d/%m/%Y}\n"
+        "0912000003,Lê Văn Cường,18301,\n",
+        encoding="utf-8",
+    )
+    run_loa("areas", "import", str(tmp_path / "areas.csv"), env=env)
+    run_loa("recipients", "import", str(tmp_path / "recipients.csv"), env=env)
+    planner = run_loa("apikey", "create", "--role", "planner", env=env).stdout.strip()
+    approver = run_loa("apikey", "create", "--role", "approver", env=env).stdout.strip()
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [LOA, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}/api/v1/campaigns"
+
+    def call(key: str, path: str = "", body: object = None) -> httpx.Response:
+        return httpx.post(
+            f"{base}{path}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10
+        )
+
+    try:
+        _wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health", server), "loa serve")
+        # The reminder's minute is set now that everything is up: it must be after the launch.
+        fire_local = datetime.now(zone) + timedelta(seconds=15)
+        spec = {
+            "name": "Nhắc hạn thẻ BHYT",
+            "waves": [
+                {
+                    "name": "Nhắc hạn thẻ",
+                    "channel": "sms",
+                    "class": "care",
+                    "relative": {
+                        "attribute": "han_the",
+                        "offset": "-7d",
+                        "at": fire_local.strftime("%H:%M:%S"),
+                    },
+                    "window": "always",
+                    "audience": {"areas": ["42"]},
+                    "template": "{{ name }}: the BHYT het han ngay {{ han_the | vn_date }}.",
+                    "unaccent": True,
+                }
+            ],
+        }
+        created = call(planner, "", spec)
+        assert created.status_code == 201, created.text
+        campaign_id = created.json()["id"]
+        plan = call(planner, f"/{campaign_id}/plan").json()
+        assert (plan["waves"][0]["to_send"], plan["waves"][0]["occurrences"]) == (2, 2)
+        refused = call(planner, f"/{campaign_id}/approve")
+        assert refused.status_code == 403  # a planner key does not approve
+        assert call(approver, f"/{campaign_id}/approve").status_code == 200
+        assert call(approver, f"/{campaign_id}/launch").status_code == 200
+
+        def reminded() -> bool:
+            stats = httpx.get(
+                f"{base}/{campaign_id}/stats",
+                headers={"Authorization": f"Bearer {approver}"},
+                timeout=5,
+            ).json()
+            return bool(stats["by_status"]["sent"] == 1)
+
+        _wait_for(reminded, "the reminder to go out")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    lines = [json.loads(x) for x in (tmp_path / "sink.jsonl").read_text("utf-8").splitlines()]
+    assert [(x["to"], x["body"]) for x in lines] == [
+        ("+84912000001", f"Nguyen Van An: the BHYT het han ngay {in_seven:%d/%m/%Y}.")
+    ]
+    assert datetime.fromisoformat(lines[0]["sent_at"]) >= fire_local.replace(microsecond=0)
+
+
+def _answers(url: str, server: subprocess.Popen[str]) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        assert server.poll() is None, server.stdout.read() if server.stdout else ""
+        return False

@@ -606,10 +606,12 @@ def test_cli_pause_resume_show_cancel(
     assert shown[0] == (
         f"campaign {campaign_id} 'Tháng vận động BHXH 2026': running, time zone Asia/Ho_Chi_Minh"
     )
-    assert " ".join(shown[1].split()) == "# wave channel class status fires at (Asia/Ho_Chi_Minh)"
+    assert " ".join(shown[1].split()) == (
+        "# wave channel class trigger status next (Asia/Ho_Chi_Minh) made"
+    )
     # Local times: 00:30 UTC is 07:30 in Hồ Chí Minh City.
-    assert " ".join(shown[2].split()) == "1 Lễ ra quân sms info expanded 2026-05-08 07:30:00"
-    assert " ".join(shown[3].split()) == "2 Nhắc lại sms care scheduled 2026-05-09 07:30:00"
+    assert " ".join(shown[2].split()) == "1 Lễ ra quân sms info once expanded 2026-05-08 07:30:00"
+    assert " ".join(shown[3].split()) == "2 Nhắc lại sms care once scheduled 2026-05-09 07:30:00"
     assert len(shown) == 4
 
     def status() -> str:

@@ -313,21 +313,28 @@ def test_relative_wave_reminds_each_date_once_and_follows_changes(
     )
 
 
+def _refused_at_create(
+    engine: Engine, settings: Settings, clock: FakeClock, raw: dict[str, Any]
+) -> str:
+    """The message with which creating the campaign is refused (nothing is written)."""
+    spec = validate_spec(raw, source="c.yaml")
+    with session_scope(engine) as session, pytest.raises(InvalidInput) as caught:
+        create_campaign(
+            session, spec=spec, actor="p", now=clock(), settings=settings, source="c.yaml"
+        )
+    with session_scope(engine) as session:
+        assert session.scalars(select(Campaign)).first() is None
+    return caught.value.message
+
+
 def test_relative_wave_on_an_unknown_attribute_is_refused_naming_the_field(
     engine: Engine, settings: Settings, clock: FakeClock
 ) -> None:
     with session_scope(engine) as session:
         add_areas(session)
     _person(engine, "+84912000001", clock(), card_expiry="2026-05-15", ngay_sinh="1980-01-02")
-    spec = validate_spec(
-        {"name": "C", "waves": [_wave(relative={**RELATIVE, "attribute": "card_expiy"})]},
-        source="c.yaml",
-    )
-    with session_scope(engine) as session, pytest.raises(InvalidInput) as caught:
-        create_campaign(
-            session, spec=spec, actor="p", now=clock(), settings=settings, source="c.yaml"
-        )
-    assert caught.value.message == (
+    spec = {"name": "C", "waves": [_wave(relative={**RELATIVE, "attribute": "card_expiy"})]}
+    assert _refused_at_create(engine, settings, clock, spec) == (
         "c.yaml: wave 1 ('Nhắc'), field relative.attribute: no recipient has a date in "
         "'card_expiy' (date attributes on file: card_expiry, ngay_sinh)"
     )
@@ -338,21 +345,12 @@ def test_a_recurring_time_skipped_by_dst_is_refused_at_create(
 ) -> None:
     with session_scope(engine) as session:
         add_areas(session)
-    spec = validate_spec(
-        {
-            "name": "C",
-            "timezone": "Europe/Berlin",
-            "waves": [
-                _wave(recurring={"from": "2026-03-27", "to": "2026-04-02", "times": ["02:30"]})
-            ],
-        },
-        source="c.yaml",
-    )
-    with session_scope(engine) as session, pytest.raises(InvalidInput) as caught:
-        create_campaign(
-            session, spec=spec, actor="p", now=clock(), settings=settings, source="c.yaml"
-        )
-    assert caught.value.message == (
+    spec = {
+        "name": "C",
+        "timezone": "Europe/Berlin",
+        "waves": [_wave(recurring={"from": "2026-03-27", "to": "2026-04-02", "times": ["02:30"]})],
+    }
+    assert _refused_at_create(engine, settings, clock, spec) == (
         "c.yaml: wave 1 ('Nhắc'), field recurring.times: 2026-03-29 02:30 does not exist in "
         "Europe/Berlin (clocks skip it)"
     )
