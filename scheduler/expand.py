@@ -1,8 +1,14 @@
 """Expansion: a due wave becomes one outbox row per recipient, in bulk.
 
-Each chunk is one INSERT ... SELECT ... ON CONFLICT DO NOTHING over a range of recipient ids, in its
-own transaction. Memory does not depend on the audience size, and a crash mid-wave is repaired by
-running the expansion again: rows already there are left alone (the outbox UNIQUE key).
+Each chunk is one INSERT ... SELECT ... ON CONFLICT DO NOTHING over a fixed range of recipient ids
+(chunk_size ids, whoever of them is in the audience), in its own transaction. Memory does not
+depend on the audience size, and a crash mid-wave is repaired by running the expansion again: rows
+already there are left alone (the outbox UNIQUE key). The audience is the recipients that exist
+when the expansion starts.
+
+Fixed id ranges rather than "the next chunk_size members of the audience": finding where such a
+chunk ends costs a sort of the rest of the audience (a third of the time at a million), while a
+range of ids is one index range scan, also for a small audience in a large table.
 """
 
 from __future__ import annotations
@@ -35,23 +41,13 @@ def _expand_chunk(
     wave: Wave,
     *,
     after_id: int,
-    chunk_size: int,
+    upto: int,
     now: datetime,
     due_at: datetime,
     expired: bool,
-) -> int | None:
-    """Insert the next chunk of the wave's audience; return the last recipient id it covered."""
+) -> None:
+    """Insert the outbox rows of the wave's audience with ids in (after_id, upto]."""
     audience = audience_condition(wave.audience)
-    ids = (
-        select(col(Recipient.id))
-        .where(audience, col(Recipient.id) > after_id)
-        .order_by(col(Recipient.id))
-        .limit(chunk_size)
-        .subquery()
-    )
-    upto = session.scalar(select(func.max(ids.c.id)))
-    if upto is None:
-        return None
     suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
     unsuppressed = MessageStatus.EXPIRED if expired else MessageStatus.PLANNED
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -72,10 +68,9 @@ def _expand_chunk(
         literal(now, table.c.updated_at.type),
     ).where(audience, col(Recipient.id) > after_id, col(Recipient.id) <= upto)
     insert = upsert_insert(session.connection(), table).on_conflict_do_nothing(
-        index_elements=["wave_id", "recipient_id", "channel"]
+        index_elements=["recipient_id", "wave_id", "channel"]
     )
     session.execute(insert.from_select(_COLUMNS, rows))
-    return int(upto)
 
 
 def expand_wave(
@@ -103,23 +98,21 @@ def expand_wave(
     if not claimed:
         return 0
 
-    after_id = 0
-    while True:
+    with session_scope(engine) as session:
+        last_id = session.scalar(select(func.max(col(Recipient.id)))) or 0
+    for after_id in range(0, last_id, chunk_size):
         with session_scope(engine) as session:
             wave = session.get(Wave, wave_id)
             assert wave is not None
-            last = _expand_chunk(
+            _expand_chunk(
                 session,
                 wave,
                 after_id=after_id,
-                chunk_size=chunk_size,
+                upto=min(after_id + chunk_size, last_id),
                 now=now,
                 due_at=due_at,
                 expired=expired,
             )
-        if last is None:
-            break
-        after_id = last
 
     with session_scope(engine) as session:
         count = (

@@ -54,13 +54,13 @@ def test_outbox_has_the_idempotency_key(db_url: str, tmp_path: Path) -> None:
     engine = make_engine(Settings(database_url=db_url, data_dir=tmp_path))
     uniques = inspect(engine).get_unique_constraints("outbox")
     assert {
-        "name": "uq_outbox_wave_recipient_channel",
-        "column_names": ["wave_id", "recipient_id", "channel"],
+        "name": "uq_outbox_recipient_wave_channel",
+        "column_names": ["recipient_id", "wave_id", "channel"],
     }.items() <= {
         k: v
         for u in uniques
         for k, v in u.items()
-        if k in ("name", "column_names") and u["name"] == "uq_outbox_wave_recipient_channel"
+        if k in ("name", "column_names") and u["name"] == "uq_outbox_recipient_wave_channel"
     }.items()
     engine.dispose()
 
@@ -104,4 +104,74 @@ def test_upgrade_to_0002_indexes_dates_already_in_recipients(
             text("SELECT attribute, value FROM recipient_date ORDER BY recipient_id")
         ).all()
     assert [(a, str(v)) for a, v in rows] == [("card_expiry", "2026-05-15")]
+    engine.dispose()
+
+
+def test_0004_keeps_outbox_rows_and_events_and_downgrades(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """Dropping the foreign keys rebuilds both tables on SQLite: nothing in them may be lost,
+    and the idempotency key still refuses a second row for the same recipient and wave."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    engine = make_engine(Settings(database_url=empty_db_url, data_dir=tmp_path))
+    config = schema._alembic_config()
+
+    def migrate(to: str, *, down: bool = False) -> None:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(config, to)
+
+    t = "'2026-05-01 00:00:00'"
+    migrate("0003")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO recipient (id, phone, attributes, phone_converted, created_at, "
+                f"updated_at) VALUES (7, '+84912000001', '{{}}', false, {t}, {t})"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO campaign (id, name, status, timezone, spec, created_by, created_at, "
+                f"updated_at) VALUES (1, 'c', 'running', 'Asia/Ho_Chi_Minh', '{{}}', 'x', {t}, {t})"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO wave (id, campaign_id, position, name, channel, message_class, "
+                "status, trigger, audience, options, kind, expanded_count) VALUES "
+                "(3, 1, 0, 'w', 'sms', 'info', 'expanded', '{}', '{}', '{}', 'once', 1)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO outbox (id, wave_id, recipient_id, channel, status, due_at, "
+                f"attempts, created_at, updated_at) VALUES (11, 3, 7, 'sms', 'sent', {t}, 1, {t}, "
+                f"{t})"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO delivery_event (message_id, wave_id, channel, kind, status, "
+                f"occurred_at) VALUES (11, 3, 'sms', 'status', 'sent', {t})"
+            )
+        )
+
+    for step in ("head", "0003", "head"):
+        migrate(step, down=step == "0003")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id, status FROM outbox")).all() == [(11, "sent")]
+            assert conn.execute(text("SELECT message_id FROM delivery_event")).all() == [(11,)]
+    assert not inspect(engine).get_foreign_keys("outbox")
+    assert not inspect(engine).get_foreign_keys("delivery_event")
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO outbox (wave_id, recipient_id, channel, status, due_at, attempts, "
+                f"created_at, updated_at) VALUES (3, 7, 'sms', 'planned', {t}, 0, {t}, {t})"
+            )
+        )
     engine.dispose()
