@@ -233,7 +233,9 @@ class OutboxMessage(SQLModel, table=True):
         # Partial indexes for the dispatcher: a row leaving `planned` (or its lease) adds no entry
         # to them, which matters because every status change of a message is a new row version.
         # Queries must repeat the predicate with literal values for either database to use them.
-        Index("ix_outbox_due", "due_at", "id", **_where(PLANNED_ONLY)),  # the claim
+        # The claim, one wave at a time: an ordered range scan that stops at the batch size,
+        # whatever other waves (paused, or another campaign's) have waiting.
+        Index("ix_outbox_due", "wave_id", "due_at", "id", **_where(PLANNED_ONLY)),
         Index("ix_outbox_lease", "lease_expires_at", **_where(IN_FLIGHT_ONLY)),  # expired leases
         Index("ix_outbox_unknown", "updated_at", **_where(UNKNOWN_ONLY)),  # to reconcile
         Index("ix_outbox_wave_status", "wave_id", "status"),  # progress and stats per wave

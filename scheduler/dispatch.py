@@ -170,40 +170,20 @@ def claim_batch(
 ) -> list[ClaimedMessage]:
     """Claim up to `limit` due messages of the given waves (those that may send now); the ones
     suppressed or over their class's cap are set aside in the same transaction."""
-    if not wave_ids:
-        return []
-    due = (
-        select(col(OutboxMessage.id))
-        .where(
-            text(PLANNED_ONLY),
-            col(OutboxMessage.due_at) <= now,
-            col(OutboxMessage.wave_id).in_(wave_ids),
+    claimed_ids: list[int] = []
+    # One wave at a time, in the order given, until the batch is full: each claim is an ordered
+    # range scan of ix_outbox_due (wave_id, due_at, id) that stops at the batch size.
+    for wave_id in wave_ids:
+        if len(claimed_ids) >= limit:
+            break
+        claimed_ids += _claim_from_wave(
+            session,
+            wave_id,
+            worker_id=worker_id,
+            now=now,
+            lease_seconds=lease_seconds,
+            limit=limit - len(claimed_ids),
         )
-        .order_by(col(OutboxMessage.due_at), col(OutboxMessage.id))
-        .limit(limit)
-        # Concurrent workers on PostgreSQL skip each other's rows instead of queueing behind them;
-        # SQLite has one writer at a time anyway (and ignores the clause).
-        .with_for_update(skip_locked=True)
-        # MATERIALIZED: the batch is picked exactly once. As a plain subquery PostgreSQL may run it
-        # again for each row it updates, each run skipping the rows just locked: the claim would
-        # then take every due message, not `limit` of them.
-        .cte("batch")
-        .prefix_with("MATERIALIZED")
-    )
-    claimed_ids: list[int] = list(
-        session.scalars(
-            update(OutboxMessage)
-            # The status again: PostgreSQL re-checks the outer condition on a row changed meanwhile.
-            .where(col(OutboxMessage.id).in_(select(due.c.id)), text(PLANNED_ONLY))
-            .values(
-                status=MessageStatus.CLAIMED,
-                lease_owner=worker_id,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                updated_at=now,
-            )
-            .returning(col(OutboxMessage.id))
-        )
-    )
     if not claimed_ids:
         return []
     bind = session.connection()
@@ -263,6 +243,49 @@ def claim_batch(
         )
         for r in rows
     ]
+
+
+def _claim_from_wave(
+    session: Session,
+    wave_id: int,
+    *,
+    worker_id: str,
+    now: datetime,
+    lease_seconds: int,
+    limit: int,
+) -> list[int]:
+    due = (
+        select(col(OutboxMessage.id))
+        .where(
+            col(OutboxMessage.wave_id) == wave_id,
+            text(PLANNED_ONLY),
+            col(OutboxMessage.due_at) <= now,
+        )
+        .order_by(col(OutboxMessage.due_at), col(OutboxMessage.id))
+        .limit(limit)
+        # Concurrent workers on PostgreSQL skip each other's rows instead of queueing behind them;
+        # SQLite has one writer at a time anyway (and ignores the clause).
+        .with_for_update(skip_locked=True)
+        # MATERIALIZED: the batch is picked exactly once. As a plain subquery PostgreSQL may run it
+        # again for each row it updates, each run skipping the rows just locked: the claim would
+        # then take every due message, not `limit` of them.
+        .cte("batch")
+        .prefix_with("MATERIALIZED")
+    )
+    return list(
+        session.scalars(
+            update(OutboxMessage)
+            # The status again: PostgreSQL re-checks the outer condition on a row changed meanwhile.
+            .where(col(OutboxMessage.id).in_(select(due.c.id)), text(PLANNED_ONLY))
+            .values(
+                status=MessageStatus.CLAIMED,
+                lease_owner=worker_id,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(col(OutboxMessage.id))
+        )
+    )
 
 
 def _cancel_outdated_dates(

@@ -44,6 +44,8 @@ def active_waves(session: Session, settings: Settings) -> list[ActiveWave]:
             col(Campaign.status) == CampaignStatus.RUNNING,
             col(Wave.status).in_([WaveStatus.EXPANDING, WaveStatus.EXPANDED]),
         )
+        # The dispatcher claims in this order: the oldest wave first.
+        .order_by(col(Wave.id))
     ).all()
     return [
         ActiveWave(wave.id, wave_window(wave, settings), ZoneInfo(tz), wave.expires_at)
