@@ -157,6 +157,33 @@ class Suppression(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class Consent(SQLModel, table=True):
+    """Numbers whose owner agreed to receive advertising (class `qc`, Decree 91/2020): without
+    a row here a `qc` message is not sent, unless the settings say consent is not required."""
+
+    __tablename__ = "consent"
+
+    phone: str = Field(primary_key=True, max_length=20)
+    source: str = Field(max_length=32)  # import | keyword | manual
+    note: str | None = Field(default=None, max_length=500)
+    given_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Segment(SQLModel, table=True):
+    """A saved audience: a filter over areas, tags and attributes (audience/segments.py), which a
+    wave names instead of repeating it. Evaluated when the wave expands, not when saved."""
+
+    __tablename__ = "segment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    description: str | None = Field(default=None, max_length=1000)
+    filter: dict[str, Any] = Field(sa_type=JsonDoc)
+    created_by: str = Field(max_length=100)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class Template(SQLModel, table=True):
     __tablename__ = "template"
 

@@ -27,6 +27,8 @@ EXPECTED_TABLES = {
     "delivery_event",
     "api_key",
     "audit_log",
+    "consent",
+    "segment",
 }
 
 
