@@ -7,8 +7,9 @@ already there are left alone (the outbox UNIQUE key). The audience is the recipi
 when the expansion starts.
 
 Fixed id ranges rather than "the next chunk_size members of the audience": finding where such a
-chunk ends costs a sort of the rest of the audience (a third of the time at a million), while a
-range of ids is one index range scan, also for a small audience in a large table.
+chunk ends cost a sort of the rest of the audience (a third of the time at a million). The price is
+paid by a small audience in a large table, which still visits every range: about 14 ms per range
+for one date of a relative wave among a million recipients on PostgreSQL, 0.7 s in all.
 """
 
 from __future__ import annotations
