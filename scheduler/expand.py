@@ -9,18 +9,32 @@ when the expansion starts.
 Fixed id ranges rather than "the next chunk_size members of the audience": finding where such a
 chunk ends costs a sort of the rest of the audience (a third of the time at a million), while a
 range of ids is one index range scan, also for a small audience in a large table.
+
+A wave that names a saved segment has the segment's filter, and the local date of the wave's
+time that "within the next N days" counts from, copied into its audience when its expansion
+starts (audience/segments.py says why); every chunk then reads the same filter.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, case, exists, func, literal, select, update
 from sqlmodel import Session, col
 
 from audience.resolve import audience_condition
+from audience.segments import resolve_audience
 from loa.db import session_scope, upsert_insert
-from loa.models import MessageStatus, OutboxMessage, Recipient, Suppression, Wave, WaveStatus
+from loa.models import (
+    Campaign,
+    MessageStatus,
+    OutboxMessage,
+    Recipient,
+    Suppression,
+    Wave,
+    WaveStatus,
+)
 
 _COLUMNS = (
     "wave_id",
@@ -47,7 +61,7 @@ def _expand_chunk(
     expired: bool,
 ) -> None:
     """Insert the outbox rows of the wave's audience with ids in (after_id, upto]."""
-    audience = audience_condition(wave.audience)
+    audience = audience_condition(wave.audience, dialect=session.get_bind().dialect.name)
     suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
     unsuppressed = MessageStatus.EXPIRED if expired else MessageStatus.PLANNED
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -73,6 +87,20 @@ def _expand_chunk(
     session.execute(insert.from_select(_COLUMNS, rows))
 
 
+def _pin_segment(session: Session, wave_id: int, *, now: datetime) -> None:
+    """Copy the wave's segment filter and its evaluation date into the wave (once)."""
+    wave = session.get(Wave, wave_id)
+    assert wave is not None
+    timezone = session.scalar(
+        select(col(Campaign.timezone)).where(col(Campaign.id) == wave.campaign_id)
+    )
+    assert timezone is not None
+    as_of = (wave.fire_at or now).astimezone(ZoneInfo(timezone)).date()
+    resolved = resolve_audience(session, wave.audience, as_of=as_of)
+    if resolved is not wave.audience:
+        wave.audience = resolved
+
+
 def expand_wave(
     engine: Engine,
     wave_id: int,
@@ -95,6 +123,8 @@ def expand_wave(
             )
             .values(status=WaveStatus.EXPANDING)
         ).rowcount  # type: ignore[attr-defined]
+        if claimed:
+            _pin_segment(session, wave_id, now=now)
     if not claimed:
         return 0
 
