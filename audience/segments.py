@@ -58,6 +58,7 @@ from pydantic import (
 )
 from sqlalchemy import Boolean, ColumnElement, and_, exists, func, literal, not_, or_, select, true
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
@@ -406,7 +407,11 @@ def create_segment(
         updated_at=now,
     )
     session.add(segment)
-    session.flush()  # a concurrent create of the same name fails here, on the UNIQUE key
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:  # created at the same moment by another request: the UNIQUE key
+        raise Conflict(f"a segment named {name!r} exists already", field="name") from None
     audit.record(
         session,
         actor=actor,
