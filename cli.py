@@ -602,6 +602,225 @@ def sms_count(text: str, unaccent: bool) -> None:
     )
 
 
+# --- segments ---------------------------------------------------------------------------------
+
+
+@main.group()
+def segments() -> None:
+    """Saved segments: filters over areas, tags and attributes that waves name."""
+
+
+def _read_filter(filter_file: Path | None, filter_json: str | None) -> tuple[Any, str]:
+    """The filter given as a file or as text, parsed as JSON, with where it came from."""
+    if (filter_file is None) == (filter_json is None):
+        raise click.UsageError("give the filter with exactly one of --filter FILE or --filter-json")
+    if filter_file is not None:
+        source = str(filter_file)
+        try:
+            text = filter_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise click.ClickException(f"{source}: no such file") from None
+        except UnicodeDecodeError:
+            raise click.ClickException(f"{source}: not a UTF-8 text file") from None
+    else:
+        source, text = "--filter-json", filter_json or ""
+    try:
+        return json.loads(text), source
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(
+            f"{source}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+
+
+_filter_options = [
+    click.option(
+        "--filter",
+        "filter_file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="A JSON file with the filter.",
+    ),
+    click.option("--filter-json", help="The filter as JSON text."),
+]
+
+
+def _with_filter_options(command: F) -> F:
+    for option in reversed(_filter_options):
+        command = option(command)
+    return command
+
+
+@segments.command("create")
+@click.argument("name")
+@_with_filter_options
+@click.option("--description", default=None, help="What the segment is for, in words.")
+def segments_create(
+    name: str, filter_file: Path | None, filter_json: str | None, description: str | None
+) -> None:
+    """Save a segment NAME (validated first: nothing is written on error)."""
+    from audience.segments import create_segment
+
+    raw, source = _read_filter(filter_file, filter_json)
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        segment = create_segment(
+            session,
+            name=name,
+            raw_filter=raw,
+            description=description,
+            actor=_actor(),
+            now=system_clock(),
+            source=source,
+        )
+        click.echo(f"created segment {segment.name!r}: {json.dumps(segment.filter)}")
+
+
+@segments.command("update")
+@click.argument("name")
+@_with_filter_options
+@click.option("--description", default=None, help="Replace the description too.")
+def segments_update(
+    name: str, filter_file: Path | None, filter_json: str | None, description: str | None
+) -> None:
+    """Replace the filter of segment NAME; waves not yet expanded follow the new filter."""
+    from audience.segments import update_segment
+
+    raw, source = _read_filter(filter_file, filter_json)
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        segment = update_segment(
+            session,
+            name,
+            raw_filter=raw,
+            description=description,
+            actor=_actor(),
+            now=system_clock(),
+            source=source,
+        )
+        click.echo(f"updated segment {segment.name!r}: {json.dumps(segment.filter)}")
+
+
+@segments.command("list")
+def segments_list() -> None:
+    """Every saved segment with its description and filter."""
+    from audience.segments import list_segments
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        rows = [["name", "description", "updated (UTC)", "filter"]]
+        for segment in list_segments(session):
+            rows.append(
+                [
+                    segment.name,
+                    segment.description or "-",
+                    f"{segment.updated_at:%Y-%m-%d %H:%M}",
+                    json.dumps(segment.filter, ensure_ascii=False),
+                ]
+            )
+    if len(rows) == 1:
+        click.echo("no segments yet; create one with: loa segments create NAME --filter FILE.json")
+        return
+    _print_table(rows)
+
+
+@segments.command("show")
+@click.argument("name")
+def segments_show(name: str) -> None:
+    """One segment as JSON, with the waves not yet expanded that use it."""
+    from audience.segments import get_segment, waves_using
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        segment = get_segment(session, name)
+        shown = {
+            "name": segment.name,
+            "description": segment.description,
+            "filter": segment.filter,
+            "created_by": segment.created_by,
+            "created_at": segment.created_at.isoformat(),
+            "updated_at": segment.updated_at.isoformat(),
+            "waves_not_yet_expanded": [
+                {"campaign_id": c, "wave_id": w, "wave": n}
+                for c, w, n in waves_using(session, name)
+            ],
+        }
+    click.echo(json.dumps(shown, ensure_ascii=False, indent=2))
+
+
+@segments.command("count")
+@click.argument("name", required=False)
+@_with_filter_options
+@click.option(
+    "--sample",
+    type=click.IntRange(0, 1000),
+    default=10,
+    show_default=True,
+    help="How many matching recipients to list (phones partly masked).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def segments_count(
+    name: str | None,
+    filter_file: Path | None,
+    filter_json: str | None,
+    sample: int,
+    as_json: bool,
+) -> None:
+    """How many recipients segment NAME (or a filter given here) selects today, with a sample."""
+    from audience.segments import (
+        check_against_data,
+        count_filter,
+        count_segment,
+        local_today,
+        parse_filter,
+    )
+
+    if name is not None and (filter_file is not None or filter_json is not None):
+        raise click.UsageError("give a segment NAME or a filter, not both")
+    settings = _settings()
+    raw, source = (None, "") if name is not None else _read_filter(filter_file, filter_json)
+    today = local_today(system_clock(), settings.default_timezone)
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        if name is not None:
+            counted = count_segment(session, name, today=today, sample=sample)
+        else:
+            flt = parse_filter(raw, source=source)
+            check_against_data(session, flt, source=source)
+            counted = count_filter(session, flt, today=today, sample=sample)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "count": counted.count,
+                    "as_of": counted.as_of.isoformat(),
+                    "sample": [vars(r) for r in counted.sample],
+                },
+                ensure_ascii=False,
+            )
+        )
+        return
+    what = f"segment {name!r}" if name else "the filter"
+    click.echo(
+        f"{counted.count} recipient(s) in {what} "
+        f"as of {counted.as_of} ({settings.default_timezone})"
+    )
+    if counted.sample:
+        rows = [["id", "phone", "name", "area"]]
+        rows += [[str(r.id), r.phone, r.name or "-", r.area_code or "-"] for r in counted.sample]
+        _print_table(rows)
+
+
+@segments.command("delete")
+@click.argument("name")
+def segments_delete(name: str) -> None:
+    """Delete segment NAME (refused while a wave not yet expanded uses it)."""
+    from audience.segments import delete_segment
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        delete_segment(session, name, actor=_actor(), now=system_clock())
+    click.echo(f"deleted segment {name!r}")
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 

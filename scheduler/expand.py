@@ -10,18 +10,32 @@ Fixed id ranges rather than "the next chunk_size members of the audience": findi
 chunk ends cost a sort of the rest of the audience (a third of the time at a million). The price is
 paid by a small audience in a large table, which still visits every range: about 14 ms per range
 for one date of a relative wave among a million recipients on PostgreSQL, 0.7 s in all.
+
+A wave that names a saved segment has the segment's filter, and the local date of the wave's
+time that "within the next N days" counts from, copied into its audience when its expansion
+starts (audience/segments.py says why); every chunk then reads the same filter.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, case, exists, func, literal, select, update
 from sqlmodel import Session, col
 
 from audience.resolve import audience_condition
+from audience.segments import resolve_audience
 from loa.db import session_scope, upsert_insert
-from loa.models import MessageStatus, OutboxMessage, Recipient, Suppression, Wave, WaveStatus
+from loa.models import (
+    Campaign,
+    MessageStatus,
+    OutboxMessage,
+    Recipient,
+    Suppression,
+    Wave,
+    WaveStatus,
+)
 
 _COLUMNS = (
     "wave_id",
@@ -48,7 +62,7 @@ def _expand_chunk(
     expired: bool,
 ) -> None:
     """Insert the outbox rows of the wave's audience with ids in (after_id, upto]."""
-    audience = audience_condition(wave.audience)
+    audience = audience_condition(wave.audience, dialect=session.get_bind().dialect.name)
     suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
     unsuppressed = MessageStatus.EXPIRED if expired else MessageStatus.PLANNED
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -74,6 +88,20 @@ def _expand_chunk(
     session.execute(insert.from_select(_COLUMNS, rows))
 
 
+def _pin_segment(session: Session, wave_id: int, *, now: datetime) -> None:
+    """Copy the wave's segment filter and its evaluation date into the wave (once)."""
+    wave = session.get(Wave, wave_id)
+    assert wave is not None
+    timezone = session.scalar(
+        select(col(Campaign.timezone)).where(col(Campaign.id) == wave.campaign_id)
+    )
+    assert timezone is not None
+    as_of = (wave.fire_at or now).astimezone(ZoneInfo(timezone)).date()
+    resolved = resolve_audience(session, wave.audience, as_of=as_of)
+    if resolved is not wave.audience:
+        wave.audience = resolved
+
+
 def expand_wave(
     engine: Engine,
     wave_id: int,
@@ -96,6 +124,8 @@ def expand_wave(
             )
             .values(status=WaveStatus.EXPANDING)
         ).rowcount  # type: ignore[attr-defined]
+        if claimed:
+            _pin_segment(session, wave_id, now=now)
     if not claimed:
         return 0
 

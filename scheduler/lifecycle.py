@@ -34,6 +34,7 @@ from loa.models import (
     CampaignStatus,
     MessageStatus,
     RecipientDate,
+    Segment,
     Wave,
     WaveKind,
     WaveStatus,
@@ -67,8 +68,6 @@ def _check_buildable(spec: CampaignSpec, source: str) -> None:
         label = f"{source}: {_wave_label(index, wave)}"
         if wave.channel != "sms":
             raise NotBuilt(f"{label}, field channel: loudspeaker waves are not built yet")
-        if wave.audience.segment is not None:
-            raise NotBuilt(f"{label}, field audience.segment: saved segments are not built yet")
 
 
 def _check_areas(session: Session, spec: CampaignSpec, source: str) -> None:
@@ -83,6 +82,24 @@ def _check_areas(session: Session, spec: CampaignSpec, source: str) -> None:
                 f"{source}: {_wave_label(index, wave)}, field audience.areas: unknown area code(s) "
                 f"{', '.join(missing)} (load areas first: loa areas import FILE.csv)",
                 field="audience.areas",
+            )
+
+
+def _check_segments(session: Session, spec: CampaignSpec, source: str) -> None:
+    """A wave's segment must exist when the campaign is created (it is read when the wave
+    expands, so that edits made until then apply; deleting it is refused meanwhile)."""
+    wanted = {wave.audience.segment for wave in spec.waves if wave.audience.segment}
+    if not wanted:
+        return
+    known = set(session.scalars(select(col(Segment.name)).where(col(Segment.name).in_(wanted))))
+    for index, wave in enumerate(spec.waves):
+        if wave.audience.segment and wave.audience.segment not in known:
+            saved = session.scalars(select(col(Segment.name)).order_by(col(Segment.name))).all()
+            raise InvalidInput(
+                f"{source}: {_wave_label(index, wave)}, field audience.segment: no segment named "
+                f"{wave.audience.segment!r} (saved segments: {', '.join(saved[:20]) or 'none'}; "
+                "create one with: loa segments create NAME --filter FILE.json)",
+                field="audience.segment",
             )
 
 
@@ -117,6 +134,7 @@ def create_campaign(
 ) -> Campaign:
     _check_buildable(spec, source)
     _check_areas(session, spec, source)
+    _check_segments(session, spec, source)
     for index, wave in enumerate(spec.waves):
         if wave.relative is not None:
             require_date_attribute(

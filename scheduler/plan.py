@@ -15,7 +15,7 @@ is small), because they depend on each recipient's name and attributes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
@@ -23,7 +23,16 @@ from sqlalchemy import ColumnElement, and_, exists, func, not_, select
 from sqlmodel import Session, col
 
 from audience.resolve import audience_condition, lacks_attribute
-from loa.models import OutboxMessage, Recipient, RecipientDate, Suppression, Wave, WaveStatus
+from audience.segments import resolve_audience
+from loa.models import (
+    OutboxMessage,
+    Recipient,
+    RecipientDate,
+    Suppression,
+    Wave,
+    WaveKind,
+    WaveStatus,
+)
 from loa.settings import Settings
 from scheduler.caps import COUNTED
 from scheduler.gate import wave_window
@@ -192,9 +201,14 @@ def _plan_wave(
 ) -> WavePlan:
     assert wave.id is not None
     notes: list[str] = []
-    audience, moments = _moments(
-        session, wave, zone, audience_condition(wave.audience), now=now, notes=notes
-    )
+    resolved = resolve_audience(session, wave.audience, as_of=_as_of(wave, zone, now=now))
+    if wave.audience.get("segment") and wave.kind != WaveKind.ONCE:
+        notes.append(
+            f"segment {wave.audience['segment']!r} is counted as of today; each occurrence "
+            "evaluates it (and any 'within N days') on its own date"
+        )
+    condition = audience_condition(resolved, dialect=session.get_bind().dialect.name)
+    audience, moments = _moments(session, wave, zone, condition, now=now, notes=notes)
     occurrences = len(moments.times)
     factor = occurrences if moments.each_targets_all else 1
     in_audience = _count(session, audience)
@@ -245,6 +259,21 @@ def _plan_wave(
         last_send_at=last,
         notes=notes,
     )
+
+
+def _as_of(wave: Wave, zone: ZoneInfo, *, now: datetime) -> date:
+    """The local date a segment is evaluated at when the wave expands: the date of its time (for
+    an `at` wave not yet launched, the time in its trigger); today for a series."""
+    moment = now
+    if wave.kind != WaveKind.ONCE:
+        pass  # each occurrence has its own date; the plan counts as of today
+    elif wave.fire_at is not None:
+        moment = max(now, wave.fire_at)
+    else:
+        trigger = trigger_of(wave.trigger)
+        if isinstance(trigger, datetime):
+            moment = max(now, localize(trigger, zone))
+    return moment.astimezone(zone).date()
 
 
 def _count(session: Session, condition: ColumnElement[bool]) -> int:

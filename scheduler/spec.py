@@ -32,7 +32,8 @@ class _Strict(BaseModel):
 class AudienceSpec(_Strict):
     areas: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
-    segment: str | None = None
+    # A saved segment's name (audience/segments.py); areas and tags beside it narrow it further.
+    segment: str | None = Field(default=None, min_length=1, max_length=100)
 
     @model_validator(mode="after")
     def _not_everyone_by_accident(self) -> AudienceSpec:
