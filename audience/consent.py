@@ -151,10 +151,12 @@ def import_consents(
     actor: str,
     zone: ZoneInfo,
     dry_run: bool = False,
+    source: str | None = None,
 ) -> ConsentImportReport:
     """Record the consents of a CSV file: a phone column, optional `given_at` (dd/mm/yyyy or
     yyyy-mm-dd, a local date in `zone`, or an ISO date-time with offset; else now) and `note`.
-    Bad rows are reported and skipped. One audit entry for the whole import."""
+    Bad rows are reported and skipped. One audit entry for the whole import (naming `source`,
+    else the file)."""
     report = ConsentImportReport()
     pending: dict[str, dict[str, Any]] = {}
     roles = {"given_at": GIVEN_AT_HEADERS, "note": NOTE_HEADERS}
@@ -180,10 +182,10 @@ def import_consents(
             actor=actor,
             action="consent.import",
             entity="consent",
-            entity_id=path.name[:64],
+            entity_id=(source or path.name)[:64],
             now=now,
             after={
-                "file": str(path),
+                "file": source or str(path),
                 "rows_read": report.rows_read,
                 "added": report.added,
                 "updated": report.updated,

@@ -191,11 +191,12 @@ def import_suppressions(
     actor: str,
     default_reason: str = SuppressionReason.DO_NOT_CONTACT,
     dry_run: bool = False,
+    source: str | None = None,
 ) -> SuppressionImportReport:
     """Add the numbers of a CSV file to the list: a phone column, and optional `reason` (else
     `default_reason`) and `note` columns. Bad rows are reported and skipped; numbers already on
     the list get the file's reason and note, except an opt_out, which stays. Nothing is ever
-    removed. One audit entry for the whole import."""
+    removed. One audit entry for the whole import (naming `source`, else the file)."""
     fallback = parse_reason(default_reason)
     report = SuppressionImportReport()
     pending: dict[str, dict[str, Any]] = {}
@@ -217,10 +218,10 @@ def import_suppressions(
             actor=actor,
             action="suppression.import",
             entity="suppression",
-            entity_id=path.name[:64],
+            entity_id=(source or path.name)[:64],
             now=now,
             after={
-                "file": str(path),
+                "file": source or str(path),
                 "rows_read": report.rows_read,
                 "added": report.added,
                 "updated": report.updated,
