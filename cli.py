@@ -235,6 +235,252 @@ def recipients_import(file: Path, report: Path | None, dry_run: bool) -> None:
         click.echo(f"rejected rows written to {report}")
 
 
+# --- suppression and consent ------------------------------------------------------------------
+
+
+def _echo_list_import(file: Path, result: Any, dry_run: bool, report: Path | None) -> None:
+    """The summary of a phone-list import, its first rejected rows, and the report file."""
+    verb = "would add" if dry_run else "added"
+    click.echo(
+        f"{file}: {result.rows_read} rows read, {verb} {result.added} new and "
+        f"{result.updated} already listed, {len(result.rejected)} rejected"
+    )
+    if result.ignored_columns:
+        click.echo(f"  columns ignored: {', '.join(result.ignored_columns)}", err=True)
+    for row in result.rejected[:10]:
+        click.echo(f"  line {row.line}, {row.column} {row.value!r}: {row.reason}", err=True)
+    if len(result.rejected) > 10:
+        click.echo(f"  ... and {len(result.rejected) - 10} more", err=True)
+    if report is not None:
+        result.write_csv(report)
+        click.echo(f"rejected rows written to {report}")
+
+
+@main.group()
+def suppression() -> None:
+    """Numbers that must not receive messages (opt-outs, do-not-contact list, invalid, manual)."""
+
+
+@suppression.command("add")
+@click.argument("phone")
+@click.option(
+    "--reason",
+    default="manual",
+    show_default=True,
+    help="opt_out, do_not_contact, invalid or manual.",
+)
+@click.option("--note", default=None, help="Why, for whoever reads the list later.")
+def suppression_add(phone: str, reason: str, note: str | None) -> None:
+    """Put PHONE on the suppression list (an opt_out already there stays opt_out)."""
+    from audience.suppression import add_suppression
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        row = add_suppression(
+            session, phone, reason=reason, note=note, actor=_actor(), now=system_clock()
+        )
+    click.echo(f"{row.phone} suppressed ({row.reason})")
+
+
+@suppression.command("remove")
+@click.argument("phone")
+@click.option(
+    "--opt-out-withdrawn",
+    is_flag=True,
+    help="Needed to remove an opt_out: the person asked to receive messages again.",
+)
+@click.option("--note", default=None, help="Why (kept in the audit log).")
+def suppression_remove(phone: str, opt_out_withdrawn: bool, note: str | None) -> None:
+    """Take PHONE off the suppression list."""
+    from audience.suppression import remove_suppression
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        row = remove_suppression(
+            session,
+            phone,
+            actor=_actor(),
+            now=system_clock(),
+            opt_out_withdrawn=opt_out_withdrawn,
+            note=note,
+        )
+    click.echo(f"{row.phone} removed from the suppression list (was {row.reason})")
+
+
+@suppression.command("list")
+@click.option("--reason", default=None, help="Only this reason.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True)
+def suppression_list(reason: str | None, limit: int, offset: int) -> None:
+    """The suppression list, newest first."""
+    from audience.suppression import list_suppressions
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        total, rows = list_suppressions(session, reason=reason, offset=offset, limit=limit)
+    table = [["phone", "reason", "since (UTC)", "note"]]
+    table += [[r.phone, r.reason, f"{r.created_at:%Y-%m-%d %H:%M}", r.note or ""] for r in rows]
+    if rows:
+        _print_table(table)
+    click.echo(f"{len(rows)} of {total} shown")
+
+
+@suppression.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--reason",
+    default="do_not_contact",
+    show_default=True,
+    help="Reason of rows without a reason column (or with it empty).",
+)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write rejected rows here as CSV (line,column,value,reason).",
+)
+@click.option("--dry-run", is_flag=True, help="Validate and report; write nothing.")
+def suppression_import(file: Path, reason: str, report: Path | None, dry_run: bool) -> None:
+    """Add the numbers of a CSV file (a phone column; optional reason and note) to the list.
+
+    Nothing is ever removed by an import, and an opt_out keeps its reason."""
+    from audience.suppression import import_suppressions
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        result = import_suppressions(
+            session,
+            file,
+            now=system_clock(),
+            actor=_actor(),
+            default_reason=reason,
+            dry_run=dry_run,
+        )
+    _echo_list_import(file, result, dry_run, report)
+    if result.kept_opt_out:
+        click.echo(f"  {result.kept_opt_out} number(s) had opted out and stay opt_out", err=True)
+
+
+@suppression.command("inbound")
+@click.option("--from", "from_phone", required=True, help="The number the SMS came from.")
+@click.argument("text")
+def suppression_inbound(from_phone: str, text: str) -> None:
+    """Record an SMS received elsewhere: if TEXT is an opt-out keyword (LOA_OPT_OUT_KEYWORDS),
+    the sender is suppressed and any consent to advertising withdrawn."""
+    from audience.optout import InboundKind
+    from audience.suppression import apply_inbound
+
+    settings = _settings()
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        result = apply_inbound(
+            session,
+            from_phone,
+            text,
+            now=system_clock(),
+            keywords=settings.opt_out_keywords,
+            actor=_actor(),
+        )
+    if result.kind == InboundKind.OPT_OUT:
+        withdrawn = "; consent to advertising withdrawn" if result.consent_withdrawn else ""
+        click.echo(f"{result.phone} opted out ({result.keyword}): suppressed{withdrawn}")
+    elif result.kind == InboundKind.MENTIONS_KEYWORD:
+        click.echo(
+            f"not an opt-out: the text mentions {result.keyword} inside a longer message; "
+            f"if the person meant to refuse, run: loa suppression add {result.phone} "
+            "--reason opt_out"
+        )
+    else:
+        click.echo("not an opt-out: nothing recorded")
+
+
+@main.group()
+def consent() -> None:
+    """Recorded consent to advertising (class qc), which qc waves need."""
+
+
+@consent.command("add")
+@click.argument("phone")
+@click.option("--note", default=None, help="How the consent was given (form, call, ...).")
+def consent_add(phone: str, note: str | None) -> None:
+    """Record PHONE's consent to advertising."""
+    from audience.consent import add_consent
+    from loa.models import Suppression
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        row = add_consent(session, phone, note=note, actor=_actor(), now=system_clock())
+        listed = session.get(Suppression, row.phone)
+    click.echo(f"{row.phone}: consent recorded")
+    if listed is not None:
+        click.echo(
+            f"note: {row.phone} is on the suppression list ({listed.reason}); nothing is sent "
+            "to it while it is",
+            err=True,
+        )
+
+
+@consent.command("remove")
+@click.argument("phone")
+def consent_remove(phone: str) -> None:
+    """Withdraw PHONE's consent: its qc messages not yet sent are suppressed."""
+    from audience.consent import remove_consent
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        row = remove_consent(session, phone, actor=_actor(), now=system_clock())
+    click.echo(f"{row.phone}: consent withdrawn")
+
+
+@consent.command("list")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True)
+def consent_list(limit: int, offset: int) -> None:
+    """Recorded consents, newest first."""
+    from audience.consent import list_consents
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        total, rows = list_consents(session, offset=offset, limit=limit)
+    table = [["phone", "source", "given (UTC)", "note"]]
+    table += [[r.phone, r.source, f"{r.given_at:%Y-%m-%d %H:%M}", r.note or ""] for r in rows]
+    if rows:
+        _print_table(table)
+    click.echo(f"{len(rows)} of {total} shown")
+
+
+@consent.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write rejected rows here as CSV (line,column,value,reason).",
+)
+@click.option("--dry-run", is_flag=True, help="Validate and report; write nothing.")
+def consent_import(file: Path, report: Path | None, dry_run: bool) -> None:
+    """Record the consents of a CSV file: a phone column; optional given_at (dd/mm/yyyy, local
+    date in LOA_DEFAULT_TIMEZONE) and note."""
+    from audience.consent import import_consents
+
+    settings = _settings()
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        result = import_consents(
+            session,
+            file,
+            now=system_clock(),
+            actor=_actor(),
+            zone=ZoneInfo(settings.default_timezone),
+            dry_run=dry_run,
+        )
+    _echo_list_import(file, result, dry_run, report)
+    if result.suppressed:
+        click.echo(
+            f"  {result.suppressed} of these number(s) are on the suppression list: nothing is "
+            "sent to them while they are",
+            err=True,
+        )
+
+
 # --- campaigns --------------------------------------------------------------------------------
 
 

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     # after its time expires (and always when the wave's next occurrence is due).
     occurrence_valid_hours: int = Field(default=24, ge=1)
     require_approval: bool = True
+    # Advertising (qc) goes only to numbers with recorded consent (table `consent`, Decree
+    # 91/2020): without it the message is suppressed with error code no_consent.
+    qc_requires_consent: bool = True
+    # Inbound SMS bodies that mean "stop sending me messages", comma-separated; compared without
+    # case, diacritics or surrounding punctuation ("Từ chối." is TU CHOI). See audience/optout.py.
+    opt_out_keywords: str = "TU CHOI,TUCHOI,HUY,STOP,DUNG"
     # Four-eyes: the approver must be someone other than the campaign's author.
     four_eyes_approval: bool = False
 
@@ -95,6 +101,17 @@ class Settings(BaseSettings):
         parse = parse_window if (info.field_name or "").startswith("window") else parse_cap
         try:
             parse(value)
+        except LoaError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("opt_out_keywords")
+    @classmethod
+    def _keywords_parse(cls, value: str) -> str:
+        from audience.optout import parse_keywords
+
+        try:
+            parse_keywords(value)
         except LoaError as exc:
             raise ValueError(exc.message) from None
         return value

@@ -36,6 +36,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     text,
     update,
@@ -49,6 +50,7 @@ from loa.db import UTCDateTime, id_in, session_scope
 from loa.models import (
     IN_FLIGHT_ONLY,
     PLANNED_ONLY,
+    Consent,
     DeliveryEvent,
     MessageStatus,
     OutboxMessage,
@@ -61,6 +63,7 @@ from loa.settings import Settings
 from scheduler.backoff import retry_delay
 from scheduler.caps import defer_capped
 from scheduler.gate import sendable_wave_ids
+from scheduler.policy import CONSENT_CLASSES, NO_CONSENT
 from scheduler.ratelimit import Grant, give_back, take_tokens
 from templates.render import TemplateProblem, render
 
@@ -114,13 +117,27 @@ _MOVED = (col(OutboxMessage.id), col(OutboxMessage.wave_id), col(OutboxMessage.c
 
 
 def _record_moves(
-    session: Session, moved: Sequence[Any], status: MessageStatus, now: datetime, detail: str
+    session: Session,
+    moved: Sequence[Any],
+    status: MessageStatus,
+    now: datetime,
+    detail: str,
+    error_code: str | None = None,
 ) -> None:
     if moved:
         session.execute(
             insert(DeliveryEvent),
             [
-                _event(m.id, m.wave_id, m.channel, "status", status, now, detail=detail)
+                _event(
+                    m.id,
+                    m.wave_id,
+                    m.channel,
+                    "status",
+                    status,
+                    now,
+                    error_code=error_code,
+                    detail=detail,
+                )
                 for m in moved
             ],
         )
@@ -206,7 +223,28 @@ def claim_batch(
         .returning(*_MOVED)
     ).all()
     _record_moves(session, suppressed, MessageStatus.SUPPRESSED, now, "suppressed at send time")
-    _cancel_outdated_dates(session, claimed_ids, wave_ids, now=now)
+    # One look at the claimed waves serves both checks below (a handful of rows).
+    waves = session.execute(
+        select(
+            col(Wave.id), col(Wave.message_class), col(Wave.parent_id), col(Wave.audience)
+        ).where(
+            col(Wave.id).in_(wave_ids),
+            or_(col(Wave.parent_id).is_not(None), col(Wave.message_class).in_(CONSENT_CLASSES)),
+        )
+    ).all()
+    if settings.qc_requires_consent:
+        _suppress_unconsented(
+            session,
+            claimed_ids,
+            [w.id for w in waves if w.message_class in CONSENT_CLASSES],
+            now=now,
+        )
+    _cancel_outdated_dates(
+        session,
+        claimed_ids,
+        [(w.id, w.audience) for w in waves if w.parent_id is not None],
+        now=now,
+    )
     defer_capped(session, claimed_ids, now=now, settings=settings)
 
     rows = session.execute(
@@ -288,20 +326,60 @@ def _claim_from_wave(
     )
 
 
+def _suppress_unconsented(
+    session: Session, claimed_ids: list[int], qc_wave_ids: Sequence[int], *, now: datetime
+) -> None:
+    """Advertising claimed for someone whose consent is gone (withdrawn since the expansion) is
+    suppressed with error code no_consent. Runs only when the batch has such waves."""
+    if not qc_wave_ids:
+        return
+    moved = session.execute(
+        update(OutboxMessage)
+        .where(
+            id_in(col(OutboxMessage.id), claimed_ids, session.connection()),
+            col(OutboxMessage.wave_id).in_(qc_wave_ids),
+            col(OutboxMessage.status) == MessageStatus.CLAIMED,
+            ~exists(
+                select(1)
+                .select_from(Recipient)
+                .join(Consent, col(Consent.phone) == col(Recipient.phone))
+                .where(col(Recipient.id) == col(OutboxMessage.recipient_id))
+            ),
+        )
+        .values(
+            status=MessageStatus.SUPPRESSED,
+            error_code=NO_CONSENT,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .returning(*_MOVED)
+    ).all()
+    _record_moves(
+        session,
+        moved,
+        MessageStatus.SUPPRESSED,
+        now,
+        "no recorded consent to advertising (qc) at send time",
+        error_code=NO_CONSENT,
+    )
+
+
 def _cancel_outdated_dates(
-    session: Session, claimed_ids: list[int], wave_ids: Sequence[int], *, now: datetime
+    session: Session,
+    claimed_ids: list[int],
+    occurrences: Sequence[tuple[int, dict[str, Any]]],
+    *,
+    now: datetime,
 ) -> None:
     """A reminder planned for a recipient's date (an occurrence of a relative wave) is not sent
     when the date has changed since: the card was renewed, and the new date has its own
-    occurrence. Cancelled, with the reason in its event."""
+    occurrence. Cancelled, with the reason in its event. `occurrences`: (wave id, audience) of
+    the claimed waves that are occurrences of a series."""
     bind = session.connection()
     dated = [
         (wave_id, audience["date"])
-        for wave_id, audience in session.execute(
-            select(col(Wave.id), col(Wave.audience)).where(
-                col(Wave.id).in_(wave_ids), col(Wave.parent_id).is_not(None)
-            )
-        )
+        for wave_id, audience in occurrences
         if "date" in (audience or {})
     ]
     for wave_id, on in dated:

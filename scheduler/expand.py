@@ -19,9 +19,10 @@ starts (audience/segments.py says why); every chunk then reads the same filter.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, case, exists, func, literal, select, update
+from sqlalchemy import Engine, case, exists, func, literal, null, select, update
 from sqlmodel import Session, col
 
 from audience.resolve import audience_condition
@@ -29,6 +30,7 @@ from audience.segments import resolve_audience
 from loa.db import session_scope, upsert_insert
 from loa.models import (
     Campaign,
+    Consent,
     MessageStatus,
     OutboxMessage,
     Recipient,
@@ -36,6 +38,7 @@ from loa.models import (
     Wave,
     WaveStatus,
 )
+from scheduler.policy import CONSENT_CLASSES, NO_CONSENT
 
 _COLUMNS = (
     "wave_id",
@@ -60,32 +63,55 @@ def _expand_chunk(
     now: datetime,
     due_at: datetime,
     expired: bool,
+    needs_consent: bool,
 ) -> None:
     """Insert the outbox rows of the wave's audience with ids in (after_id, upto]."""
     audience = audience_condition(wave.audience, dialect=session.get_bind().dialect.name)
     suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
     unsuppressed = MessageStatus.EXPIRED if expired else MessageStatus.PLANNED
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
+    # Suppressed people get a row too, marked so: nobody in the audience disappears silently.
+    status = case(
+        (suppressed, literal(MessageStatus.SUPPRESSED.value)),
+        else_=literal(unsuppressed.value),
+    )
+    columns = list(_COLUMNS)
+    extra: list[Any] = []
+    if needs_consent:
+        # Advertising to someone without recorded consent: suppressed too, with the reason in
+        # error_code. Only this path pays for the second lookup; other classes keep the statement
+        # they had.
+        unconsented = ~exists(select(1).where(col(Consent.phone) == col(Recipient.phone)))
+        status = case(
+            (suppressed, literal(MessageStatus.SUPPRESSED.value)),
+            (unconsented, literal(MessageStatus.SUPPRESSED.value)),
+            else_=literal(unsuppressed.value),
+        )
+        columns.append("error_code")
+        extra.append(
+            case(
+                (suppressed, null()),
+                (unconsented, literal(NO_CONSENT)),
+                else_=null(),
+            )
+        )
     rows = select(
         literal(wave.id),
         col(Recipient.id),
         literal(wave.channel),
-        # Suppressed people get a row too, marked so: nobody in the audience disappears silently.
-        case(
-            (suppressed, literal(MessageStatus.SUPPRESSED.value)),
-            else_=literal(unsuppressed.value),
-        ),
+        status,
         literal(due_at, table.c.due_at.type),
         literal(0),
         col(Recipient.area_code),
         col(Recipient.carrier),
         literal(now, table.c.created_at.type),
         literal(now, table.c.updated_at.type),
+        *extra,
     ).where(audience, col(Recipient.id) > after_id, col(Recipient.id) <= upto)
     insert = upsert_insert(session.connection(), table).on_conflict_do_nothing(
         index_elements=["recipient_id", "wave_id", "channel"]
     )
-    session.execute(insert.from_select(_COLUMNS, rows))
+    session.execute(insert.from_select(columns, rows))
 
 
 def _pin_segment(session: Session, wave_id: int, *, now: datetime) -> None:
@@ -110,11 +136,13 @@ def expand_wave(
     chunk_size: int,
     due_at: datetime,
     expired: bool = False,
+    qc_requires_consent: bool = True,
 ) -> int:
     """Expand a scheduled (or half-expanded) wave; return how many outbox rows the wave has.
 
     Messages are due at `due_at` (the wave's time, or its class's next window opening); with
-    `expired` they are written as expired instead of planned: the wave started too late."""
+    `expired` they are written as expired instead of planned: the wave started too late.
+    `qc_requires_consent` is the setting: advertising goes only to numbers with consent."""
     with session_scope(engine) as session:
         claimed = session.execute(
             update(Wave)
@@ -143,6 +171,7 @@ def expand_wave(
                 now=now,
                 due_at=due_at,
                 expired=expired,
+                needs_consent=qc_requires_consent and wave.message_class in CONSENT_CLASSES,
             )
 
     with session_scope(engine) as session:

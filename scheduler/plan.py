@@ -2,7 +2,8 @@
 now, without writing anything.
 
 Per wave: the recipients targeted, those left out and why (opted out, on the do-not-contact list,
-number marked invalid, suppressed by hand, already messaged by this wave), those who will wait
+number marked invalid, suppressed by hand, advertising without recorded consent, already messaged
+by this wave), those who will wait
 for their class's frequency cap, the template variables some recipients lack, the SMS segments
 and what they cost, and when the first and the last message would leave at the channel's rate
 inside the wave's send window. A recurring wave is planned over its occurrences still to come; a
@@ -19,12 +20,13 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, and_, exists, func, not_, select
+from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
 from sqlmodel import Session, col
 
 from audience.resolve import audience_condition, lacks_attribute
 from audience.segments import resolve_audience
 from loa.models import (
+    Consent,
     OutboxMessage,
     Recipient,
     RecipientDate,
@@ -37,7 +39,7 @@ from loa.settings import Settings
 from scheduler.caps import COUNTED
 from scheduler.gate import wave_window
 from scheduler.lifecycle import get_campaign, list_waves, require_date_attribute
-from scheduler.policy import cap_for
+from scheduler.policy import cap_for, needs_consent
 from scheduler.triggers import Recurring, Relative, localize, trigger_of
 from scheduler.windows import SendWindow, next_open, window_closes
 from templates.encoding import count_sms
@@ -61,6 +63,7 @@ class Excluded(BaseModel):
     do_not_contact: int = 0
     invalid_number: int = 0
     suppressed_manual: int = 0
+    no_consent: int = 0  # advertising (qc) to someone without recorded consent, not suppressed
     duplicate: int = 0  # already have this wave's message (a wave that has fired)
 
 
@@ -212,7 +215,7 @@ def _plan_wave(
     occurrences = len(moments.times)
     factor = occurrences if moments.each_targets_all else 1
     in_audience = _count(session, audience)
-    excluded = _excluded(session, wave, audience)
+    excluded = _excluded(session, wave, audience, settings)
     left_out = sum(excluded.model_dump().values())
     targeted = in_audience * factor
     to_send = (in_audience - left_out) * factor if occurrences else 0
@@ -313,8 +316,25 @@ def _relative_audience(
     return condition, fires
 
 
-def _excluded(session: Session, wave: Wave, audience: ColumnElement[bool]) -> Excluded:
-    """For one occurrence: suppressed recipients by reason, and those this wave already has."""
+def _blocked(wave: Wave, settings: Settings) -> ColumnElement[bool]:
+    """Recipients this wave's messages do not go to: suppressed, or (advertising, with consent
+    required) without recorded consent."""
+    suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
+    if not needs_consent(wave.message_class, settings):
+        return suppressed
+    return or_(suppressed, _unconsented())
+
+
+def _unconsented() -> ColumnElement[bool]:
+    return not_(exists(select(1).where(col(Consent.phone) == col(Recipient.phone))))
+
+
+def _excluded(
+    session: Session, wave: Wave, audience: ColumnElement[bool], settings: Settings
+) -> Excluded:
+    """For one occurrence: suppressed recipients by reason, those left out for lack of consent
+    (counted once: a suppressed person is counted under the suppression's reason), and those
+    this wave already has."""
     excluded = Excluded()
     for reason, n in session.execute(
         select(col(Suppression.reason), func.count())
@@ -324,15 +344,18 @@ def _excluded(session: Session, wave: Wave, audience: ColumnElement[bool]) -> Ex
     ):
         field = _REASONS.get(reason, "suppressed_manual")
         setattr(excluded, field, getattr(excluded, field) + n)
+    suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
+    if needs_consent(wave.message_class, settings):
+        excluded.no_consent = _count(session, and_(audience, not_(suppressed), _unconsented()))
     if wave.expanded_at is not None:
-        suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
         already = exists(
             select(1).where(
                 col(OutboxMessage.recipient_id) == col(Recipient.id),
                 col(OutboxMessage.wave_id) == wave.id,
             )
         )
-        excluded.duplicate = _count(session, and_(audience, not_(suppressed), already))
+        blocked = _blocked(wave, settings)
+        excluded.duplicate = _count(session, and_(audience, not_(blocked), already))
     return excluded
 
 
@@ -398,7 +421,7 @@ def _segments(
     # imported together tend to look alike.
     step = max(1, audience_size // settings.plan_sample_size)
     spread = [col(Recipient.id) % step == 0] if step > 1 else []
-    sendable = not_(exists(select(1).where(col(Suppression.phone) == col(Recipient.phone))))
+    sendable = not_(_blocked(wave, settings))
     rows = session.execute(
         select(col(Recipient.name), col(Recipient.phone), col(Recipient.attributes))
         .where(audience, sendable, *spread)

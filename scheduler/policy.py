@@ -11,6 +11,10 @@ from loa.settings import Settings
 from scheduler.windows import SendWindow, parse_window
 
 MESSAGE_CLASSES = ("qc", "info", "care")
+# Classes whose messages need the recipient's recorded consent (advertising, Decree 91/2020),
+# when LOA_QC_REQUIRES_CONSENT is on; and the error code of a message suppressed for lack of it.
+CONSENT_CLASSES = frozenset({"qc"})
+NO_CONSENT = "no_consent"
 _CAP = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*([mhd])\s*")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
@@ -50,3 +54,8 @@ def window_for(message_class: str, settings: Settings) -> SendWindow | None:
 def cap_for(message_class: str, settings: Settings) -> Cap | None:
     caps = {"qc": settings.cap_qc, "info": settings.cap_info, "care": settings.cap_care}
     return parse_cap(caps[message_class])
+
+
+def needs_consent(message_class: str, settings: Settings) -> bool:
+    """Whether a message of this class goes only to numbers with recorded consent."""
+    return settings.qc_requires_consent and message_class in CONSENT_CLASSES

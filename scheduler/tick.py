@@ -81,6 +81,7 @@ def run_tick(engine: Engine, *, now: datetime, settings: Settings) -> TickReport
             chunk_size=settings.expansion_chunk_size,
             due_at=first_send,
             expired=expired,
+            qc_requires_consent=settings.qc_requires_consent,
         )
         if expired:
             report.expired.append(wave_id)

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from loa.db import session_scope
-from loa.models import Area, OutboxMessage, Recipient, RecipientDate, RecipientTag
+from loa.models import Area, Consent, OutboxMessage, Recipient, RecipientDate, RecipientTag
 from loa.settings import Settings
 from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
 from scheduler.spec import validate_spec
@@ -114,3 +114,9 @@ def outbox_counts(engine: Engine) -> dict[str, int]:
                 select(col(OutboxMessage.status), func.count()).group_by(col(OutboxMessage.status))
             ).all()
         )
+
+
+def add_consent(session: Session, phone: str, *, now: datetime) -> None:
+    """Recorded consent to advertising, which `qc` waves need (LOA_QC_REQUIRES_CONSENT)."""
+    session.add(Consent(phone=phone, source="manual", given_at=now))
+    session.flush()

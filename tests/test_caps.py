@@ -20,7 +20,7 @@ from scheduler.dispatch import claim_batch, dispatch_once
 from scheduler.gate import sendable_wave_ids
 from scheduler.policy import Cap, parse_cap
 from scheduler.tick import run_tick
-from tests.builders import add_areas, add_recipient, launch, outbox_counts
+from tests.builders import add_areas, add_consent, add_recipient, launch, outbox_counts
 from tests.conftest import FakeClock
 
 NINE = datetime(2026, 5, 8, 2, 0, tzinfo=UTC)  # 09:00 in Vietnam
@@ -43,6 +43,7 @@ def _waves(engine: Engine, settings: Settings, clock: FakeClock, classes: list[s
     with session_scope(engine) as session:
         add_areas(session)
         add_recipient(session, "+84912000001", now=clock())
+        add_consent(session, "+84912000001", now=clock())  # the adverts are allowed to go
     waves: list[dict[str, Any]] = [
         {
             "name": f"W{i}",

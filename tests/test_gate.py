@@ -17,7 +17,7 @@ from scheduler.dispatch import claim_batch, dispatch_once
 from scheduler.gate import sendable_wave_ids
 from scheduler.lifecycle import cancel_campaign, pause_campaign, resume_campaign
 from scheduler.tick import run_tick
-from tests.builders import add_areas, add_recipient, launch, outbox_counts
+from tests.builders import add_areas, add_consent, add_recipient, launch, outbox_counts
 from tests.conftest import FakeClock
 
 VN = timedelta(hours=7)  # Asia/Ho_Chi_Minh is UTC+7 all year
@@ -41,6 +41,7 @@ def _campaign(
         add_areas(session)
         for i in range(recipients):
             add_recipient(session, f"+8491200000{i}", now=clock())
+            add_consent(session, f"+8491200000{i}", now=clock())
     wave: dict[str, Any] = {
         "name": "W",
         "channel": "sms",

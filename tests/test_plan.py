@@ -22,7 +22,7 @@ from scheduler.lifecycle import create_campaign
 from scheduler.plan import CampaignPlan, finish_time, plan_campaign
 from scheduler.spec import validate_spec
 from scheduler.windows import parse_window
-from tests.builders import add_areas, add_recipient, launch
+from tests.builders import add_areas, add_consent, add_recipient, launch
 from tests.conftest import FakeClock
 from tests.test_series import RECURRING, RELATIVE, _drain, _tick, _wave, local
 
@@ -90,6 +90,7 @@ def test_plan_of_a_draft_counts_everyone_and_writes_nothing(
         "do_not_contact": 1,
         "invalid_number": 1,
         "suppressed_manual": 0,
+        "no_consent": 0,
         "duplicate": 0,
     }
     assert wave.missing_variables == {"card_expiry": 1}  # Em has no card_expiry
@@ -186,6 +187,7 @@ def test_plan_shows_capped_recipients_and_the_duplicates_of_a_fired_wave(
         add_areas(session)
         for i in range(2):
             add_recipient(session, f"+8491200000{i}", now=clock())
+            add_consent(session, f"+8491200000{i}", now=clock())
     clock.now = local("2026-05-08 07:00")
     three_adverts = [
         {**_wave(at=f"2026-05-08 08:0{i}"), "class": "qc", "name": f"QC {i}"} for i in range(3)

@@ -1,0 +1,128 @@
+"""Recorded consent to advertising over HTTP: read a page, add, import a CSV list, withdraw.
+Admin and planner keys write, operator (and approver) keys read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import AwareDatetime, BaseModel
+
+from api.csvbody import SOURCE, csv_body
+from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
+from api.routes.suppressions import ListImportResult, import_result
+from audience.consent import add_consent, import_consents, list_consents, remove_consent
+from loa.apikeys import Caller, Role
+from loa.db import session_scope
+from loa.models import Consent
+
+router = APIRouter(prefix="/api/v1/consents", tags=["consents"])
+
+Reader = Annotated[
+    Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))
+]
+Writer = Annotated[Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER))]
+
+
+class ConsentPublic(BaseModel):
+    phone: str
+    source: str
+    note: str | None
+    given_at: datetime
+
+
+class ConsentPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[ConsentPublic]
+
+
+class ConsentCreate(BaseModel):
+    phone: str
+    note: str | None = None
+    given_at: AwareDatetime | None = None  # default: now
+
+
+class ConsentImportResult(ListImportResult):
+    suppressed: int  # accepted numbers on the suppression list: nothing goes to them meanwhile
+
+
+def _public(row: Consent) -> ConsentPublic:
+    return ConsentPublic.model_validate(row, from_attributes=True)
+
+
+@router.get("")
+def read_consents(
+    _caller: Reader,
+    session: SessionDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ConsentPage:
+    """One page of recorded consents, newest first."""
+    total, rows = list_consents(session, offset=offset, limit=limit)
+    return ConsentPage(total=total, offset=offset, limit=limit, items=[_public(r) for r in rows])
+
+
+@router.post("", status_code=201)
+def create_consent(
+    body: ConsentCreate, caller: Writer, session: SessionDep, clock: ClockDep
+) -> ConsentPublic:
+    """Record (or renew) a number's consent to advertising."""
+    row = add_consent(
+        session,
+        body.phone,
+        note=body.note,
+        given_at=body.given_at,
+        actor=caller.actor,
+        now=clock(),
+    )
+    return _public(row)
+
+
+@router.post(
+    "/import",
+    openapi_extra={
+        "requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}, "required": True}
+    },
+)
+async def import_consent_list(
+    request: Request,
+    caller: Writer,
+    engine: EngineDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+    dry_run: bool = False,
+) -> ConsentImportResult:
+    """Record the consents of a CSV body (a phone column; optional given_at and note). Rejected
+    rows come back as line, column, value, reason; good rows are imported all the same."""
+    async with csv_body(request) as path:
+
+        def run() -> ConsentImportResult:
+            with session_scope(engine) as session:
+                report = import_consents(
+                    session,
+                    path,
+                    now=clock(),
+                    actor=caller.actor,
+                    zone=ZoneInfo(settings.default_timezone),
+                    dry_run=dry_run,
+                    source=SOURCE,
+                )
+            return ConsentImportResult(
+                **import_result(report, dry_run),
+                suppressed=report.suppressed,
+            )
+
+        return await run_in_threadpool(run)
+
+
+@router.delete("/{phone}")
+def delete_consent(
+    phone: str, caller: Writer, session: SessionDep, clock: ClockDep
+) -> ConsentPublic:
+    """Withdraw a number's consent: its qc messages not yet sent are suppressed at claim."""
+    return _public(remove_consent(session, phone, actor=caller.actor, now=clock()))
