@@ -50,7 +50,11 @@ def defer_capped(
         )
         .join(Wave, col(Wave.id) == col(OutboxMessage.wave_id))
         .where(
-            id_in(col(OutboxMessage.id), claimed_ids, bind), col(Wave.message_class).in_(list(caps))
+            id_in(col(OutboxMessage.id), claimed_ids, bind),
+            col(Wave.message_class).in_(list(caps)),
+            # Only what is still to be sent: one suppressed or cancelled a moment ago in this
+            # claim neither waits for the cap nor counts against it.
+            col(OutboxMessage.status) == MessageStatus.CLAIMED,
         )
         .order_by(col(OutboxMessage.id))
     ).all()

@@ -388,6 +388,8 @@ def _cancel_outdated_dates(
             .where(
                 id_in(col(OutboxMessage.id), claimed_ids, bind),
                 col(OutboxMessage.wave_id) == wave_id,
+                # Not one set aside a moment ago (suppressed): a message ends with one reason.
+                col(OutboxMessage.status) == MessageStatus.CLAIMED,
                 ~exists(
                     select(1).where(
                         col(RecipientDate.recipient_id) == col(OutboxMessage.recipient_id),

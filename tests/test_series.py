@@ -25,6 +25,7 @@ from loa.models import (
     OutboxMessage,
     Recipient,
     RecipientDate,
+    Suppression,
     Wave,
     WaveStatus,
 )
@@ -311,6 +312,29 @@ def test_relative_wave_reminds_each_date_once_and_follows_changes(
     assert (
         cancelled.detail == "card_expiry is no longer 2026-05-16: planned for a date that changed"
     )
+
+
+def test_a_reminder_both_suppressed_and_outdated_ends_suppressed_with_one_event(
+    engine: Engine, settings: Settings, clock: FakeClock
+) -> None:
+    """Set aside for two reasons in the same claim, a message keeps the first (the suppression
+    check runs first) and gets one status event, not a second that overwrites it."""
+    clock.now = local("2026-05-08 08:00")
+    with session_scope(engine) as session:
+        add_areas(session)
+    person = _person(engine, "+84912000001", clock(), card_expiry="2026-05-15")
+    launch(engine, {"name": "C", "waves": [_wave(relative=RELATIVE)]}, settings, clock())
+    _tick(engine, settings, clock, local("2026-05-08 09:00"))
+    _change_date(engine, person, "2027-05-15", clock())
+    with session_scope(engine) as session:
+        session.add(Suppression(phone="+84912000001", reason="opt_out", created_at=clock()))
+    assert _drain(engine, settings, clock) == 0
+    assert _occurrences(engine) == {"2026-05-15": {"suppressed": 1}}
+    with session_scope(engine) as session:
+        statuses = session.scalars(
+            select(col(DeliveryEvent.status)).where(col(DeliveryEvent.kind) == "status")
+        ).all()
+    assert statuses == ["suppressed"]
 
 
 def _refused_at_create(
