@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.routes import campaigns, health
+from api.routes import campaigns, health, recipients
 from channels.registry import channel_lookup
 from loa.clock import Clock, system_clock
 from loa.errors import InvalidInput, LoaError, NotAuthenticated
@@ -114,4 +114,5 @@ def create_app(
 
     app.include_router(health.router)
     app.include_router(campaigns.router)
+    app.include_router(recipients.router)
     return app
