@@ -9,7 +9,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -214,13 +215,37 @@ def recipients() -> None:
     help="Write rejected rows here as CSV (line,column,value,reason).",
 )
 @click.option("--dry-run", is_flag=True, help="Validate and report; write nothing.")
-def recipients_import(file: Path, report: Path | None, dry_run: bool) -> None:
-    """Import recipients from a CSV file; bad rows are reported, good rows imported."""
-    from audience.importer import import_recipients
+@click.option(
+    "--column",
+    "column_pairs",
+    multiple=True,
+    metavar="ROLE=HEADER",
+    help="Which column is the phone, name, area or tags, e.g. --column phone=SĐT "
+    '--column name="Họ tên" (repeatable); roles not given are guessed from the headers.',
+)
+def recipients_import(
+    file: Path, report: Path | None, dry_run: bool, column_pairs: tuple[str, ...]
+) -> None:
+    """Import recipients from a CSV (UTF-8, comma or semicolon) or XLSX file (its first sheet).
 
-    engine = _open_database(_settings())
-    with session_scope(engine) as session:
-        result = import_recipients(session, file, now=system_clock(), dry_run=dry_run)
+    Bad rows are reported (line, column, value, reason) and good rows imported. A file that
+    cannot be read at all fails whole and writes nothing.
+    """
+    from audience.importer import import_recipients, parse_column_mapping
+
+    settings = _settings()
+    columns = parse_column_mapping(column_pairs)
+    engine = _open_database(settings)
+    with _import_progress(file) as progress, session_scope(engine) as session:
+        result = import_recipients(
+            session,
+            file,
+            now=system_clock(),
+            dry_run=dry_run,
+            columns=columns,
+            max_line_bytes=settings.import_max_line_bytes,
+            progress=progress,
+        )
     verb = "would import" if dry_run else "imported"
     click.echo(
         f"{file}: {result.rows_read} rows read, {verb} {result.inserted} new and "
@@ -233,6 +258,29 @@ def recipients_import(file: Path, report: Path | None, dry_run: bool) -> None:
     if report is not None:
         result.write_csv(report)
         click.echo(f"rejected rows written to {report}")
+
+
+@contextmanager
+def _import_progress(file: Path) -> Iterator[Callable[[int, float | None], None] | None]:
+    """A progress bar on stderr while an import runs, when stderr is a terminal (in a pipe or a
+    log it would only be noise). It moves after each chunk written."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    steps = 1000
+
+    def show(rows: int | None) -> str | None:
+        return f"{rows:,} rows" if rows is not None else None
+
+    with click.progressbar(
+        length=steps, label=f"importing {file.name}", file=sys.stderr, item_show_func=show
+    ) as bar:
+
+        def advance(read: int, done: float | None) -> None:
+            target = round((done or 0) * steps)
+            bar.update(max(0, target - bar.pos), current_item=read)
+
+        yield advance
 
 
 # --- suppression and consent ------------------------------------------------------------------

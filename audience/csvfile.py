@@ -1,6 +1,11 @@
 """Reading the CSV files offices produce: UTF-8 with or without BOM, comma, semicolon or tab,
 streamed row by row with the physical line where each row starts (for error reports).
-Anything that is not CSV text fails with ImportFileError naming the file."""
+Anything that is not CSV text fails with ImportFileError naming the file.
+
+Memory stays bounded whatever the file holds: a physical line longer than `max_line_bytes` is
+refused with its number before it is decoded or parsed (a 50 MB "line" is a binary or broken
+file, not a list of people), and the csv module's own field limit guards quoted cells that span
+lines."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import codecs
 import csv
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -19,12 +24,17 @@ from loa.errors import ImportFileError
 
 # Enough to tell a binary file or a workbook from text before reading it line by line.
 _SNIFF_BYTES: Final = 64 * 1024
+# The default longest physical line (LOA_IMPORT_MAX_LINE_BYTES): a row of a recipient list is a
+# few hundred bytes; a megabyte leaves room for long notes and still bounds memory.
+DEFAULT_MAX_LINE_BYTES: Final = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class CsvTable:
     header: list[str]
     rows: Iterator[tuple[int, list[str]]]  # (physical line where the row starts, cells)
+    # How far the reading has got, 0 to 1 (by bytes), for a progress bar.
+    done: Callable[[], float | None]
 
 
 def header_key(title: str) -> str:
@@ -35,20 +45,24 @@ def header_key(title: str) -> str:
 
 
 @contextmanager
-def read_csv(path: Path) -> Iterator[CsvTable]:
+def read_csv(
+    path: Path, *, display: str | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[CsvTable]:
     """Open a UTF-8 CSV file (with or without BOM; comma, semicolon or tab) and stream its rows.
 
-    Blank lines are skipped. Raises ImportFileError, naming the file, when it is not CSV text.
+    Blank lines are skipped. Raises ImportFileError, naming the file (as `display`, by default
+    the path), when it is not CSV text or has a line longer than `max_line_bytes`.
     """
-    display = str(path)
+    display = display or str(path)
     try:
         handle = path.open("rb")
+        size = path.stat().st_size
     except OSError as exc:
         raise ImportFileError(f"cannot open {display}: {exc.strerror or exc}") from None
     with handle:
         _check_is_text(handle.read(_SNIFF_BYTES), display)
         handle.seek(0)
-        lines = _decoded_lines(handle, display)
+        lines = _decoded_lines(handle, display, max_line_bytes)
         skipped = 0
         first = ""
         for first in lines:
@@ -63,7 +77,11 @@ def read_csv(path: Path) -> Iterator[CsvTable]:
             header = next(reader)
         except csv.Error as exc:
             raise ImportFileError(f"{display}, line {skipped + 1}: not valid CSV ({exc})") from None
-        yield CsvTable(header=header, rows=_rows(reader, skipped, display))
+        yield CsvTable(
+            header=header,
+            rows=_rows(reader, skipped, display),
+            done=lambda: handle.tell() / size if size else None,
+        )
 
 
 def _check_is_text(head: bytes, display: str) -> None:
@@ -82,9 +100,19 @@ def _check_is_text(head: bytes, display: str) -> None:
         )
 
 
-def _decoded_lines(handle: IO[bytes], display: str) -> Iterator[str]:
-    """The file's physical lines as text, decoded one by one so an error names the exact line."""
-    for number, raw in enumerate(handle, start=1):
+def _decoded_lines(handle: IO[bytes], display: str, max_line_bytes: int) -> Iterator[str]:
+    """The file's physical lines as text, decoded one by one so an error names the exact line.
+    A line is read at most `max_line_bytes` + 1 at a time, so an endless one is refused after
+    that much, never held whole."""
+    number = 0
+    while raw := handle.readline(max_line_bytes + 1):
+        number += 1
+        if len(raw) > max_line_bytes:
+            raise ImportFileError(
+                f"{display}, line {number}: longer than {max_line_bytes:,} bytes; a row of a "
+                "recipient list is far shorter, so this is not a CSV list (the limit is "
+                "LOA_IMPORT_MAX_LINE_BYTES)"
+            )
         if number == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8) :]
         if b"\x00" in raw:

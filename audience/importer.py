@@ -1,24 +1,32 @@
-"""Importing recipients from the CSV files province offices keep, streamed and upserted in chunks.
+"""Importing recipients from the CSV and Excel files province offices keep, streamed and upserted
+in chunks.
 
-A bad row is reported and skipped; a file that is not CSV at all fails as a whole.
+A bad row is reported and skipped; a file that cannot be read at all (not CSV or XLSX, no phone
+column, a duplicate header, a line too long, a damaged workbook) fails as a whole. The columns are
+checked before the first row is read; an error found later in the file (a line that is not UTF-8,
+a damaged part of a workbook) raises after some chunks were written, and since the whole import
+runs in the caller's one transaction (session_scope), those chunks are rolled back with it:
+either the file is imported with its report, or nothing is.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 from sqlalchemy import ColumnElement, delete, func, insert, select
 from sqlmodel import Session, SQLModel
 
-from audience.csvfile import header_key, read_csv
+from audience.csvfile import DEFAULT_MAX_LINE_BYTES, header_key
 from audience.phones import InvalidPhone, normalize_phone
+from audience.sourcefile import open_table
 from loa.db import id_in, upsert_insert
 from loa.errors import ImportFileError, InvalidInput
 from loa.models import Area, Recipient, RecipientDate, RecipientTag
@@ -48,6 +56,17 @@ NAME_HEADERS: Final = frozenset({"name", "full_name", "ho_ten", "ho_va_ten"})
 AREA_HEADERS: Final = frozenset({"area_code", "commune_code", "ma_xa"})
 TAG_HEADERS: Final = frozenset({"tags", "tag", "nhom"})
 TAG_SEPARATOR: Final = "|"
+# The roles a column can play, and the headers each is guessed from; every other column is an
+# attribute named by its header.
+ROLE_HEADERS: Final[Mapping[str, frozenset[str]]] = {
+    "phone": PHONE_HEADERS,
+    "name": NAME_HEADERS,
+    "area": AREA_HEADERS,
+    "tags": TAG_HEADERS,
+}
+
+# Told after each chunk: rows read so far, and how far through the file (0 to 1) when known.
+Progress = Callable[[int, "float | None"], None]
 
 _NAME_MAX: Final = 200  # the widths of the recipient and recipient_tag columns
 _TAG_MAX: Final = 64
@@ -75,9 +94,18 @@ class ImportReport:
     def write_csv(self, path: Path) -> None:
         """The rejected rows, for the office to fix. With a BOM so that Excel shows the accents."""
         with path.open("w", encoding="utf-8-sig", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["line", "column", "value", "reason"])
-            writer.writerows((e.line, e.column, e.value, e.reason) for e in self.rejected)
+            self.write_rows(handle)
+
+    def csv_bytes(self) -> bytes:
+        """The same report as write_csv() writes, as bytes (for an HTTP answer)."""
+        text = io.StringIO(newline="")
+        self.write_rows(text)
+        return text.getvalue().encode("utf-8-sig")
+
+    def write_rows(self, handle: TextIO) -> None:
+        writer = csv.writer(handle)
+        writer.writerow(["line", "column", "value", "reason"])
+        writer.writerows((e.line, e.column, e.value, e.reason) for e in self.rejected)
 
 
 @dataclass(slots=True)
@@ -115,6 +143,34 @@ class _BadRow(Exception):
         self.column, self.value, self.reason = column, value, reason
 
 
+def parse_column_mapping(pairs: Iterable[str]) -> dict[str, str]:
+    """`ROLE=HEADER` pairs (`phone=SĐT`, `name=Họ tên`) as {role: header}. A role may be named
+    as itself or by any header it is guessed from (`so_dien_thoai=Số ĐT` is the phone)."""
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        role_text, sep, header = pair.partition("=")
+        key = header_key(role_text)
+        role = next((r for r, names in ROLE_HEADERS.items() if key == r or key in names), None)
+        if not sep or not header.strip():
+            raise InvalidInput(
+                f"column mapping {pair!r}: write it as ROLE=HEADER, e.g. phone=SĐT",
+                field="column",
+            )
+        if role is None:
+            raise InvalidInput(
+                f"column mapping {pair!r}: {role_text.strip()!r} is not one of "
+                f"{', '.join(ROLE_HEADERS)} (other columns become attributes under their header)",
+                field="column",
+            )
+        if role in mapping:
+            raise InvalidInput(
+                f"column mapping: {role} is given twice ({mapping[role]!r} and {header!r})",
+                field="column",
+            )
+        mapping[role] = unicodedata.normalize("NFC", header.strip())
+    return mapping
+
+
 def import_recipients(
     session: Session,
     path: Path,
@@ -122,13 +178,20 @@ def import_recipients(
     now: datetime,
     dry_run: bool = False,
     allow_converted: bool = True,
+    columns: Mapping[str, str] | None = None,
+    display: str | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    progress: Progress | None = None,
 ) -> ImportReport:
-    """Upsert the recipients of a CSV file by phone number, merging attributes and tags.
+    """Upsert the recipients of a CSV or XLSX file by phone number, merging attributes and tags.
 
-    The file is streamed and written in chunks of CHUNK_SIZE rows, so its size is not limited by
-    memory (only the set of phones already seen and the list of rejected rows grow with it).
-    With `dry_run` the same validation runs and the counts are what an import would do; nothing is
-    written. Raises ImportFileError when the file cannot be read as CSV at all.
+    The reader is chosen by the file's content. `columns` maps roles to headers (see
+    parse_column_mapping); roles it leaves out are guessed from the headers. `display` names the
+    file in messages (default: the path). The file is streamed and written in chunks of
+    CHUNK_SIZE rows, so its size is not limited by memory (only the set of phones already seen
+    and the list of rejected rows grow with it). With `dry_run` the same validation runs and the
+    counts are what an import would do; nothing is written. Raises ImportFileError when the file
+    cannot be read as a recipient list at all.
     """
     if now.tzinfo is None:
         raise InvalidInput("import time must be timezone-aware")
@@ -138,12 +201,17 @@ def import_recipients(
     # counted once. Stored as integers to keep a large import's memory down.
     seen: set[int] = set()
     pending: dict[str, _Row] = {}
-    with read_csv(path) as table:
-        columns = _map_columns(table.header, str(path))
-        for line, cells in table.rows:
+    display = display or str(path)
+    with open_table(path, display=display, max_line_bytes=max_line_bytes) as table:
+        mapped = _map_columns(table.header, display, columns or {}, table.column_label)
+        for line, cells, problem in table.rows:
             report.rows_read += 1
+            if problem is not None:  # a cell the reader could not take as a value (a formula)
+                title = _title(mapped, problem.index) if problem.index < len(mapped.header) else ""
+                report.rejected.append(RowError(line, title, problem.value, problem.reason))
+                continue
             try:
-                row = _parse_row(cells, columns, known_areas, allow_converted)
+                row = _parse_row(cells, mapped, known_areas, allow_converted)
             except _BadRow as bad:
                 report.rejected.append(RowError(line, bad.column, bad.value, bad.reason))
                 continue
@@ -156,48 +224,74 @@ def import_recipients(
             if len(pending) >= CHUNK_SIZE:
                 _flush(session, pending.values(), now, dry_run, seen, report)
                 pending.clear()
+                if progress is not None:
+                    progress(report.rows_read, table.done())
         _flush(session, pending.values(), now, dry_run, seen, report)
+    if progress is not None:
+        progress(report.rows_read, 1.0)
     return report
 
 
-def _map_columns(header: Sequence[str], display: str) -> _Columns:
+def _map_columns(
+    header: Sequence[str],
+    display: str,
+    explicit: Mapping[str, str],
+    label: Callable[[int], str],
+) -> _Columns:
+    """Which column plays which role: the ones `explicit` names, then the rest guessed from the
+    headers. Refuses a header written twice (which of the two would win is anyone's guess), two
+    columns that both look like one role, and a mapping that names a header the file lacks."""
+    titles = [unicodedata.normalize("NFC", raw.strip()) for raw in header]
+    places: dict[str, list[int]] = {}
+    for index, title in enumerate(titles):
+        if title:  # spreadsheets leave unnamed trailing columns behind
+            places.setdefault(title, []).append(index)
+    for title, indexes in places.items():
+        if len(indexes) > 1:
+            where = " and ".join(label(i) for i in indexes)
+            raise ImportFileError(
+                f"{display}: the header {title!r} appears more than once (columns {where}); "
+                "rename or remove all but one"
+            )
+    found = ", ".join(t for t in titles if t) or "none"
+
     roles: dict[str, int] = {}
+    for given, wanted in explicit.items():
+        place = _find_header(titles, wanted)
+        if place is None:
+            raise ImportFileError(
+                f"{display}: no column {wanted!r} for the {given} (found: {found})", field="column"
+            )
+        taken = next((r for r, i in roles.items() if i == place), None)
+        if taken is not None:
+            raise ImportFileError(
+                f"{display}: column {titles[place]!r} is given as both {taken} and {given}",
+                field="column",
+            )
+        roles[given] = place
+
     attributes: list[tuple[int, str]] = []
-    attribute_keys: set[str] = set()
-    for index, raw in enumerate(header):
-        title = unicodedata.normalize("NFC", raw.strip())
-        if not title:
-            continue  # spreadsheets leave unnamed trailing columns behind
+    for index, title in enumerate(titles):
+        if not title or index in roles.values():
+            continue
         key = header_key(title)
-        role = next(
-            (
-                role
-                for role, names in (
-                    ("phone", PHONE_HEADERS),
-                    ("name", NAME_HEADERS),
-                    ("area", AREA_HEADERS),
-                    ("tags", TAG_HEADERS),
-                )
-                if key in names
-            ),
-            None,
-        )
-        if role is not None:
+        role = next((r for r, names in ROLE_HEADERS.items() if key in names), None)
+        if role is not None and role not in explicit:
             if role in roles:
                 raise ImportFileError(
-                    f"{display}: columns {header[roles[role]].strip()!r} and {title!r} both "
-                    f"look like the {role} column; rename one of them"
+                    f"{display}: columns {titles[roles[role]]!r} ({label(roles[role])}) and "
+                    f"{title!r} ({label(index)}) both look like the {role} column; rename one "
+                    f"of them, or map it: {role}=HEADER"
                 )
             roles[role] = index
-        elif title in attribute_keys:
-            raise ImportFileError(f"{display}: column {title!r} appears twice")
         else:
-            attribute_keys.add(title)
+            # Not a role, or a role already given explicitly (a second phone column, say):
+            # kept as an attribute under its header.
             attributes.append((index, title))
     if "phone" not in roles:
-        found = ", ".join(h.strip() for h in header if h.strip()) or "none"
         raise ImportFileError(
-            f"{display}: no phone column (found: {found}); name it phone or so_dien_thoai"
+            f"{display}: no phone column (found: {found}); name it phone or so_dien_thoai, "
+            "or map it: phone=HEADER"
         )
     return _Columns(
         phone=roles["phone"],
@@ -205,8 +299,18 @@ def _map_columns(header: Sequence[str], display: str) -> _Columns:
         area=roles.get("area"),
         tags=roles.get("tags"),
         attributes=attributes,
-        header=[h.strip() for h in header],
+        header=titles,
     )
+
+
+def _find_header(titles: Sequence[str], wanted: str) -> int | None:
+    """The column headed `wanted`: written the same (after NFC), else the one column whose header
+    is the same without accents, case or punctuation ("sdt" finds "SĐT")."""
+    if wanted in titles:
+        return titles.index(wanted)
+    key = header_key(wanted)
+    matches = [i for i, title in enumerate(titles) if title and header_key(title) == key]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _parse_row(

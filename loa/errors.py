@@ -58,6 +58,20 @@ class ImportFileError(InvalidInput):
     code = "invalid_file"
 
 
+class TooLarge(LoaError):
+    """A request body over a configured limit (the limit is named in the message)."""
+
+    code = "too_large"
+    http_status = 413
+
+
+class UnsupportedMediaType(LoaError):
+    """A request body sent in a form the endpoint does not read (the message says which it does)."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
 class DatabaseUnavailable(LoaError):
     code = "database_unavailable"
     http_status = 503

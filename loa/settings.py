@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     currency: str = "VND"
     plan_sample_size: int = Field(default=2000, ge=1)
 
+    # Recipient imports: the largest file the API accepts (413 above it; the CLI reads files of any
+    # size), and the longest physical line of a CSV (a longer one fails the file, naming the line,
+    # before it is held in memory).
+    import_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    import_max_line_bytes: int = Field(default=1024 * 1024, ge=1024)
+
     log_level: str = "INFO"
 
     @field_validator("window_qc", "window_info", "window_care", "cap_qc", "cap_info", "cap_care")

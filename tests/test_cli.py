@@ -143,7 +143,7 @@ def test_a_file_that_is_not_csv_fails_cleanly_and_imports_nothing(
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"Error: {workbook} is a workbook (xlsx/ods), not CSV; save it as 'CSV UTF-8' first"
+        f"Error: {workbook} starts like a zip file (.xlsx) but is damaged"
     )
     engine = make_engine(Settings(database_url=db_url, data_dir=tmp_path))
     with engine.connect() as conn:

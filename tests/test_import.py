@@ -378,7 +378,7 @@ def test_a_dry_run_validates_and_counts_but_writes_nothing(engine: Engine, tmp_p
     ("content", "message"),
     [
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", r"not a CSV file \(it contains binary"),
-        (b"PK\x03\x04\x14\x00\x06\x00", r"is a workbook \(xlsx/ods\), not CSV"),
+        (b"PK\x03\x04\x14\x00\x06\x00", r"starts like a zip file \(\.xlsx\) but is damaged"),
         (b"", r"is empty"),
         (b"\xef\xbb\xbf\r\n\n", r"is empty"),
         (
@@ -389,7 +389,10 @@ def test_a_dry_run_validates_and_counts_but_writes_nothing(engine: Engine, tmp_p
             "Họ tên,Địa chỉ,Ghi chú\nAn,Thôn 1,\n".encode(),
             r": no phone column \(found: Họ tên, Địa chỉ, Ghi chú\)",
         ),
-        (b"phone,mobile\n0912000101,0912000102\n", r"columns 'phone' and 'mobile' both look like"),
+        (
+            b"phone,mobile\n0912000101,0912000102\n",
+            r"columns 'phone' \(1\) and 'mobile' \(2\) both look like",
+        ),
         (b"phone,name\r0912000101,An\r", r"ends its lines with CR only"),
     ],
 )

@@ -1,0 +1,173 @@
+"""Recipient import over HTTP: the importer of `loa recipients import`, fed by the request body.
+
+The file is the raw body (not a multipart form): `curl --data-binary @danh-sach.xlsx`. A body is
+one file, so there is nothing for a form to add but a parser and its limits; the reader is chosen
+by the content (a workbook is a zip), so the Content-Type may be text/csv, the xlsx type or
+application/octet-stream. The body is streamed to a temporary file and refused with 413 once it
+passes LOA_IMPORT_MAX_BYTES, never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ClockDep, EngineDep, SettingsDep, require_roles
+from audience.importer import ImportReport, import_recipients, parse_column_mapping
+from loa.apikeys import Caller, Role
+from loa.clock import Clock
+from loa.db import session_scope
+from loa.errors import TooLarge, UnsupportedMediaType
+
+router = APIRouter(prefix="/api/v1/recipients", tags=["recipients"])
+
+Importer = Annotated[Caller, Depends(require_roles(Role.PLANNER, Role.ADMIN))]
+
+XLSX_TYPE: Final = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+class RejectedRow(BaseModel):
+    line: int  # the row's line in the file (CSV) or its row number in the sheet (XLSX)
+    column: str
+    value: str
+    reason: str
+
+
+class ImportResult(BaseModel):
+    source: str
+    dry_run: bool
+    rows_read: int
+    inserted: int
+    updated: int
+    converted: int
+    rejected_count: int
+    rejected: list[RejectedRow]
+
+
+@router.post(
+    "/import",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {"schema": {"type": "string", "format": "binary"}},
+                XLSX_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+    responses={200: {"content": {"text/csv": {}}}},
+)
+async def import_file(
+    request: Request,
+    caller: Importer,
+    engine: EngineDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    dry_run: Annotated[bool, Query(description="Validate and count; write nothing.")] = False,
+    column: Annotated[
+        list[str] | None,
+        Query(description="ROLE=HEADER, repeatable: phone=SĐT, name=Họ tên, area=..., tags=..."),
+    ] = None,
+    filename: Annotated[
+        str | None, Query(max_length=200, description="The file's name, for the messages.")
+    ] = None,
+    format: Annotated[
+        Literal["json", "csv"] | None,
+        Query(description="csv: the rejected rows as CSV (also with Accept: text/csv)."),
+    ] = None,
+) -> Response:
+    """Import recipients from a CSV (UTF-8, comma or semicolon) or XLSX file sent as the body.
+
+    Answers with the counts and every rejected row (line, column, value, reason); as CSV with
+    `?format=csv` or `Accept: text/csv` (counts in X-Loa-* headers). A file that cannot be read
+    at all is a 422 and writes nothing.
+    """
+    columns = parse_column_mapping(column or [])
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("multipart/", "application/x-www-form-urlencoded")):
+        raise UnsupportedMediaType(
+            "send the file itself as the request body (e.g. curl --data-binary @file.csv "
+            "-H 'Content-Type: text/csv'), not as a form"
+        )
+    limit = settings.import_max_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    display = filename or "request body"
+    with tempfile.TemporaryDirectory(prefix="loa-import-") as directory:
+        path = Path(directory) / "upload"
+        received = 0
+        with path.open("wb") as handle:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise _too_large(limit)
+                handle.write(chunk)
+        report = await run_in_threadpool(
+            _import, engine, path, display, dry_run, columns, settings.import_max_line_bytes, clock
+        )
+    wants_csv = format == "csv" or (
+        format is None and "text/csv" in request.headers.get("accept", "")
+    )
+    if wants_csv:
+        return Response(
+            report.csv_bytes(),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "X-Loa-Rows-Read": str(report.rows_read),
+                "X-Loa-Inserted": str(report.inserted),
+                "X-Loa-Updated": str(report.updated),
+                "X-Loa-Rejected": str(len(report.rejected)),
+                "X-Loa-Dry-Run": "true" if dry_run else "false",
+            },
+        )
+    result = ImportResult(
+        source=display,
+        dry_run=dry_run,
+        rows_read=report.rows_read,
+        inserted=report.inserted,
+        updated=report.updated,
+        converted=report.converted,
+        rejected_count=len(report.rejected),
+        rejected=[
+            RejectedRow(line=e.line, column=e.column, value=e.value, reason=e.reason)
+            for e in report.rejected
+        ],
+    )
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+def _import(
+    engine: Engine,
+    path: Path,
+    display: str,
+    dry_run: bool,
+    columns: dict[str, str],
+    max_line_bytes: int,
+    clock: Clock,
+) -> ImportReport:
+    # Its own unit of work, in a worker thread: the whole file commits or nothing does.
+    with session_scope(engine) as session:
+        return import_recipients(
+            session,
+            path,
+            now=clock(),
+            dry_run=dry_run,
+            columns=columns,
+            display=display,
+            max_line_bytes=max_line_bytes,
+        )
+
+
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge(
+        f"the file is larger than {limit:,} bytes (LOA_IMPORT_MAX_BYTES); split it, or import it "
+        "on the server with: loa recipients import FILE"
+    )
