@@ -244,6 +244,7 @@ def recipients_import(
             dry_run=dry_run,
             columns=columns,
             max_line_bytes=settings.import_max_line_bytes,
+            allow_converted=settings.convert_old_numbers,
             progress=progress,
         )
     verb = "would import" if dry_run else "imported"

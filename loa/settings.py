@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # Advertising (qc) goes only to numbers with recorded consent (table `consent`, Decree
     # 91/2020): without it the message is suppressed with error code no_consent.
     qc_requires_consent: bool = True
+    # Old 11-digit mobile numbers (01xx, before the 2018 conversion) in a recipient import are
+    # converted with the prefix table and marked so; false rejects them with the reason instead.
+    convert_old_numbers: bool = True
     # Inbound SMS bodies that mean "stop sending me messages", comma-separated; compared without
     # case, diacritics or surrounding punctuation ("Từ chối." is TU CHOI). See audience/optout.py.
     opt_out_keywords: str = "TU CHOI,TUCHOI,HUY,STOP,DUNG"

@@ -199,3 +199,16 @@ def test_a_progress_bar_shows_on_a_terminal(db_url: str, tmp_path: Path) -> None
     assert "2500 rows read, imported 2500 new" in process.stdout
     text = shown.decode()
     assert "importing many.csv" in text and "2,500 rows" in text and "100%" in text
+
+
+def test_old_numbers_follow_the_setting(db_url: str, tmp_path: Path) -> None:
+    """LOA_CONVERT_OLD_NUMBERS=false: an 11-digit number from before 2018 is a rejected row."""
+    path = tmp_path / "old.csv"
+    path.write_text("phone,name\n01694000105,Đức\n0394000106,Hà\n", encoding="utf-8")
+    env = {**loa_env(db_url, tmp_path), "LOA_CONVERT_OLD_NUMBERS": "false"}
+    result = run_loa("recipients", "import", str(path), env=env)
+    assert "imported 1 new and 0 updated, 1 rejected" in result.stdout
+    assert "before the 2018 conversion (now 0394000105)" in result.stderr
+    assert phones(db_url, tmp_path) == ["+84394000106"]
+    run_loa("recipients", "import", str(path), env=loa_env(db_url, tmp_path))
+    assert phones(db_url, tmp_path) == ["+84394000105", "+84394000106"]

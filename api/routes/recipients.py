@@ -25,6 +25,7 @@ from loa.apikeys import Caller, Role
 from loa.clock import Clock
 from loa.db import session_scope
 from loa.errors import TooLarge, UnsupportedMediaType
+from loa.settings import Settings
 
 router = APIRouter(prefix="/api/v1/recipients", tags=["recipients"])
 
@@ -111,7 +112,7 @@ async def import_file(
                     raise _too_large(limit)
                 handle.write(chunk)
         report = await run_in_threadpool(
-            _import, engine, path, display, dry_run, columns, settings.import_max_line_bytes, clock
+            _import, engine, path, display, dry_run, columns, settings, clock
         )
     wants_csv = format == "csv" or (
         format is None and "text/csv" in request.headers.get("accept", "")
@@ -150,7 +151,7 @@ def _import(
     display: str,
     dry_run: bool,
     columns: dict[str, str],
-    max_line_bytes: int,
+    settings: Settings,
     clock: Clock,
 ) -> ImportReport:
     # Its own unit of work, in a worker thread: the whole file commits or nothing does.
@@ -162,7 +163,8 @@ def _import(
             dry_run=dry_run,
             columns=columns,
             display=display,
-            max_line_bytes=max_line_bytes,
+            max_line_bytes=settings.import_max_line_bytes,
+            allow_converted=settings.convert_old_numbers,
         )
 
 
