@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 
 import audience.importer
 from audience.importer import import_recipients
-from loa.db import session_scope
+from loa.db import make_engine, session_scope
 from loa.models import Area, Recipient, RecipientDate, RecipientTag
+from loa.settings import Settings
 
 NOW = datetime(2026, 5, 8, 0, 30, tzinfo=UTC)
 LATER = datetime(2026, 5, 9, 1, 0, tzinfo=UTC)
@@ -188,3 +191,31 @@ def test_values_with_tabs_backslashes_quotes_and_newlines_arrive_intact(
         )
     }
     assert after["tags"] == {"+84912000001": {"a\\b", 'c"d'}}
+
+
+def test_an_error_while_writing_a_chunk_in_the_background_reaches_the_caller(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL chunks are written by a thread while the next is read: a failure there must
+    come out of import_recipients, and the transaction must write nothing."""
+    engine = make_engine(Settings(database_url=pg_url, data_dir=tmp_path))
+    monkeypatch.setattr(audience.importer, "CHUNK_SIZE", 2)
+    # The third chunk's tags are written with a statement the server refuses.
+    calls = {"n": 0}
+    real = audience.importer._write_postgresql
+
+    def failing_third(bind: Connection, batch: Sequence[object], now: datetime) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            bind.execute(text("SELECT 1 / 0"))
+        real(bind, batch, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(audience.importer, "_write_postgresql", failing_third)
+    load(engine)
+    with pytest.raises(DBAPIError, match="division by zero"), session_scope(engine) as session:
+        import_recipients(
+            session, write(tmp_path, "1.csv", FIRST + SECOND.split("\n", 1)[1]), now=NOW
+        )
+    assert calls["n"] == 3  # nothing more was written after the failure
+    assert state(engine)["recipients"] == {}
+    engine.dispose()
