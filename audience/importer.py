@@ -22,6 +22,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     String,
+    TextClause,
     any_,
     bindparam,
     delete,
@@ -393,7 +394,7 @@ def _phone_in(phones: Sequence[str], bind: Connection) -> ColumnElement[bool]:
     return RECIPIENT.c.phone.in_(phones)
 
 
-# PostgreSQL: each chunk is copied into a temporary table and merged by four set-based statements.
+# PostgreSQL: each chunk is copied into a temporary table and merged by one set-based statement.
 # Row-by-row parameters cost more in the client than the statements cost the server: psycopg
 # parses every multi-row VALUES statement anew (too long for its cache), and each recipient's
 # tags and dates were further rows of parameters. COPY sends the chunk as one stream.
@@ -401,16 +402,30 @@ _PG_BATCH: Final = "loa_import_batch"
 _PG_CREATE_BATCH: Final = text(
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_PG_BATCH} ("
     "phone text PRIMARY KEY, name text, area_code text, carrier text, "
-    "phone_converted boolean NOT NULL, attributes jsonb NOT NULL, tags text NOT NULL, "
-    "id bigint) ON COMMIT DROP"
+    "phone_converted boolean NOT NULL, attributes jsonb NOT NULL, tags text NOT NULL) "
+    "ON COMMIT DROP"
 )
 _PG_COPY_BATCH: Final = (
     f"COPY {_PG_BATCH} (phone, name, area_code, carrier, phone_converted, attributes, tags) "
     "FROM STDIN"
 )
-# The same merge as _upsert_recipients; the ids come back into the batch table for the rest.
-_PG_UPSERT: Final = text(
-    f"""
+# An attribute value in ISO form is a real date: _attribute_value has checked it (see _ISO_DATE).
+_PG_ISO: Final = "'^[0-9]{4}-[0-9]{2}-[0-9]{2}$'"
+
+
+# One statement per chunk: the merge of _upsert_recipients, then the tags and the dates of
+# _replace_dates, joined to the new ids in the server. (A foreign key checks its parent at the
+# end of the statement, when the recipients inserted above are there.)
+def _pg_merge(undate: bool) -> TextClause:
+    # Removing dates costs a probe of recipient_date per recipient: skipped when no value of the
+    # chunk is a non-date (as in a fresh import of dated lists).
+    undated = f""",
+    undated AS (
+        DELETE FROM recipient_date AS d USING merged, jsonb_each_text(merged.attributes) AS e
+        WHERE d.recipient_id = merged.id AND d.attribute = e.key AND e.value !~ {_PG_ISO}
+    )"""
+    return text(
+        f"""
     WITH upserted AS (
         INSERT INTO recipient AS r
             (phone, name, area_code, carrier, phone_converted, attributes, created_at, updated_at)
@@ -424,30 +439,29 @@ _PG_UPSERT: Final = text(
             attributes = r.attributes || excluded.attributes,
             updated_at = excluded.updated_at
         RETURNING r.id, r.phone
-    )
-    UPDATE {_PG_BATCH} AS b SET id = upserted.id FROM upserted WHERE b.phone = upserted.phone
+    ),
+    merged AS (
+        SELECT upserted.id, b.tags, b.attributes
+        FROM upserted JOIN {_PG_BATCH} AS b ON b.phone = upserted.phone
+    ),
+    tagged AS (
+        INSERT INTO recipient_tag (recipient_id, tag)
+        SELECT merged.id, t.tag
+        FROM merged, unnest(string_to_array(merged.tags, '{TAG_SEPARATOR}')) AS t(tag)
+        ON CONFLICT DO NOTHING
+    ){undated if undate else ""}
+    INSERT INTO recipient_date AS d (recipient_id, attribute, value)
+    SELECT merged.id, e.key, CAST(e.value AS date)
+    FROM merged, jsonb_each_text(merged.attributes) AS e
+    WHERE e.value ~ {_PG_ISO} AND length(e.key) <= {_ATTRIBUTE_KEY_MAX}
+    ON CONFLICT (recipient_id, attribute) DO UPDATE SET value = excluded.value
+    WHERE d.value IS DISTINCT FROM excluded.value
     """
-)
-_PG_TAGS: Final = text(
-    f"INSERT INTO recipient_tag (recipient_id, tag) "
-    f"SELECT b.id, t.tag FROM {_PG_BATCH} AS b, "
-    f"unnest(string_to_array(b.tags, '{TAG_SEPARATOR}')) AS t(tag) "
-    "ON CONFLICT DO NOTHING"
-)
-# An attribute value in ISO form is a real date: _attribute_value has checked it (see _ISO_DATE).
-_PG_ISO: Final = "'^[0-9]{4}-[0-9]{2}-[0-9]{2}$'"
-_PG_DELETE_DATES: Final = text(
-    f"DELETE FROM recipient_date AS d USING {_PG_BATCH} AS b, jsonb_each_text(b.attributes) AS e "
-    f"WHERE d.recipient_id = b.id AND d.attribute = e.key AND e.value !~ {_PG_ISO}"
-)
-_PG_UPSERT_DATES: Final = text(
-    "INSERT INTO recipient_date AS d (recipient_id, attribute, value) "
-    f"SELECT b.id, e.key, CAST(e.value AS date) FROM {_PG_BATCH} AS b, "
-    "jsonb_each_text(b.attributes) AS e "
-    f"WHERE e.value ~ {_PG_ISO} AND length(e.key) <= {_ATTRIBUTE_KEY_MAX} "
-    "ON CONFLICT (recipient_id, attribute) DO UPDATE SET value = excluded.value "
-    "WHERE d.value IS DISTINCT FROM excluded.value"
-)
+    )
+
+
+_PG_MERGE: Final = _pg_merge(undate=True)
+_PG_MERGE_DATES_ONLY: Final = _pg_merge(undate=False)
 
 
 def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) -> None:
@@ -455,9 +469,10 @@ def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) ->
     bind.execute(text(f"TRUNCATE {_PG_BATCH}"))
     driver = bind.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
-    # The COPY text is built here rather than with psycopg's write_row(): adapting seven values
-    # per row (a JSON dump, a list to an array literal) took longer than everything the server
-    # does with the chunk. Tags travel as one string: TAG_SEPARATOR cannot occur inside a tag.
+    # The COPY text is built here rather than with psycopg's write_row(), which adapts each value
+    # in Python (a JSON dump, a list to an array literal) at several times the cost, on the
+    # thread that competes with the reading side for the GIL. Tags travel as one string:
+    # TAG_SEPARATOR cannot occur inside a tag.
     lines = [
         f"{row.phone}\t{_copy_text(row.name)}\t{_copy_text(row.area_code)}\t"
         f"{_copy_text(row.carrier)}\t{'t' if row.converted else 'f'}\t"
@@ -467,10 +482,8 @@ def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) ->
     ]
     with driver.cursor() as cursor, cursor.copy(_PG_COPY_BATCH) as copy:
         copy.write("".join(lines))
-    bind.execute(_PG_UPSERT, {"now": now})
-    bind.execute(_PG_TAGS)
-    bind.execute(_PG_DELETE_DATES)
-    bind.execute(_PG_UPSERT_DATES)
+    undate = any(not _ISO_DATE.fullmatch(v) for row in batch for v in row.attributes.values())
+    bind.execute(_PG_MERGE if undate else _PG_MERGE_DATES_ONLY, {"now": now})
 
 
 # COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
