@@ -242,8 +242,9 @@ def load_province(session: Session, province_code: str) -> AreaImportResult:
             province = None
     if province is None:
         raise InvalidInput(
-            f"unknown province code {province_code!r} in {dataset_version()}; "
-            "`loa areas provinces` lists the codes (two digits, e.g. 42 for Hà Tĩnh)"
+            f"unknown province code {province_code!r}: {dataset_version()} has "
+            f"{len(provinces())} provinces (those after the 2025 reform, when many merged); "
+            "`loa areas provinces` lists their codes (two digits, e.g. 42 for Hà Tĩnh)"
         )
     parent = _province_code(province.code)
     nodes: dict[str, _Node] = {parent: _Node(province.name, AreaLevel.PROVINCE, None, line=1)}
