@@ -202,6 +202,36 @@ def areas_import(file: Path) -> None:
     click.echo(f"{file}: {result}")
 
 
+@areas.command("load")
+@click.option(
+    "--province",
+    "province_code",
+    required=True,
+    help="Province code (two digits, e.g. 42); `loa areas provinces` lists them.",
+)
+def areas_load(province_code: str) -> None:
+    """Load a province and its communes from the vietnam-provinces dataset (re-runnable)."""
+    from audience.areas import dataset_version, load_province
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        result = load_province(session, province_code)
+    click.echo(
+        f"province {province_code.strip()} from {dataset_version()}: {result.rows_read} areas, "
+        f"{result.inserted} added, {result.updated} updated, {result.unchanged} unchanged"
+    )
+
+
+@areas.command("provinces")
+def areas_provinces() -> None:
+    """List the province codes `loa areas load --province` accepts."""
+    from audience.areas import dataset_version, provinces
+
+    click.echo(f"# {dataset_version()}")
+    for province in provinces():
+        click.echo(f"{province.code}  {province.name}")
+
+
 @main.group()
 def recipients() -> None:
     """People who receive messages."""

@@ -56,7 +56,12 @@ def import_areas(session: Session, path: Path) -> AreaImportResult:
     written then, as long as the caller rolls its transaction back.
     """
     display = str(path)
-    from_file = _read_rows(path, display)
+    return _upsert_areas(session, _read_rows(path, display), display)
+
+
+def _upsert_areas(session: Session, from_file: dict[str, _Node], display: str) -> AreaImportResult:
+    """Upsert `from_file` by code (parents in it, in the database, or both) and compute paths.
+    Fails with InvalidInput naming `display` and the node's line before writing anything."""
     existing = {area.code: area for area in session.scalars(select(Area))}
 
     nodes: dict[str, _Node] = {
@@ -189,3 +194,67 @@ def _paths(
             prefix = f"{prefix}{member}/"
             paths[member] = prefix
     return paths
+
+
+@dataclass(frozen=True, slots=True)
+class ProvinceInfo:
+    code: str
+    name: str
+
+
+def dataset_version() -> str:
+    """Which release of the `vietnam-provinces` package the areas are loaded from, and the date
+    its data were taken from the General Statistics Office's list."""
+    import vietnam_provinces
+
+    version, data = vietnam_provinces.__version__, vietnam_provinces.__data_version__
+    return f"vietnam-provinces {version} (data of {data})"
+
+
+def provinces() -> list[ProvinceInfo]:
+    """The provinces of the dataset, by code: what `loa areas load --province` accepts."""
+    from vietnam_provinces import Province
+
+    return sorted(
+        (ProvinceInfo(_province_code(p.code), p.name) for p in Province.iter_all()),
+        key=lambda p: p.code,
+    )
+
+
+def load_province(session: Session, province_code: str) -> AreaImportResult:
+    """Upsert one province and every unit under it from the `vietnam-provinces` dataset.
+
+    Re-running is harmless (what has not changed is counted unchanged) and picks up a newer
+    release of the dataset: names are updated and units move to their new parent. The current
+    release follows the 2025 reform, with communes (xã, phường, đặc khu) directly under the
+    province; areas already in the database that the dataset does not have (districts of an
+    older list, a culture centre's service areas) are kept. Raises InvalidInput for a code that
+    is not a province of the dataset.
+    """
+    from vietnam_provinces import Province, ProvinceCode, Ward
+
+    wanted = province_code.strip()
+    province = None
+    if wanted.isascii() and wanted.isdigit():
+        try:
+            province = Province.from_code(ProvinceCode(int(wanted)))
+        except ValueError:
+            province = None
+    if province is None:
+        raise InvalidInput(
+            f"unknown province code {province_code!r}: {dataset_version()} has "
+            f"{len(provinces())} provinces (those after the 2025 reform, when many merged); "
+            "`loa areas provinces` lists their codes (two digits, e.g. 42 for Hà Tĩnh)"
+        )
+    parent = _province_code(province.code)
+    nodes: dict[str, _Node] = {parent: _Node(province.name, AreaLevel.PROVINCE, None, line=1)}
+    wards = sorted(Ward.iter_by_province(province.code), key=lambda w: int(w.code))
+    for number, ward in enumerate(wards, start=2):
+        # Codes are zero-padded as in the statistics office's list ("00004"), which is also how
+        # office files write them; the dataset's integers would lose the leading zeros.
+        nodes[f"{int(ward.code):05d}"] = _Node(ward.name, AreaLevel.COMMUNE, parent, line=number)
+    return _upsert_areas(session, nodes, f"{dataset_version()}, province {parent}")
+
+
+def _province_code(code: int) -> str:
+    return f"{int(code):02d}"

@@ -16,22 +16,39 @@ import io
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from json.encoder import encode_basestring as _json_string
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from sqlalchemy import ColumnElement, delete, func, insert, select
+import psycopg
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    String,
+    TextClause,
+    any_,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+)
 from sqlmodel import Session, SQLModel
 
 from audience.csvfile import DEFAULT_MAX_LINE_BYTES, header_key
 from audience.phones import InvalidPhone, normalize_phone
 from audience.sourcefile import open_table
-from loa.db import id_in, upsert_insert
+from loa.db import upsert_insert
 from loa.errors import ImportFileError, InvalidInput
 from loa.models import Area, Recipient, RecipientDate, RecipientTag
 
-CHUNK_SIZE: Final = 1000
+# Rows per write. Large enough that a chunk's fixed costs (a few statements, a COPY) vanish,
+# small enough that a chunk's rows stay a few MB.
+CHUNK_SIZE: Final = 10_000
 
 RECIPIENT: Final = SQLModel.metadata.tables[Recipient.__tablename__]
 RECIPIENT_TAG: Final = SQLModel.metadata.tables[RecipientTag.__tablename__]
@@ -197,12 +214,12 @@ def import_recipients(
         raise InvalidInput("import time must be timezone-aware")
     report = ImportReport()
     known_areas = set(session.scalars(select(AREA.c.code)))
-    # Phones written by earlier chunks: a phone repeated far apart in the file is one recipient,
-    # counted once. Stored as integers to keep a large import's memory down.
-    seen: set[int] = set()
     pending: dict[str, _Row] = {}
     display = display or str(path)
-    with open_table(path, display=display, max_line_bytes=max_line_bytes) as table:
+    with (
+        _ChunkWriter(session, now, dry_run, report) as writer,
+        open_table(path, display=display, max_line_bytes=max_line_bytes) as table,
+    ):
         mapped = _map_columns(table.header, display, columns or {}, table.column_label)
         for line, cells, problem in table.rows:
             report.rows_read += 1
@@ -222,11 +239,11 @@ def import_recipients(
             else:
                 earlier.merge(row)
             if len(pending) >= CHUNK_SIZE:
-                _flush(session, pending.values(), now, dry_run, seen, report)
+                writer.write(pending.values())
                 pending.clear()
                 if progress is not None:
                     progress(report.rows_read, table.done())
-        _flush(session, pending.values(), now, dry_run, seen, report)
+        writer.write(pending.values())
     if progress is not None:
         progress(report.rows_read, 1.0)
     return report
@@ -392,20 +409,70 @@ def _attribute_value(key: str, value: str) -> str:
         raise _BadRow(key, value, "impossible date (expected dd/mm/yyyy)") from None
 
 
+class _ChunkWriter:
+    """Writes the chunks of an import, counting inserts and updates into the report.
+
+    On PostgreSQL a chunk is written by a thread of its own while the next one is read and
+    checked: the server merges one chunk while Python parses the next, so the two cores work at
+    once (the thread mostly waits on the server, without the GIL). At most one chunk is in
+    flight, which bounds memory, and the connection is only ever used by one thread at a time:
+    the reading side does not touch the session until the writer is done. SQLite writes inline:
+    its connections belong to the thread that opened them.
+    """
+
+    def __init__(self, session: Session, now: datetime, dry_run: bool, report: ImportReport):
+        self._session, self._now, self._dry_run, self._report = session, now, dry_run, report
+        # Phones written by earlier chunks: a phone repeated far apart in the file is one
+        # recipient, counted once. Stored as integers to keep a large import's memory down.
+        self._seen: set[int] = set()
+        threaded = not dry_run and session.connection().dialect.name == "postgresql"
+        self._executor = ThreadPoolExecutor(1, "loa-import-write") if threaded else None
+        self._in_flight: Future[None] | None = None
+
+    def write(self, rows: Iterable[_Row]) -> None:
+        batch = list(rows)  # the caller reuses its dict for the next chunk
+        if not batch:
+            return
+        args = (self._session, batch, self._now, self._dry_run, self._seen, self._report)
+        if self._executor is None:
+            _flush(*args)
+            return
+        self._wait()
+        self._in_flight = self._executor.submit(_flush, *args)
+
+    def _wait(self) -> None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()  # re-raises the writer's error here, in the reading thread
+
+    def __enter__(self) -> _ChunkWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            if kind is None:
+                self._wait()
+            elif self._in_flight is not None:
+                # The reading side failed: let the chunk in flight end before the caller rolls
+                # back on the same connection; the reading error is the one to report.
+                wait([self._in_flight])
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown()
+
+
 def _flush(
     session: Session,
-    rows: Iterable[_Row],
+    batch: Sequence[_Row],
     now: datetime,
     dry_run: bool,
     seen: set[int],
     report: ImportReport,
 ) -> None:
-    batch = list(rows)
-    if not batch:
-        return
+    bind = session.connection()
     phones = [row.phone for row in batch]
     # Asked before writing so that a dry run can tell what an import would insert and update.
-    existing = set(session.scalars(select(RECIPIENT.c.phone).where(RECIPIENT.c.phone.in_(phones))))
+    existing = set(bind.execute(select(RECIPIENT.c.phone).where(_phone_in(phones, bind))).scalars())
     for phone in phones:
         number = int(phone[1:])
         if number in seen:
@@ -417,30 +484,154 @@ def _flush(
             report.inserted += 1
     if dry_run:
         return
-
+    if bind.dialect.name == "postgresql":
+        _write_postgresql(bind, batch, now)
+        return
     ids = _upsert_recipients(session, batch, now)
     tag_rows = [{"recipient_id": ids[row.phone], "tag": tag} for row in batch for tag in row.tags]
     if tag_rows:
-        session.execute(
-            upsert_insert(session.connection(), RECIPIENT_TAG).on_conflict_do_nothing(), tag_rows
-        )
-    _replace_dates(session, batch, ids)
+        session.execute(upsert_insert(bind, RECIPIENT_TAG).on_conflict_do_nothing(), tag_rows)
+    _replace_dates(bind, batch, ids)
 
 
-def _replace_dates(session: Session, batch: Sequence[_Row], ids: dict[str, int]) -> None:
-    """Keep recipient_date in step with the attributes this file sets: the dates of the columns
-    the batch has are replaced (a changed card_expiry moves its row; a value that is no longer a
-    date removes it), the other attributes' dates are left as they were, as in the merge."""
-    keys = {key for row in batch for key in row.attributes}
-    if not keys:
-        return
-    bind = session.connection()
-    session.execute(
-        delete(RECIPIENT_DATE).where(
-            id_in(RECIPIENT_DATE.c.recipient_id, list(ids.values()), bind),
-            RECIPIENT_DATE.c.attribute.in_(keys),
-        )
+def _phone_in(phones: Sequence[str], bind: Connection) -> ColumnElement[bool]:
+    """`recipient.phone IN phones`; on PostgreSQL one array parameter (see loa.db.id_in)."""
+    if bind.dialect.name == "postgresql":
+        return RECIPIENT.c.phone == any_(bindparam(None, list(phones), ARRAY(String())))
+    return RECIPIENT.c.phone.in_(phones)
+
+
+# PostgreSQL: each chunk is copied into a temporary table and merged by one set-based statement.
+# Row-by-row parameters cost more in the client than the statements cost the server: psycopg
+# parses every multi-row VALUES statement anew (too long for its cache), and each recipient's
+# tags and dates were further rows of parameters. COPY sends the chunk as one stream.
+_PG_BATCH: Final = "loa_import_batch"
+_PG_CREATE_BATCH: Final = text(
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_PG_BATCH} ("
+    "phone text PRIMARY KEY, name text, area_code text, carrier text, "
+    "phone_converted boolean NOT NULL, attributes jsonb NOT NULL, tags text NOT NULL) "
+    "ON COMMIT DROP"
+)
+_PG_COPY_BATCH: Final = (
+    f"COPY {_PG_BATCH} (phone, name, area_code, carrier, phone_converted, attributes, tags) "
+    "FROM STDIN"
+)
+# An attribute value in ISO form is a real date: _attribute_value has checked it (see _ISO_DATE).
+_PG_ISO: Final = "'^[0-9]{4}-[0-9]{2}-[0-9]{2}$'"
+
+
+# One statement per chunk: the merge of _upsert_recipients, then the tags and the dates of
+# _replace_dates, joined to the new ids in the server. (A foreign key checks its parent at the
+# end of the statement, when the recipients inserted above are there.)
+def _pg_merge(undate: bool) -> TextClause:
+    # Removing dates costs a probe of recipient_date per recipient: skipped when no value of the
+    # chunk is a non-date (as in a fresh import of dated lists).
+    undated = f""",
+    undated AS (
+        DELETE FROM recipient_date AS d USING merged, jsonb_each_text(merged.attributes) AS e
+        WHERE d.recipient_id = merged.id AND d.attribute = e.key AND e.value !~ {_PG_ISO}
+    )"""
+    return text(
+        f"""
+    WITH upserted AS (
+        INSERT INTO recipient AS r
+            (phone, name, area_code, carrier, phone_converted, attributes, created_at, updated_at)
+        SELECT phone, name, area_code, carrier, phone_converted, attributes, :now, :now
+        FROM {_PG_BATCH}
+        ON CONFLICT (phone) DO UPDATE SET
+            name = coalesce(excluded.name, r.name),
+            area_code = coalesce(excluded.area_code, r.area_code),
+            carrier = excluded.carrier,
+            phone_converted = excluded.phone_converted,
+            attributes = r.attributes || excluded.attributes,
+            updated_at = excluded.updated_at
+        RETURNING r.id, r.phone
+    ),
+    merged AS (
+        SELECT upserted.id, b.tags, b.attributes
+        FROM upserted JOIN {_PG_BATCH} AS b ON b.phone = upserted.phone
+    ),
+    tagged AS (
+        INSERT INTO recipient_tag (recipient_id, tag)
+        SELECT merged.id, t.tag
+        FROM merged, unnest(string_to_array(merged.tags, '{TAG_SEPARATOR}')) AS t(tag)
+        ON CONFLICT DO NOTHING
+    ){undated if undate else ""}
+    INSERT INTO recipient_date AS d (recipient_id, attribute, value)
+    SELECT merged.id, e.key, CAST(e.value AS date)
+    FROM merged, jsonb_each_text(merged.attributes) AS e
+    WHERE e.value ~ {_PG_ISO} AND length(e.key) <= {_ATTRIBUTE_KEY_MAX}
+    ON CONFLICT (recipient_id, attribute) DO UPDATE SET value = excluded.value
+    WHERE d.value IS DISTINCT FROM excluded.value
+    """
     )
+
+
+_PG_MERGE: Final = _pg_merge(undate=True)
+_PG_MERGE_DATES_ONLY: Final = _pg_merge(undate=False)
+
+
+def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) -> None:
+    bind.execute(_PG_CREATE_BATCH)  # once per transaction; dropped at its end
+    bind.execute(text(f"TRUNCATE {_PG_BATCH}"))
+    driver = bind.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    # The COPY text is built here rather than with psycopg's write_row(), which adapts each value
+    # in Python (a JSON dump, a list to an array literal) at several times the cost, on the
+    # thread that competes with the reading side for the GIL. Tags travel as one string:
+    # TAG_SEPARATOR cannot occur inside a tag.
+    lines = [
+        f"{row.phone}\t{_copy_text(row.name)}\t{_copy_text(row.area_code)}\t"
+        f"{_copy_text(row.carrier)}\t{'t' if row.converted else 'f'}\t"
+        f"{_copy_json(row.attributes)}\t"
+        f"{_copy_text(TAG_SEPARATOR.join(row.tags))}\n"
+        for row in batch
+    ]
+    with driver.cursor() as cursor, cursor.copy(_PG_COPY_BATCH) as copy:
+        copy.write("".join(lines))
+    undate = any(not _ISO_DATE.fullmatch(v) for row in batch for v in row.attributes.values())
+    bind.execute(_PG_MERGE if undate else _PG_MERGE_DATES_ONLY, {"now": now})
+
+
+# COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
+_COPY_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIAL: Final = re.compile(r"[\\\t\n\r]")
+
+
+def _copy_text(value: str | None) -> str:
+    if value is None:
+        return "\\N"
+    # Most values have nothing to escape; a search is several times cheaper than translate().
+    return value if _COPY_SPECIAL.search(value) is None else value.translate(_COPY_ESCAPES)
+
+
+def _copy_json(attributes: dict[str, str]) -> str:
+    """The attributes as a JSON object in COPY's text format. json's own string quoting (in C)
+    without the encoder object around it, which cost several times more for these small flat
+    objects of strings; quoted JSON has no raw tab or newline, so only backslashes need COPY's
+    escaping."""
+    members = ",".join([_json_string(k) + ":" + _json_string(v) for k, v in attributes.items()])
+    return "{" + members.replace("\\", "\\\\") + "}"
+
+
+def _replace_dates(bind: Connection, batch: Sequence[_Row], ids: dict[str, int]) -> None:
+    """Keep recipient_date in step with the attributes each row sets: a date is written or moved,
+    a value that is no longer a date removes its row; attributes a row leaves empty keep their
+    date, as the attributes merge keeps their value."""
+    gone = [
+        {"recipient_id": ids[row.phone], "attribute": key}
+        for row in batch
+        for key, value in row.attributes.items()
+        if not _ISO_DATE.fullmatch(value)
+    ]
+    if gone:
+        bind.execute(
+            delete(RECIPIENT_DATE).where(
+                RECIPIENT_DATE.c.recipient_id == bindparam("recipient_id"),
+                RECIPIENT_DATE.c.attribute == bindparam("attribute"),
+            ),
+            gone,
+        )
     rows = [
         {"recipient_id": ids[row.phone], "attribute": key, "value": date.fromisoformat(value)}
         for row in batch
@@ -448,7 +639,14 @@ def _replace_dates(session: Session, batch: Sequence[_Row], ids: dict[str, int])
         if _ISO_DATE.fullmatch(value) and len(key) <= _ATTRIBUTE_KEY_MAX
     ]
     if rows:
-        session.execute(insert(RECIPIENT_DATE), rows)
+        upsert = upsert_insert(bind, RECIPIENT_DATE)
+        bind.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[RECIPIENT_DATE.c.recipient_id, RECIPIENT_DATE.c.attribute],
+                set_={"value": upsert.excluded.value},
+            ),
+            rows,
+        )
 
 
 def _upsert_recipients(session: Session, batch: Sequence[_Row], now: datetime) -> dict[str, int]:
