@@ -23,9 +23,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import delete, func, select
 from sqlmodel import Session, SQLModel, col
 
-from audience.importer import RowError
 from audience.phonelist import (
-    CHUNK_SIZE,
     NOTE_HEADERS,
     NOTE_MAX,
     BadCell,
@@ -33,6 +31,7 @@ from audience.phonelist import (
     ListRow,
     note_of,
     read_phone_list,
+    write_in_chunks,
 )
 from audience.phones import normalize_phone
 from loa import audit
@@ -158,24 +157,18 @@ def import_consents(
     Bad rows are reported and skipped. One audit entry for the whole import (naming `source`,
     else the file)."""
     report = ConsentImportReport()
-    pending: dict[str, dict[str, Any]] = {}
     roles = {"given_at": GIVEN_AT_HEADERS, "note": NOTE_HEADERS}
-    for row in read_phone_list(path, roles, report):
-        try:
-            values = {
-                "phone": row.phone,
-                "source": ConsentSource.IMPORT.value,
-                "note": note_of(row),
-                "given_at": _given_at(row, now, zone),
-            }
-        except BadCell as bad:
-            report.rejected.append(RowError(row.line, bad.column, bad.value, bad.reason))
-            continue
-        pending[row.phone] = values
-        if len(pending) >= CHUNK_SIZE:
-            _flush(session, pending, report, dry_run)
-            pending.clear()
-    _flush(session, pending, report, dry_run)
+    write_in_chunks(
+        read_phone_list(path, roles, report),
+        lambda row: {
+            "phone": row.phone,
+            "source": ConsentSource.IMPORT.value,
+            "note": note_of(row),
+            "given_at": _given_at(row, now, zone),
+        },
+        lambda pending: _flush(session, pending, report, dry_run),
+        report,
+    )
     if not dry_run:
         audit.record(
             session,

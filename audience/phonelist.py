@@ -1,4 +1,5 @@
-"""Reading lists keyed by phone number (suppression lists, consent lists) from CSV files.
+"""Reading lists keyed by phone number (suppression lists, consent lists) from CSV or XLSX files
+(the recipient importer's readers, chosen by content).
 
 The phone column is found as the recipient importer finds it (same header spellings); a list may
 also have a few named columns of its own (reason, note, ...). Other columns are ignored and
@@ -10,14 +11,15 @@ from __future__ import annotations
 
 import csv
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from audience.csvfile import header_key, read_csv
+from audience.csvfile import header_key
 from audience.importer import PHONE_HEADERS, RowError
 from audience.phones import InvalidPhone, normalize_phone
+from audience.sourcefile import open_table
 from loa.errors import ImportFileError
 
 CHUNK_SIZE: Final = 1000
@@ -67,14 +69,19 @@ def read_phone_list(
     """The rows of a phone list with a valid phone number; the others go to `report.rejected`.
 
     `roles` names the list's own columns (role -> accepted header spellings after header_key()).
-    Raises ImportFileError when the file is not CSV, has no phone column, or names a role twice.
+    Raises ImportFileError when the file is neither CSV nor XLSX, has no phone column, or names a
+    role twice.
     """
     display = str(path)
-    with read_csv(path) as table:
+    with open_table(path, display=display) as table:
         header = [unicodedata.normalize("NFC", h.strip()) for h in table.header]
         columns = _map_columns(header, {"phone": PHONE_HEADERS, **roles}, display, report)
-        for line, cells in table.rows:
+        for line, cells, problem in table.rows:
             report.rows_read += 1
+            if problem is not None:  # a workbook cell that is not a value (a formula)
+                title = header[problem.index] if problem.index < len(header) else ""
+                report.rejected.append(RowError(line, title, problem.value, problem.reason))
+                continue
             extra = [c for c in cells[len(header) :] if c.strip()]
             if extra:
                 report.rejected.append(
@@ -134,6 +141,28 @@ def _map_columns(
             f"{display}: no phone column (found: {names}); name it phone or so_dien_thoai"
         )
     return found
+
+
+def write_in_chunks(
+    rows: Iterable[ListRow],
+    values_of: Callable[[ListRow], dict[str, Any]],
+    write: Callable[[dict[str, dict[str, Any]]], None],
+    report: ListImportReport,
+) -> None:
+    """Turn each row into the values of its table row and `write` them CHUNK_SIZE numbers at a
+    time; a row whose own cells are refused (BadCell) is reported. A number listed twice: its
+    last row wins."""
+    pending: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        try:
+            pending[row.phone] = values_of(row)
+        except BadCell as bad:
+            report.rejected.append(RowError(row.line, bad.column, bad.value, bad.reason))
+            continue
+        if len(pending) >= CHUNK_SIZE:
+            write(pending)
+            pending.clear()
+    write(pending)
 
 
 def note_of(row: ListRow) -> str | None:

@@ -25,10 +25,8 @@ from sqlalchemy import delete, func, select
 from sqlmodel import Session, SQLModel, col
 
 from audience.csvfile import header_key
-from audience.importer import RowError
 from audience.optout import InboundKind, classify_inbound, parse_keywords
 from audience.phonelist import (
-    CHUNK_SIZE,
     NOTE_HEADERS,
     NOTE_MAX,
     BadCell,
@@ -36,6 +34,7 @@ from audience.phonelist import (
     ListRow,
     note_of,
     read_phone_list,
+    write_in_chunks,
 )
 from audience.phones import normalize_phone
 from loa import audit
@@ -199,19 +198,13 @@ def import_suppressions(
     removed. One audit entry for the whole import (naming `source`, else the file)."""
     fallback = parse_reason(default_reason)
     report = SuppressionImportReport()
-    pending: dict[str, dict[str, Any]] = {}
     roles = {"reason": REASON_HEADERS, "note": NOTE_HEADERS}
-    for row in read_phone_list(path, roles, report):
-        try:
-            values = _suppression_values(row, fallback, now)
-        except BadCell as bad:
-            report.rejected.append(RowError(row.line, bad.column, bad.value, bad.reason))
-            continue
-        pending[row.phone] = values  # a number listed twice: its last row wins
-        if len(pending) >= CHUNK_SIZE:
-            _flush(session, pending, report, dry_run)
-            pending.clear()
-    _flush(session, pending, report, dry_run)
+    write_in_chunks(
+        read_phone_list(path, roles, report),
+        lambda row: _suppression_values(row, fallback, now),
+        lambda pending: _flush(session, pending, report, dry_run),
+        report,
+    )
     if not dry_run:
         audit.record(
             session,

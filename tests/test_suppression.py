@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import openpyxl
 import pytest
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
@@ -102,6 +103,26 @@ def test_add_and_remove_by_hand_with_audit_and_the_opt_out_guard(
 def _write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8-sig")
     return path
+
+
+def test_a_workbook_list_imports_and_a_formula_row_is_rejected(
+    engine: Engine, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Lists come from Excel as often as from CSV: the same reader as the recipient import."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["SĐT", "Lý do"])
+    sheet.append([912000001, "do_not_contact"])  # typed as a number: the leading 0 is lost
+    sheet.append(["=A2", "manual"])
+    book.save(tmp_path / "dnc.xlsx")
+    with session_scope(engine) as session:
+        report = import_suppressions(session, tmp_path / "dnc.xlsx", now=clock(), actor="a")
+    assert (report.rows_read, report.added) == (2, 1)
+    assert [(e.line, e.column, e.reason[:20]) for e in report.rejected] == [
+        (3, "SĐT", "formula cell (=A2); ")
+    ]
+    assert _suppressions(engine) == {"+84912000001": ("do_not_contact", None)}
 
 
 def test_import_reports_bad_rows_and_keeps_every_opt_out(

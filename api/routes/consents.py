@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime, BaseModel
 
-from api.csvbody import SOURCE, csv_body
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
 from api.routes.suppressions import ListImportResult, import_result
+from api.upload import SOURCE, uploaded_file
 from audience.consent import add_consent, import_consents, list_consents, remove_consent
 from loa.apikeys import Caller, Role
 from loa.db import session_scope
@@ -97,9 +97,10 @@ async def import_consent_list(
     settings: SettingsDep,
     dry_run: bool = False,
 ) -> ConsentImportResult:
-    """Record the consents of a CSV body (a phone column; optional given_at and note). Rejected
-    rows come back as line, column, value, reason; good rows are imported all the same."""
-    async with csv_body(request) as path:
+    """Record the consents of a CSV or XLSX body (a phone column; optional given_at and note).
+    Rejected rows come back as line, column, value, reason; good rows are imported all the
+    same."""
+    async with uploaded_file(request, limit=settings.import_max_bytes) as path:
 
         def run() -> ConsentImportResult:
             with session_scope(engine) as session:

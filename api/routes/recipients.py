@@ -9,7 +9,6 @@ passes LOA_IMPORT_MAX_BYTES, never held whole in memory.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
@@ -20,11 +19,11 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClockDep, EngineDep, SettingsDep, require_roles
+from api.upload import SOURCE, uploaded_file
 from audience.importer import ImportReport, import_recipients, parse_column_mapping
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
 from loa.db import session_scope
-from loa.errors import TooLarge, UnsupportedMediaType
 from loa.settings import Settings
 
 router = APIRouter(prefix="/api/v1/recipients", tags=["recipients"])
@@ -91,26 +90,8 @@ async def import_file(
     at all is a 422 and writes nothing.
     """
     columns = parse_column_mapping(column or [])
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("multipart/", "application/x-www-form-urlencoded")):
-        raise UnsupportedMediaType(
-            "send the file itself as the request body (e.g. curl --data-binary @file.csv "
-            "-H 'Content-Type: text/csv'), not as a form"
-        )
-    limit = settings.import_max_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    display = filename or "request body"
-    with tempfile.TemporaryDirectory(prefix="loa-import-") as directory:
-        path = Path(directory) / "upload"
-        received = 0
-        with path.open("wb") as handle:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise _too_large(limit)
-                handle.write(chunk)
+    display = filename or SOURCE
+    async with uploaded_file(request, limit=settings.import_max_bytes, display=display) as path:
         report = await run_in_threadpool(
             _import, engine, path, display, dry_run, columns, settings, clock
         )
@@ -166,10 +147,3 @@ def _import(
             max_line_bytes=settings.import_max_line_bytes,
             allow_converted=settings.convert_old_numbers,
         )
-
-
-def _too_large(limit: int) -> TooLarge:
-    return TooLarge(
-        f"the file is larger than {limit:,} bytes (LOA_IMPORT_MAX_BYTES); split it, or import it "
-        "on the server with: loa recipients import FILE"
-    )

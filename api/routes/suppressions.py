@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from api.csvbody import SOURCE, csv_body
-from api.deps import ClockDep, EngineDep, SessionDep, require_roles
+from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
+from api.upload import SOURCE, uploaded_file
 from audience.importer import RowError
 from audience.phonelist import ListImportReport
 from audience.suppression import (
@@ -130,13 +130,14 @@ async def import_suppression_list(
     caller: Writer,
     engine: EngineDep,
     clock: ClockDep,
+    settings: SettingsDep,
     reason: str = SuppressionReason.DO_NOT_CONTACT,
     dry_run: bool = False,
 ) -> SuppressionImportResult:
-    """Add the numbers of a CSV body (a phone column; optional reason and note columns; `reason`
-    for rows without one). Rejected rows come back as line, column, value, reason; good rows
-    are imported all the same. Nothing is removed, and an opt_out keeps its reason."""
-    async with csv_body(request) as path:
+    """Add the numbers of a CSV or XLSX body (a phone column; optional reason and note columns;
+    `reason` for rows without one). Rejected rows come back as line, column, value, reason;
+    good rows are imported all the same. Nothing is removed, and an opt_out keeps its reason."""
+    async with uploaded_file(request, limit=settings.import_max_bytes) as path:
 
         def run() -> SuppressionImportResult:
             with session_scope(engine) as session:
