@@ -261,22 +261,25 @@ def recipients_import(
     Bad rows are reported (line, column, value, reason) and good rows imported. A file that
     cannot be read at all fails whole and writes nothing.
     """
-    from audience.importer import import_recipients, parse_column_mapping
+    from audience.importer import audit_import, import_recipients, parse_column_mapping
 
     settings = _settings()
     columns = parse_column_mapping(column_pairs)
     engine = _open_database(settings)
+    now = system_clock()
     with _import_progress(file) as progress, session_scope(engine) as session:
         result = import_recipients(
             session,
             file,
-            now=system_clock(),
+            now=now,
             dry_run=dry_run,
             columns=columns,
             max_line_bytes=settings.import_max_line_bytes,
             allow_converted=settings.convert_old_numbers,
             progress=progress,
         )
+        if not dry_run:
+            audit_import(session, result, actor=_actor(), source=str(file), now=now)
     verb = "would import" if dry_run else "imported"
     click.echo(
         f"{file}: {result.rows_read} rows read, {verb} {result.inserted} new and "

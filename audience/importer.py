@@ -42,6 +42,7 @@ from sqlmodel import Session, SQLModel
 from audience.csvfile import DEFAULT_MAX_LINE_BYTES, header_key
 from audience.phones import InvalidPhone, normalize_phone
 from audience.sourcefile import open_table
+from loa import audit
 from loa.db import upsert_insert
 from loa.errors import ImportFileError, InvalidInput
 from loa.models import Area, Recipient, RecipientDate, RecipientTag
@@ -247,6 +248,28 @@ def import_recipients(
     if progress is not None:
         progress(report.rows_read, 1.0)
     return report
+
+
+def audit_import(
+    session: Session, report: ImportReport, *, actor: str, source: str, now: datetime
+) -> None:
+    """One audit entry for a whole import (not a dry run): who, which file, what it did."""
+    audit.record(
+        session,
+        actor=actor,
+        action="recipients.import",
+        entity="recipient",
+        entity_id=source[-64:],
+        now=now,
+        after={
+            "file": source,
+            "rows_read": report.rows_read,
+            "inserted": report.inserted,
+            "updated": report.updated,
+            "converted": report.converted,
+            "rejected": len(report.rejected),
+        },
+    )
 
 
 def _map_columns(

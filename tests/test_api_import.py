@@ -12,11 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlmodel import col
 
 from api.app import create_app
 from loa.apikeys import Role, create_key
 from loa.db import session_scope
+from loa.models import AuditEntry
 from loa.settings import Settings
 from tests.conftest import FakeClock
 from tests.importfiles import PHONES, REJECTED, XLSX_EXTRA_PHONES, messy_csv, messy_xlsx
@@ -80,6 +82,24 @@ def test_a_planner_imports_a_messy_csv_and_gets_the_rejected_rows(
     assert (result["converted"], result["rejected_count"]) == (2, 5)
     assert [tuple(r.values()) for r in result["rejected"]] == REJECTED
     assert sorted(recipients(engine)) == PHONES
+    with session_scope(engine) as session:
+        entries = session.scalars(
+            select(AuditEntry).where(col(AuditEntry.action) == "recipients.import")
+        ).all()
+        assert [(e.actor, e.entity_id, e.after) for e in entries] == [
+            (
+                f"key:{keys[Role.PLANNER].split('_')[1]}",
+                "danh-sach.csv",
+                {
+                    "file": "danh-sach.csv",
+                    "rows_read": 15,
+                    "inserted": 9,
+                    "updated": 0,
+                    "converted": 2,
+                    "rejected": 5,
+                },
+            )
+        ]
 
 
 def test_an_admin_imports_a_workbook_as_csv_report_and_dry_runs_first(
@@ -90,6 +110,13 @@ def test_an_admin_imports_a_workbook_as_csv_report_and_dry_runs_first(
     dry = post(client, keys[Role.ADMIN], body, XLSX, dry_run="true")
     assert dry.json()["inserted"] == 10 and dry.json()["dry_run"] is True
     assert recipients(engine) == {}
+    with session_scope(engine) as session:  # a dry run changes nothing, so audits nothing
+        assert (
+            session.scalars(
+                select(AuditEntry).where(col(AuditEntry.action) == "recipients.import")
+            ).first()
+            is None
+        )
 
     response = client.post(
         URL,

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from loa.db import make_engine
-from loa.models import Recipient
+from loa.models import AuditEntry, Recipient
 from loa.settings import Settings
 from tests.clirun import LOA, loa_env, run_loa
 from tests.importfiles import AREAS_CSV, PHONES, XLSX_EXTRA_PHONES, messy_xlsx
@@ -212,3 +212,16 @@ def test_old_numbers_follow_the_setting(db_url: str, tmp_path: Path) -> None:
     assert phones(db_url, tmp_path) == ["+84394000106"]
     run_loa("recipients", "import", str(path), env=loa_env(db_url, tmp_path))
     assert phones(db_url, tmp_path) == ["+84394000105", "+84394000106"]
+    # Each import (not a dry run) is one audit entry with what it did.
+    engine = make_engine(Settings(database_url=db_url, data_dir=tmp_path))
+    with engine.connect() as conn:
+        audited = conn.execute(
+            select(AuditEntry.entity_id, AuditEntry.after).where(  # type: ignore[call-overload]
+                AuditEntry.action == "recipients.import"
+            )
+        ).all()
+    engine.dispose()
+    assert [(e, a["inserted"], a["rejected"]) for e, a in audited] == [
+        (str(path)[-64:], 1, 1),
+        (str(path)[-64:], 1, 0),
+    ]

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClockDep, EngineDep, SettingsDep, require_roles
 from api.upload import SOURCE, uploaded_file
-from audience.importer import ImportReport, import_recipients, parse_column_mapping
+from audience.importer import ImportReport, audit_import, import_recipients, parse_column_mapping
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
 from loa.db import session_scope
@@ -93,7 +93,7 @@ async def import_file(
     display = filename or SOURCE
     async with uploaded_file(request, limit=settings.import_max_bytes, display=display) as path:
         report = await run_in_threadpool(
-            _import, engine, path, display, dry_run, columns, settings, clock
+            _import, engine, path, display, dry_run, columns, settings, clock, caller.actor
         )
     wants_csv = format == "csv" or (
         format is None and "text/csv" in request.headers.get("accept", "")
@@ -134,16 +134,21 @@ def _import(
     columns: dict[str, str],
     settings: Settings,
     clock: Clock,
+    actor: str,
 ) -> ImportReport:
     # Its own unit of work, in a worker thread: the whole file commits or nothing does.
+    now = clock()
     with session_scope(engine) as session:
-        return import_recipients(
+        report = import_recipients(
             session,
             path,
-            now=clock(),
+            now=now,
             dry_run=dry_run,
             columns=columns,
             display=display,
             max_line_bytes=settings.import_max_line_bytes,
             allow_converted=settings.convert_old_numbers,
         )
+        if not dry_run:
+            audit_import(session, report, actor=actor, source=display, now=now)
+        return report
