@@ -16,6 +16,7 @@ from sqlmodel import Session, col
 
 from loa import audit
 from loa.db import session_scope
+from loa.errors import LoaError
 from loa.models import (
     Campaign,
     CampaignStatus,
@@ -42,6 +43,9 @@ IN_FLIGHT = (MessageStatus.PLANNED, MessageStatus.CLAIMED, MessageStatus.SENDING
 class TickReport:
     series: SeriesReport = field(default_factory=SeriesReport)
     fired: dict[int, int] = field(default_factory=dict)  # wave id -> outbox rows
+    # Waves whose expansion was refused (e.g. their segment was deleted meanwhile): wave id ->
+    # why. They stay due and are tried again next tick; the other waves go on.
+    failed: dict[int, str] = field(default_factory=dict)
     expired: list[int] = field(default_factory=list)  # waves that fired too late to send
     lapsed: int = 0  # planned messages of occurrences past their expiry, expired now
     deferred: dict[int, datetime] = field(default_factory=dict)  # wave id -> window opening
@@ -74,15 +78,20 @@ def run_tick(engine: Engine, *, now: datetime, settings: Settings) -> TickReport
             wave.expires_at is not None and now >= wave.expires_at
         )
         first_send = next_open(fire_at, wave_window(wave, settings), ZoneInfo(timezone))
-        report.fired[wave_id] = expand_wave(
-            engine,
-            wave_id,
-            now=now,
-            chunk_size=settings.expansion_chunk_size,
-            due_at=first_send,
-            expired=expired,
-            qc_requires_consent=settings.qc_requires_consent,
-        )
+        try:
+            report.fired[wave_id] = expand_wave(
+                engine,
+                wave_id,
+                now=now,
+                chunk_size=settings.expansion_chunk_size,
+                due_at=first_send,
+                expired=expired,
+                qc_requires_consent=settings.qc_requires_consent,
+            )
+        except LoaError as exc:
+            report.failed[wave_id] = exc.message
+            log.error("wave %d cannot expand: %s", wave_id, exc.message)
+            continue
         if expired:
             report.expired.append(wave_id)
             log.warning(

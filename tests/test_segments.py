@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlmodel import col
 
 from audience.segments import (
@@ -24,7 +24,7 @@ from audience.segments import (
 )
 from loa.db import session_scope
 from loa.errors import Conflict, InvalidInput
-from loa.models import AuditEntry, OutboxMessage, Recipient, Wave
+from loa.models import AuditEntry, OutboxMessage, Recipient, Segment, Wave
 from loa.settings import Settings
 from scheduler.lifecycle import cancel_campaign, create_campaign
 from scheduler.plan import plan_campaign
@@ -393,3 +393,21 @@ def test_a_segment_in_use_by_a_wave_not_yet_expanded_cannot_be_deleted(
             select(col(AuditEntry.action)).where(col(AuditEntry.entity) == "segment")
         ).all()
     assert sorted(actions) == ["segment.create"] * 2 + ["segment.delete"] * 2
+
+
+def test_a_wave_whose_segment_vanished_does_not_hold_up_the_others(
+    engine: Engine, settings: Settings, clock: FakeClock
+) -> None:
+    """Creating a campaign and deleting its segment at the same moment can both succeed (each
+    checks before the other commits). The wave is then refused at expansion, loudly and alone:
+    the tick expands every other due wave and tries the orphan again next time."""
+    _save(engine, clock, "nong-dan", {"tags": ["nong-dan"]})
+    launch(engine, _wave({"segment": "nong-dan"}), settings, clock())
+    with session_scope(engine) as session:  # what the race leaves behind
+        session.execute(delete(Segment).where(col(Segment.name) == "nong-dan"))
+    launch(engine, _wave({"tags": ["nong-dan"]}), settings, clock())
+    report = run_tick(engine, now=datetime(2026, 5, 8, 0, 30, tzinfo=UTC), settings=settings)
+    assert list(report.failed) == [1] and "nong-dan" in report.failed[1]
+    assert list(report.fired) == [2] and report.fired[2] > 0
+    with session_scope(engine) as session:
+        assert session.get(Wave, 1).status == "scheduled"  # type: ignore[union-attr]
