@@ -29,6 +29,7 @@ from audience.phonelist import (
     BadCell,
     ListImportReport,
     ListRow,
+    audit_list_import,
     note_of,
     read_phone_list,
     write_in_chunks,
@@ -170,21 +171,15 @@ def import_consents(
         report,
     )
     if not dry_run:
-        audit.record(
+        audit_list_import(
             session,
-            actor=actor,
-            action="consent.import",
+            report,
             entity="consent",
-            entity_id=(source or path.name)[:64],
+            path=path,
+            source=source,
+            actor=actor,
             now=now,
-            after={
-                "file": source or str(path),
-                "rows_read": report.rows_read,
-                "added": report.added,
-                "updated": report.updated,
-                "suppressed": report.suppressed,
-                "rejected": len(report.rejected),
-            },
+            counts={"suppressed": report.suppressed},
         )
     return report
 

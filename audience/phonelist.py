@@ -13,13 +13,17 @@ import csv
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
+
+from sqlmodel import Session
 
 from audience.csvfile import header_key
 from audience.importer import PHONE_HEADERS, RowError
 from audience.phones import InvalidPhone, normalize_phone
 from audience.sourcefile import open_table
+from loa import audit
 from loa.errors import ImportFileError
 
 CHUNK_SIZE: Final = 1000
@@ -163,6 +167,37 @@ def write_in_chunks(
             write(pending)
             pending.clear()
     write(pending)
+
+
+def audit_list_import(
+    session: Session,
+    report: ListImportReport,
+    *,
+    entity: str,
+    path: Path,
+    source: str | None,
+    actor: str,
+    now: datetime,
+    counts: Mapping[str, int],
+) -> None:
+    """One audit entry for a whole list import (not a dry run): the file (`source`, else the
+    path) and what it did; `counts` are the list's own figures beside the common ones."""
+    audit.record(
+        session,
+        actor=actor,
+        action=f"{entity}.import",
+        entity=entity,
+        entity_id=(source or path.name)[:64],
+        now=now,
+        after={
+            "file": source or str(path),
+            "rows_read": report.rows_read,
+            "added": report.added,
+            "updated": report.updated,
+            **counts,
+            "rejected": len(report.rejected),
+        },
+    )
 
 
 def note_of(row: ListRow) -> str | None:

@@ -32,6 +32,7 @@ from audience.phonelist import (
     BadCell,
     ListImportReport,
     ListRow,
+    audit_list_import,
     note_of,
     read_phone_list,
     write_in_chunks,
@@ -206,21 +207,15 @@ def import_suppressions(
         report,
     )
     if not dry_run:
-        audit.record(
+        audit_list_import(
             session,
-            actor=actor,
-            action="suppression.import",
+            report,
             entity="suppression",
-            entity_id=(source or path.name)[:64],
+            path=path,
+            source=source,
+            actor=actor,
             now=now,
-            after={
-                "file": source or str(path),
-                "rows_read": report.rows_read,
-                "added": report.added,
-                "updated": report.updated,
-                "kept_opt_out": report.kept_opt_out,
-                "rejected": len(report.rejected),
-            },
+            counts={"kept_opt_out": report.kept_opt_out},
         )
     return report
 

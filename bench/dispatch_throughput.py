@@ -82,7 +82,7 @@ def _prepare(engine: Engine, settings: Settings, n: int) -> None:
 
 
 def one_run(
-    url: str, n: int, processes: int, loops: int, batch: int, provider_concurrency: int | None
+    url: str, n: int, processes: int, loops: int, batch: int, provider_concurrency: int
 ) -> float:
     recreate_database(url)
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +94,7 @@ def one_run(
             url,
             tmp,
             LOA_SIMULATED_LATENCY_MS="20",
-            LOA_SIMULATED_CONCURRENCY=str(provider_concurrency or loops * batch),
+            LOA_SIMULATED_CONCURRENCY=str(provider_concurrency),
             LOA_WORKER_LOOPS=str(loops),
             LOA_WORKER_BATCH_SIZE=str(batch),
         )
@@ -156,7 +156,7 @@ def main() -> None:
                 processes,
                 args.loops,
                 args.batch,
-                args.provider_concurrency,
+                concurrency,
             )
             for _ in range(args.runs)
         )

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, case, exists, func, literal, null, select, update
+from sqlalchemy import ColumnElement, Engine, case, exists, func, literal, null, or_, select, update
 from sqlmodel import Session, col
 
 from audience.resolve import audience_condition
@@ -71,10 +71,7 @@ def _expand_chunk(
     unsuppressed = MessageStatus.EXPIRED if expired else MessageStatus.PLANNED
     table = OutboxMessage.__table__  # type: ignore[attr-defined]
     # Suppressed people get a row too, marked so: nobody in the audience disappears silently.
-    status = case(
-        (suppressed, literal(MessageStatus.SUPPRESSED.value)),
-        else_=literal(unsuppressed.value),
-    )
+    set_aside: ColumnElement[bool] = suppressed
     columns = list(_COLUMNS)
     extra: list[Any] = []
     if needs_consent:
@@ -82,19 +79,12 @@ def _expand_chunk(
         # error_code. Only this path pays for the second lookup; other classes keep the statement
         # they had.
         unconsented = ~exists(select(1).where(col(Consent.phone) == col(Recipient.phone)))
-        status = case(
-            (suppressed, literal(MessageStatus.SUPPRESSED.value)),
-            (unconsented, literal(MessageStatus.SUPPRESSED.value)),
-            else_=literal(unsuppressed.value),
-        )
+        set_aside = or_(suppressed, unconsented)
         columns.append("error_code")
-        extra.append(
-            case(
-                (suppressed, null()),
-                (unconsented, literal(NO_CONSENT)),
-                else_=null(),
-            )
-        )
+        extra.append(case((suppressed, null()), (unconsented, literal(NO_CONSENT)), else_=null()))
+    status = case(
+        (set_aside, literal(MessageStatus.SUPPRESSED.value)), else_=literal(unsuppressed.value)
+    )
     rows = select(
         literal(wave.id),
         col(Recipient.id),
@@ -114,8 +104,9 @@ def _expand_chunk(
     session.execute(insert.from_select(columns, rows))
 
 
-def _pin_segment(session: Session, wave_id: int, *, now: datetime) -> None:
-    """Copy the wave's segment filter and its evaluation date into the wave (once)."""
+def _pin_segment(session: Session, wave_id: int, *, now: datetime) -> Wave:
+    """Copy the wave's segment filter and its evaluation date into the wave (once); the wave,
+    which every chunk then reads."""
     wave = session.get(Wave, wave_id)
     assert wave is not None
     timezone = session.scalar(
@@ -126,6 +117,7 @@ def _pin_segment(session: Session, wave_id: int, *, now: datetime) -> None:
     resolved = resolve_audience(session, wave.audience, as_of=as_of)
     if resolved is not wave.audience:
         wave.audience = resolved
+    return wave
 
 
 def expand_wave(
@@ -152,17 +144,14 @@ def expand_wave(
             )
             .values(status=WaveStatus.EXPANDING)
         ).rowcount  # type: ignore[attr-defined]
-        if claimed:
-            _pin_segment(session, wave_id, now=now)
-    if not claimed:
-        return 0
+        if not claimed:
+            return 0
+        wave = _pin_segment(session, wave_id, now=now)
 
     with session_scope(engine) as session:
         last_id = session.scalar(select(func.max(col(Recipient.id)))) or 0
     for after_id in range(0, last_id, chunk_size):
         with session_scope(engine) as session:
-            wave = session.get(Wave, wave_id)
-            assert wave is not None
             _expand_chunk(
                 session,
                 wave,
