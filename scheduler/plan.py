@@ -267,16 +267,14 @@ def _plan_wave(
 def _as_of(wave: Wave, zone: ZoneInfo, *, now: datetime) -> date:
     """The local date a segment is evaluated at when the wave expands: the date of its time (for
     an `at` wave not yet launched, the time in its trigger); today for a series."""
-    moment = now
-    if wave.kind != WaveKind.ONCE:
-        pass  # each occurrence has its own date; the plan counts as of today
-    elif wave.fire_at is not None:
-        moment = max(now, wave.fire_at)
+    if wave.kind != WaveKind.ONCE:  # each occurrence has its own date: counted as of today
+        return now.astimezone(zone).date()
+    if wave.fire_at is not None:
+        moment = wave.fire_at
     else:
         trigger = trigger_of(wave.trigger)
-        if isinstance(trigger, datetime):
-            moment = max(now, localize(trigger, zone))
-    return moment.astimezone(zone).date()
+        moment = localize(trigger, zone) if isinstance(trigger, datetime) else now
+    return max(now, moment).astimezone(zone).date()
 
 
 def _count(session: Session, condition: ColumnElement[bool]) -> int:
@@ -319,10 +317,13 @@ def _relative_audience(
 def _blocked(wave: Wave, settings: Settings) -> ColumnElement[bool]:
     """Recipients this wave's messages do not go to: suppressed, or (advertising, with consent
     required) without recorded consent."""
-    suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
     if not needs_consent(wave.message_class, settings):
-        return suppressed
-    return or_(suppressed, _unconsented())
+        return _suppressed()
+    return or_(_suppressed(), _unconsented())
+
+
+def _suppressed() -> ColumnElement[bool]:
+    return exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
 
 
 def _unconsented() -> ColumnElement[bool]:
@@ -344,9 +345,8 @@ def _excluded(
     ):
         field = _REASONS.get(reason, "suppressed_manual")
         setattr(excluded, field, getattr(excluded, field) + n)
-    suppressed = exists(select(1).where(col(Suppression.phone) == col(Recipient.phone)))
     if needs_consent(wave.message_class, settings):
-        excluded.no_consent = _count(session, and_(audience, not_(suppressed), _unconsented()))
+        excluded.no_consent = _count(session, and_(audience, not_(_suppressed()), _unconsented()))
     if wave.expanded_at is not None:
         already = exists(
             select(1).where(
