@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import lru_cache
 from json.encoder import encode_basestring as _json_string
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -359,7 +360,10 @@ def _parse_row(
     def cell(index: int | None) -> str:
         if index is None or index >= len(cells):
             return ""
-        return unicodedata.normalize("NFC", cells[index].strip())
+        value = cells[index].strip()
+        # ASCII is already NFC; the check costs a tenth of normalize() on the phones, codes and
+        # dates that make up most cells.
+        return value if value.isascii() else unicodedata.normalize("NFC", value)
 
     extra = [c for c in cells[len(columns.header) :] if c.strip()]
     if extra:
@@ -416,20 +420,30 @@ def _title(columns: _Columns, index: int | None) -> str:
 def _attribute_value(key: str, value: str) -> str:
     """A Vietnamese date (dd/mm/yyyy) becomes ISO so that templates and triggers can compute.
     A value already written as an ISO date must be a real one: it is indexed as a date."""
+    stored, problem = _stored_value(value)
+    if problem is not None:
+        raise _BadRow(key, value, problem)
+    return stored
+
+
+@lru_cache(maxsize=8192)
+def _stored_value(value: str) -> tuple[str, str | None]:
+    """(the value as stored, why it is refused or None). Cached: a list's dates repeat (a few
+    hundred expiry days among a million rows), and parsing one costs more than the lookup."""
     if _ISO_DATE.fullmatch(value):
         try:
             date.fromisoformat(value)
         except ValueError:
-            raise _BadRow(key, value, "impossible date (expected yyyy-mm-dd)") from None
-        return value
+            return value, "impossible date (expected yyyy-mm-dd)"
+        return value, None
     match = _VN_DATE.fullmatch(value)
     if match is None:
-        return value
+        return value, None
     day, month, year = (int(part) for part in match.groups())
     try:
-        return date(year, month, day).isoformat()
+        return date(year, month, day).isoformat(), None
     except ValueError:
-        raise _BadRow(key, value, "impossible date (expected dd/mm/yyyy)") from None
+        return value, "impossible date (expected dd/mm/yyyy)"
 
 
 class _ChunkWriter:
@@ -493,28 +507,34 @@ def _flush(
     report: ImportReport,
 ) -> None:
     bind = session.connection()
-    phones = [row.phone for row in batch]
-    # Asked before writing so that a dry run can tell what an import would insert and update.
-    existing = set(bind.execute(select(RECIPIENT.c.phone).where(_phone_in(phones, bind))).scalars())
-    for phone in phones:
-        number = int(phone[1:])
+    if not dry_run and bind.dialect.name == "postgresql":
+        new = _write_postgresql(bind, batch, now)  # the upsert tells which rows it inserted
+    else:
+        # Asked before writing so that a dry run can tell what an import would do.
+        phones = [row.phone for row in batch]
+        existing = set(
+            bind.execute(select(RECIPIENT.c.phone).where(_phone_in(phones, bind))).scalars()
+        )
+        new = {phone for phone in phones if phone not in existing}
+        if not dry_run:
+            ids = _upsert_recipients(session, batch, now)
+            tag_rows = [
+                {"recipient_id": ids[row.phone], "tag": tag} for row in batch for tag in row.tags
+            ]
+            if tag_rows:
+                session.execute(
+                    upsert_insert(bind, RECIPIENT_TAG).on_conflict_do_nothing(), tag_rows
+                )
+            _replace_dates(bind, batch, ids)
+    for row in batch:
+        number = int(row.phone[1:])
         if number in seen:
             continue  # already counted for an earlier chunk
         seen.add(number)
-        if phone in existing:
-            report.updated += 1
-        else:
+        if row.phone in new:
             report.inserted += 1
-    if dry_run:
-        return
-    if bind.dialect.name == "postgresql":
-        _write_postgresql(bind, batch, now)
-        return
-    ids = _upsert_recipients(session, batch, now)
-    tag_rows = [{"recipient_id": ids[row.phone], "tag": tag} for row in batch for tag in row.tags]
-    if tag_rows:
-        session.execute(upsert_insert(bind, RECIPIENT_TAG).on_conflict_do_nothing(), tag_rows)
-    _replace_dates(bind, batch, ids)
+        else:
+            report.updated += 1
 
 
 def _phone_in(phones: Sequence[str], bind: Connection) -> ColumnElement[bool]:
@@ -544,8 +564,7 @@ _PG_ISO: Final = "'^[0-9]{4}-[0-9]{2}-[0-9]{2}$'"
 
 
 # One statement per chunk: the merge of _upsert_recipients, then the tags and the dates of
-# _replace_dates, joined to the new ids in the server. (A foreign key checks its parent at the
-# end of the statement, when the recipients inserted above are there.)
+# _replace_dates, joined to the new ids in the server; it answers with the phones it inserted.
 def _pg_merge(undate: bool) -> TextClause:
     # Removing dates costs a probe of recipient_date per recipient: skipped when no value of the
     # chunk is a non-date (as in a fresh import of dated lists).
@@ -568,7 +587,9 @@ def _pg_merge(undate: bool) -> TextClause:
             phone_converted = excluded.phone_converted,
             attributes = r.attributes || excluded.attributes,
             updated_at = excluded.updated_at
-        RETURNING r.id, r.phone
+        -- xmax is 0 on a row version that this statement inserted, and our transaction's id
+        -- on one it updated: the usual way to tell the two apart in an upsert's RETURNING.
+        RETURNING r.id, r.phone, r.xmax = 0 AS inserted
     ),
     merged AS (
         SELECT upserted.id, b.tags, b.attributes
@@ -579,13 +600,16 @@ def _pg_merge(undate: bool) -> TextClause:
         SELECT merged.id, t.tag
         FROM merged, unnest(string_to_array(merged.tags, '{TAG_SEPARATOR}')) AS t(tag)
         ON CONFLICT DO NOTHING
-    ){undated if undate else ""}
-    INSERT INTO recipient_date AS d (recipient_id, attribute, value)
-    SELECT merged.id, e.key, CAST(e.value AS date)
-    FROM merged, jsonb_each_text(merged.attributes) AS e
-    WHERE e.value ~ {_PG_ISO} AND length(e.key) <= {_ATTRIBUTE_KEY_MAX}
-    ON CONFLICT (recipient_id, attribute) DO UPDATE SET value = excluded.value
-    WHERE d.value IS DISTINCT FROM excluded.value
+    ){undated if undate else ""},
+    dated AS (
+        INSERT INTO recipient_date AS d (recipient_id, attribute, value)
+        SELECT merged.id, e.key, CAST(e.value AS date)
+        FROM merged, jsonb_each_text(merged.attributes) AS e
+        WHERE e.value ~ {_PG_ISO} AND length(e.key) <= {_ATTRIBUTE_KEY_MAX}
+        ON CONFLICT (recipient_id, attribute) DO UPDATE SET value = excluded.value
+        WHERE d.value IS DISTINCT FROM excluded.value
+    )
+    SELECT phone FROM upserted WHERE inserted
     """
     )
 
@@ -594,7 +618,8 @@ _PG_MERGE: Final = _pg_merge(undate=True)
 _PG_MERGE_DATES_ONLY: Final = _pg_merge(undate=False)
 
 
-def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) -> None:
+def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) -> set[str]:
+    """Write a chunk; return the phones that were not there before."""
     bind.execute(_PG_CREATE_BATCH)  # once per transaction; dropped at its end
     bind.execute(text(f"TRUNCATE {_PG_BATCH}"))
     driver = bind.connection.driver_connection
@@ -613,7 +638,8 @@ def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) ->
     with driver.cursor() as cursor, cursor.copy(_PG_COPY_BATCH) as copy:
         copy.write("".join(lines))
     undate = any(not _ISO_DATE.fullmatch(v) for row in batch for v in row.attributes.values())
-    bind.execute(_PG_MERGE if undate else _PG_MERGE_DATES_ONLY, {"now": now})
+    merge = _PG_MERGE if undate else _PG_MERGE_DATES_ONLY
+    return set(bind.execute(merge, {"now": now}).scalars())
 
 
 # COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.

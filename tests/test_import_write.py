@@ -204,11 +204,11 @@ def test_an_error_while_writing_a_chunk_in_the_background_reaches_the_caller(
     calls = {"n": 0}
     real = audience.importer._write_postgresql
 
-    def failing_third(bind: Connection, batch: Sequence[object], now: datetime) -> None:
+    def failing_third(bind: Connection, batch: Sequence[object], now: datetime) -> set[str]:
         calls["n"] += 1
         if calls["n"] == 3:
             bind.execute(text("SELECT 1 / 0"))
-        real(bind, batch, now)  # type: ignore[arg-type]
+        return real(bind, batch, now)  # type: ignore[arg-type]
 
     monkeypatch.setattr(audience.importer, "_write_postgresql", failing_third)
     load(engine)

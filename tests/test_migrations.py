@@ -177,3 +177,64 @@ def test_0004_keeps_outbox_rows_and_events_and_downgrades(
             )
         )
     engine.dispose()
+
+
+def test_0009_keeps_recipients_tags_and_dates_and_downgrades(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """Dropping the recipient tables' foreign keys rebuilds them on SQLite: nothing in them may
+    be lost, and the phone stays unique."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    engine = make_engine(Settings(database_url=empty_db_url, data_dir=tmp_path))
+    config = schema._alembic_config()
+
+    def migrate(to: str, *, down: bool = False) -> None:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(config, to)
+
+    t = "'2026-05-01 00:00:00'"
+    migrate("0005")
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO area (code, name, level, path) VALUES ('42', 'P', 'province', '42')")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO recipient (id, phone, area_code, attributes, phone_converted, "
+                f"created_at, updated_at) VALUES (7, '+84912000001', '42', '{{}}', false, {t}, {t})"
+            )
+        )
+        conn.execute(text("INSERT INTO recipient_tag (recipient_id, tag) VALUES (7, 'nong-dan')"))
+        conn.execute(
+            text(
+                "INSERT INTO recipient_date (recipient_id, attribute, value) "
+                "VALUES (7, 'card_expiry', '2026-05-15')"
+            )
+        )
+
+    def contents() -> tuple[object, ...]:
+        with engine.connect() as conn:
+            return (
+                conn.execute(text("SELECT id, phone, area_code FROM recipient")).all(),
+                conn.execute(text("SELECT recipient_id, tag FROM recipient_tag")).all(),
+                conn.execute(text("SELECT recipient_id, attribute FROM recipient_date")).all(),
+            )
+
+    expected = contents()
+    for step in ("head", "0005", "head"):
+        migrate(step, down=step == "0005")
+        assert contents() == expected
+    for table in ("recipient", "recipient_tag", "recipient_date"):
+        assert not inspect(engine).get_foreign_keys(table)
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO recipient (phone, attributes, phone_converted, created_at, "
+                f"updated_at) VALUES ('+84912000001', '{{}}', false, {t}, {t})"
+            )
+        )
+    engine.dispose()
