@@ -304,16 +304,22 @@ class TwilioChannel:
 
 
 def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
-    # urllib3 wraps a refused or unresolvable connection in NewConnectionError (also inside a
-    # MaxRetryError): raised before a byte of the request was written.
+    """Whether urllib3 failed to open the connection (refused, unresolvable): raised before a
+    byte of the request was written. requests wraps it in a MaxRetryError, in its arguments (and
+    as the exception's context), so the chain is searched."""
     import urllib3.exceptions
 
-    cause: BaseException | None = exc
-    while cause is not None:
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        cause = pending.pop()
+        if id(cause) in seen:
+            continue
+        seen.add(id(cause))
         if isinstance(cause, urllib3.exceptions.NewConnectionError):
             return True
-        reason = getattr(cause, "reason", None)
-        cause = reason if isinstance(reason, BaseException) else cause.__context__
+        linked = [getattr(cause, "reason", None), cause.__cause__, cause.__context__, *cause.args]
+        pending.extend(c for c in linked if isinstance(c, BaseException))
     return False
 
 
