@@ -54,9 +54,7 @@ def _reset() -> Exception:
 def _refused() -> Exception:
     pool = urllib3.HTTPConnectionPool("api.twilio.com")
     cause = urllib3.exceptions.NewConnectionError(pool, "Connection refused")  # type: ignore[arg-type]
-    return requests.exceptions.ConnectionError(
-        urllib3.exceptions.MaxRetryError(pool, "/", cause)  # type: ignore[arg-type]
-    )
+    return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(pool, "/", cause))
 
 
 # By the recipient's number: what "Twilio" answers (a response, or an exception raised).
