@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import col
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 
 from channels.base import Outcome, OutgoingMessage
@@ -72,15 +72,15 @@ def prism(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-class Recording(TwilioHttpClient):  # type: ignore[misc]
-    """The SDK's own HTTP client, keeping every request's form and answer status."""
+class Recording(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """The SDK's own async HTTP client, keeping every request's form and answer status."""
 
     def __init__(self) -> None:
-        super().__init__(timeout=10)
+        super().__init__(pool_connections=False)
         self.exchanges: list[tuple[dict[str, Any], int, str]] = []
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Response:
-        response = super().request(method, url, **kwargs)
+    async def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        response = await super().request(method, url, **kwargs)
         self.exchanges.append((dict(kwargs.get("data") or {}), response.status_code, response.text))
         return response
 
@@ -178,6 +178,9 @@ def test_a_wave_dispatched_through_twilio_is_sent_with_twilios_ids(
     clock.now = NOW
     lookup = channel_lookup(settings)
     assert dispatch_once(engine, worker_id="w", clock=clock, settings=settings, channel_for=lookup)
+    channel = lookup("sms")
+    assert isinstance(channel, TwilioChannel)
+    channel.close()
     with session_scope(engine) as session:
         rows = session.execute(
             select(col(OutboxMessage.status), col(OutboxMessage.provider_id))

@@ -1,4 +1,4 @@
-"""The Twilio adapter's error paths, through the real SDK with a `twilio.http.HttpClient` that
+"""The Twilio adapter's error paths, through the real SDK with a `twilio.http.AsyncHttpClient` that
 answers each recipient with a canned response (or fails the way a network does): every answer
 lands in the right outcome, and through the dispatcher in the right status, with the numbers
 Twilio calls invalid or unsubscribed put on the suppression list (both databases)."""
@@ -12,12 +12,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-import requests
-import urllib3
 from sqlalchemy import Engine, select
 from sqlmodel import col
-from twilio.http import HttpClient
+from twilio.http import AsyncHttpClient
 from twilio.http.response import Response
 
 from channels.base import Channel, Outcome, OutgoingMessage, RecipientProblem
@@ -45,16 +44,9 @@ def _created(to: str) -> Response:
     return Response(201, json.dumps({"sid": "SM" + to[-10:].rjust(32, "0"), "status": "queued"}))
 
 
-def _reset() -> Exception:
-    return requests.exceptions.ConnectionError(
-        urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104))
-    )
-
-
 def _refused() -> Exception:
-    pool = urllib3.HTTPConnectionPool("api.twilio.com")
-    cause = urllib3.exceptions.NewConnectionError(pool, "Connection refused")  # type: ignore[arg-type]
-    return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(pool, "/", cause))
+    key = aiohttp.client_reqrep.ConnectionKey("api.twilio.com", 443, True, True, None, None, None)
+    return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))
 
 
 # By the recipient's number: what "Twilio" answers (a response, or an exception raised).
@@ -70,22 +62,22 @@ CANNED: dict[str, Any] = {
     "+84912000009": Response(429, "", {"retry-after": "3"}),
     "+84912000010": _error(500, 20500, "Internal Server Error"),
     "+84912000011": Response(503, "<html>Service Unavailable</html>"),
-    "+84912000012": requests.exceptions.ReadTimeout("read timed out"),
-    "+84912000013": _reset(),
+    "+84912000012": TimeoutError(),  # aiohttp's total timeout, after the request was written
+    "+84912000013": aiohttp.ServerDisconnectedError(),  # the connection closed before an answer
     "+84912000014": _refused(),
-    "+84912000015": requests.exceptions.ConnectTimeout("connect timed out"),
+    "+84912000015": aiohttp.ConnectionTimeoutError("connect timed out"),
     "+84912000016": _error(401, 20003, "Authenticate"),
     "+84912000017": _error(400, 21617, "The concatenated message body exceeds the 1600 limit"),
 }
 
 
-class Canned(HttpClient):  # type: ignore[misc]
+class Canned(AsyncHttpClient):  # type: ignore[misc]
     def __init__(self) -> None:
-        super().__init__(logging.getLogger("canned"), False, 5)
+        super().__init__(logging.getLogger("canned"), True, 5)
         self.forms: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
-    def request(self, method: str, uri: str, **kwargs: Any) -> Response:
+    async def request(self, method: str, uri: str, **kwargs: Any) -> Response:
         form = dict(kwargs.get("data") or {})
         with self.lock:
             self.forms.append(form)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import Engine, select, update
 from sqlmodel import col
-from twilio.http import HttpClient
+from twilio.http import AsyncHttpClient
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 
@@ -37,14 +37,14 @@ FIRE_AT = datetime(2026, 5, 8, 0, 30, tzinfo=UTC)
 PHONES = ("+84912000001", "+84912000002", "+84912000003")
 
 
-class Accepting(HttpClient):  # type: ignore[misc]
+class Accepting(AsyncHttpClient):  # type: ignore[misc]
     """Twilio accepting every message, with a sid made from the number; keeps the forms."""
 
     def __init__(self) -> None:
-        super().__init__(logging.getLogger("accepting"), False, 5)
+        super().__init__(logging.getLogger("accepting"), True, 5)
         self.forms: dict[str, dict[str, Any]] = {}
 
-    def request(self, method: str, uri: str, **kwargs: Any) -> Response:
+    async def request(self, method: str, uri: str, **kwargs: Any) -> Response:
         form = dict(kwargs.get("data") or {})
         self.forms[form["To"]] = form
         return Response(201, json.dumps({"sid": _sid(form["To"]), "status": "queued"}))
