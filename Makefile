@@ -14,6 +14,10 @@ VENV_PYTHON := $(VENV)/bin/python
 # Written after a successful install; reinstalls only when the inputs of the install change.
 STAMP := $(VENV)/.loa-installed
 LOA := $(VENV)/bin/loa
+# Stoplight Prism, which the contract tests run on the Twilio API description (needs Node.js and
+# npm; versions pinned by tests/contract/package-lock.json).
+NPM ?= npm
+PRISM_STAMP := tests/contract/node_modules/.loa-installed
 
 PYTEST_ARGS ?=
 SERVE_ARGS ?=
@@ -37,12 +41,16 @@ $(STAMP): $(VENV_PYTHON) pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+$(PRISM_STAMP): tests/contract/package.json tests/contract/package-lock.json
+	cd tests/contract && $(NPM) ci --no-audit --no-fund
+	@touch $@
+
 run: $(STAMP)
 	$(LOA) db upgrade
 	$(LOA) demo
 	$(LOA) serve $(SERVE_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(PRISM_STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -60,4 +68,5 @@ lock: $(VENV_PYTHON)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf tests/contract/node_modules
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -137,6 +137,10 @@ def serve(host: str | None, port: int | None, no_worker: bool, no_scheduler: boo
     from api.app import create_app
 
     settings = _settings()
+    if not no_worker:
+        from channels.registry import check_channel
+
+        check_channel("sms", settings)  # a worker that could not send refuses to start
     _setup_logging(settings)
     engine = _open_database(settings)
     app = create_app(settings, engine, with_worker=not no_worker, with_scheduler=not no_scheduler)
@@ -160,10 +164,11 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None]) ->
 @main.command()
 def worker() -> None:
     """Run a dispatch worker: claim due messages and send them. Run as many as you like."""
-    from channels.registry import channel_lookup
+    from channels.registry import channel_lookup, check_channel
     from scheduler.service import DispatchWorker
 
     settings = _settings()
+    check_channel("sms", settings)  # a worker that could not send refuses to start
     _setup_logging(settings)
     engine = _open_database(settings)
     dispatcher = DispatchWorker(engine, settings, system_clock, channel_lookup(settings))

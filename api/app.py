@@ -13,7 +13,15 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.routes import campaigns, consents, health, recipients, segments, suppressions
+from api.routes import (
+    campaigns,
+    consents,
+    health,
+    recipients,
+    segments,
+    suppressions,
+    webhooks,
+)
 from channels.registry import channel_lookup
 from loa.clock import Clock, system_clock
 from loa.errors import InvalidInput, LoaError, NotAuthenticated
@@ -118,4 +126,5 @@ def create_app(
     app.include_router(suppressions.router)
     app.include_router(consents.router)
     app.include_router(recipients.router)
+    app.include_router(webhooks.router)
     return app

@@ -14,7 +14,7 @@ Rules that keep an opted-out person out:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -41,7 +41,7 @@ from audience.phones import normalize_phone
 from loa import audit
 from loa.db import upsert_insert
 from loa.errors import Conflict, InvalidInput, NotFound
-from loa.models import Consent, Suppression
+from loa.models import Consent, OutboxMessage, Recipient, Suppression
 
 SUPPRESSION: Final = SQLModel.metadata.tables[Suppression.__tablename__]
 REASON_HEADERS: Final = frozenset({"reason", "ly_do"})
@@ -321,3 +321,71 @@ def apply_inbound(
         },
     )
     return InboundResult(e164, classified.kind, classified.keyword, True, consent is not None)
+
+
+def suppress_reported(
+    session: Session,
+    reasons: Mapping[int, SuppressionReason],
+    *,
+    source: str,
+    detail: Mapping[int, str] | None = None,
+    now: datetime,
+) -> list[str]:
+    """Put on the list the numbers a provider reported, through their outbox messages
+    (`reasons`: message id -> `invalid` or `opt_out`). An `invalid` report never replaces an entry
+    already there; an `opt_out` replaces any other reason, as a keyword received does. One
+    statement per reason with ON CONFLICT, so that two workers reporting the same number at once
+    cannot fail each other's transaction. Returns the numbers added or changed, each audited
+    (actor `source`, e.g. "channel:twilio")."""
+    if not reasons:
+        return []
+    phones: dict[int, str] = dict(
+        session.execute(
+            select(OutboxMessage.id, Recipient.phone)  # type: ignore[call-overload]
+            .join(Recipient, col(Recipient.id) == col(OutboxMessage.recipient_id))
+            .where(col(OutboxMessage.id).in_(list(reasons)))
+        ).all()
+    )
+    changed: list[str] = []
+    for reason in (SuppressionReason.INVALID, SuppressionReason.OPT_OUT):
+        rows: dict[str, dict[str, Any]] = {}
+        for message_id, phone in phones.items():
+            if reasons[message_id] == reason:
+                why = (detail or {}).get(message_id) or f"reported by {source}"
+                rows[phone] = {
+                    "phone": phone,
+                    "reason": reason.value,
+                    "note": f"{why} (message {message_id})"[:NOTE_MAX],
+                    "created_at": now,
+                }
+        if not rows:
+            continue
+        insert = upsert_insert(session.connection(), SUPPRESSION)
+        if reason == SuppressionReason.OPT_OUT:
+            statement = insert.on_conflict_do_update(
+                index_elements=[SUPPRESSION.c.phone],
+                set_={
+                    "reason": insert.excluded.reason,
+                    "note": insert.excluded.note,
+                    "created_at": insert.excluded.created_at,
+                },
+                where=SUPPRESSION.c.reason != SuppressionReason.OPT_OUT.value,
+            )
+        else:
+            statement = insert.on_conflict_do_nothing(index_elements=[SUPPRESSION.c.phone])
+        done = session.execute(
+            statement.returning(SUPPRESSION.c.phone), list(rows.values())
+        ).scalars()
+        for phone in done:
+            changed.append(phone)
+            values = rows[phone]
+            audit.record(
+                session,
+                actor=source,
+                action="suppression.reported",
+                entity="suppression",
+                entity_id=phone,
+                now=now,
+                after={"reason": values["reason"], "note": values["note"]},
+            )
+    return changed

@@ -16,12 +16,33 @@ class Outcome(StrEnum):
     AMBIGUOUS = "ambiguous"  # may or may not have been sent: reconcile, never resend blindly
 
 
+class RecipientProblem(StrEnum):
+    """What a provider's error says about the recipient's number, in words the core acts on (it
+    suppresses the number); each adapter translates its own error codes into these."""
+
+    INVALID = "invalid"  # the number does not exist or cannot receive SMS
+    OPTED_OUT = "opt_out"  # the person unsubscribed at the provider (e.g. replied STOP)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter can do, for the parts of the core that must know before sending."""
+
+    max_batch: int | None  # most messages one send_batch call takes; None: any number
+    status_callbacks: bool  # reports delivery later (webhooks), beyond accepted
+    lookup: bool  # can tell what became of a message whose outcome was lost (Reconcilable)
+    max_body_chars: int  # longest body it sends, in characters
+
+
 @dataclass(frozen=True)
 class OutgoingMessage:
     message_id: int
     wave_id: int
     to: str  # E.164
     body: str  # rendered, NFC
+    # Not worth delivering after this instant (the wave's deadline); the provider may be told to
+    # drop it from its queue then. None: no deadline.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -32,10 +53,12 @@ class SendResult:
     error_code: str | None = None
     retry_after: float | None = None
     detail: str | None = None
+    recipient_problem: RecipientProblem | None = None  # the number should not be tried again
 
 
 class Channel(Protocol):
     name: str
+    capabilities: Capabilities
 
     def send_batch(self, messages: Sequence[OutgoingMessage], *, now: datetime) -> list[SendResult]:
         """Send each message once; return exactly one result per message, in any order."""

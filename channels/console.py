@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from channels.base import Outcome, OutgoingMessage, SendResult
+from channels.base import Capabilities, Outcome, OutgoingMessage, SendResult
 
 
 class ConsoleChannel:
     name = "console"
+    capabilities = Capabilities(
+        max_batch=None, status_callbacks=False, lookup=True, max_body_chars=1600
+    )
 
     def __init__(self, sink: Path | None) -> None:
         self._sink = sink

@@ -13,12 +13,36 @@ from loa.settings import Settings
 
 # Channels a wave may name, and the adapters that are built.
 WAVE_CHANNELS = ("sms", "loudspeaker")
-_PLANNED_ADAPTERS = ("twilio", "http_gateway")
+SMS_ADAPTERS = ("console", "simulated", "twilio")
+_PLANNED_ADAPTERS = ("http_gateway",)
+
+
+def check_channel(wave_channel: str, settings: Settings) -> None:
+    """Refuse, with the reason, a channel that could not send: no adapter for it, an unknown
+    adapter name, or an adapter whose settings are missing or malformed. Builds nothing: for
+    plan time, and for a worker before it claims anything."""
+    if wave_channel != "sms":
+        raise NotBuilt(f"channel {wave_channel!r} has no adapter yet; only 'sms' can be sent")
+    adapter = settings.sms_channel
+    if adapter in _PLANNED_ADAPTERS:
+        raise NotBuilt(
+            f"LOA_SMS_CHANNEL={adapter!r}: that adapter is not built yet; use one of "
+            f"{', '.join(SMS_ADAPTERS)}"
+        )
+    if adapter not in SMS_ADAPTERS:
+        raise InvalidInput(
+            f"LOA_SMS_CHANNEL={adapter!r} is not a known channel adapter; use one of "
+            f"{', '.join(SMS_ADAPTERS)}",
+            field="sms_channel",
+        )
+    if adapter == "twilio":
+        from channels.twilio import config_from_settings
+
+        config_from_settings(settings)
 
 
 def channel_for(wave_channel: str, settings: Settings) -> Channel:
-    if wave_channel != "sms":
-        raise NotBuilt(f"channel {wave_channel!r} has no adapter yet; only 'sms' can be sent")
+    check_channel(wave_channel, settings)
     adapter = settings.sms_channel
     if adapter == "console":
         return ConsoleChannel(settings.console_sink)
@@ -26,11 +50,10 @@ def channel_for(wave_channel: str, settings: Settings) -> Channel:
         return SimulatedChannel(
             latency_ms=settings.simulated_latency_ms, concurrency=settings.simulated_concurrency
         )
-    if adapter in _PLANNED_ADAPTERS:
-        raise NotBuilt(f"LOA_SMS_CHANNEL={adapter!r}: that adapter is not built yet; use 'console'")
-    raise InvalidInput(
-        f"LOA_SMS_CHANNEL={adapter!r} is not a known channel adapter", field="sms_channel"
-    )
+    # Imported here: the SDK (and requests) load only in processes that send through Twilio.
+    from channels.twilio import TwilioChannel, config_from_settings
+
+    return TwilioChannel(config_from_settings(settings))
 
 
 def channel_lookup(settings: Settings) -> Callable[[str], Channel]:

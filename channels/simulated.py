@@ -14,11 +14,14 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from channels.base import Outcome, OutgoingMessage, SendResult
+from channels.base import Capabilities, Outcome, OutgoingMessage, SendResult
 
 
 class SimulatedChannel:
     name = "simulated"
+    capabilities = Capabilities(
+        max_batch=None, status_callbacks=False, lookup=False, max_body_chars=1600
+    )
 
     def __init__(self, *, latency_ms: float, concurrency: int) -> None:
         self._latency = latency_ms / 1000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loa.errors import LoaError
@@ -29,6 +29,23 @@ class Settings(BaseSettings):
     # The simulated channel (load tests): latency of each call, and calls in flight at once.
     simulated_latency_ms: float = Field(default=20, ge=0)
     simulated_concurrency: int = Field(default=100, ge=1)
+    # Loa's address as the SMS provider reaches it (e.g. https://loa.example.vn): delivery reports
+    # are asked for at <public_url>/webhooks/twilio/status, and the webhooks' signatures are
+    # checked against this address (behind a proxy, Loa cannot tell it from the request).
+    public_url: str = ""
+    # Twilio (LOA_SMS_CHANNEL=twilio): the account, and the sender: a number or alphanumeric
+    # sender id (twilio_from), or a Messaging Service (twilio_messaging_service_sid) whose pool
+    # picks one.
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr = SecretStr("")
+    twilio_from: str = ""
+    twilio_messaging_service_sid: str = ""
+    # Requests in flight at once from one process (all its dispatch loops share them), and how
+    # long one may take before its outcome is called unknown.
+    twilio_concurrency: int = Field(default=64, ge=1, le=1000)
+    twilio_timeout_seconds: float = Field(default=15, gt=0)
+    # The Twilio API's address; empty for Twilio's own. A mock (Prism) or a stub in tests.
+    twilio_api_url: str = ""
 
     # Campaign rules.
     default_timezone: str = "Asia/Ho_Chi_Minh"

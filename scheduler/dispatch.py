@@ -62,6 +62,7 @@ from loa.models import (
 from loa.settings import Settings
 from scheduler.backoff import retry_delay
 from scheduler.caps import defer_capped
+from scheduler.delivery import record_recipient_problems
 from scheduler.gate import sendable_wave_ids
 from scheduler.policy import CONSENT_CLASSES, NO_CONSENT
 from scheduler.ratelimit import Grant, give_back, take_tokens
@@ -86,6 +87,7 @@ class ClaimedMessage:
     template: str
     attempts: int  # attempts made before this claim
     unaccent: bool = False  # the wave sends its text without Vietnamese diacritics (GSM-7)
+    expires_at: datetime | None = None  # not worth sending after this (the wave's deadline)
 
 
 def _event(
@@ -258,6 +260,8 @@ def claim_batch(
             col(Wave.body),
             col(OutboxMessage.attempts),
             col(Wave.options),
+            col(OutboxMessage.expires_at),
+            col(Wave.expires_at),
         )
         .join(Recipient, col(Recipient.id) == col(OutboxMessage.recipient_id))
         .join(Wave, col(Wave.id) == col(OutboxMessage.wave_id))
@@ -278,6 +282,7 @@ def claim_batch(
             r[6] or "",
             r[7],
             unaccent=bool((r[8] or {}).get("unaccent")),
+            expires_at=r[9] or r[10],
         )
         for r in rows
     ]
@@ -548,6 +553,17 @@ def record_results(
                 "due_at": due_at,
             }
         )
+    problems = {r.message_id: r.recipient_problem for r in results if r.recipient_problem}
+    if problems:
+        # The provider says the number does not work or has unsubscribed: no later wave tries it.
+        by_id = {r.message_id: r for r in results}
+        record_recipient_problems(
+            session,
+            problems,
+            source="dispatch",
+            detail={m: f"error {by_id[m].error_code}: {by_id[m].detail or ''}" for m in problems},
+            now=now,
+        )
     r = _results_table(session, rows)
     outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
     due_at_value = (
@@ -699,7 +715,9 @@ def dispatch_once(
     by_channel: dict[str, list[OutgoingMessage]] = {}
     for message, body in ready:
         by_channel.setdefault(message.channel, []).append(
-            OutgoingMessage(message.id, message.wave_id, message.phone, body)
+            OutgoingMessage(
+                message.id, message.wave_id, message.phone, body, expires_at=message.expires_at
+            )
         )
     results: list[SendResult] = []
     for channel_name, outgoing in by_channel.items():

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import col
 
-from channels.base import Channel, Outcome, OutgoingMessage, SendResult
+from channels.base import Capabilities, Channel, Outcome, OutgoingMessage, SendResult
 from loa.db import session_scope
 from loa.models import DeliveryEvent, OutboxMessage
 from loa.settings import Settings
@@ -28,6 +28,9 @@ class ScriptedChannel:
     """Answers by the recipient's last digit: 1 accepted, 2 permanent, 3 ambiguous, 4 transient."""
 
     name = "scripted"
+    capabilities = Capabilities(
+        max_batch=None, status_callbacks=False, lookup=False, max_body_chars=1600
+    )
 
     def __init__(self) -> None:
         self.calls: list[str] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
-from channels.base import Channel, Outcome, OutgoingMessage, SendResult
+from channels.base import Capabilities, Channel, Outcome, OutgoingMessage, SendResult
 from channels.console import ConsoleChannel
 from channels.registry import channel_lookup
 from loa.db import session_scope
@@ -115,6 +115,9 @@ class Forgetful:
     """A channel with no record of what it received."""
 
     name = "forgetful"
+    capabilities = Capabilities(
+        max_batch=None, status_callbacks=False, lookup=False, max_body_chars=1600
+    )
 
     def send_batch(self, messages: Sequence[OutgoingMessage], *, now: datetime) -> list[SendResult]:
         return [SendResult(m.message_id, Outcome.ACCEPTED) for m in messages]
