@@ -36,7 +36,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    or_,
     select,
     text,
     update,
@@ -44,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
+from audience.resolve import audience_condition
 from channels.base import Channel, Outcome, OutgoingMessage, SendResult
 from loa.clock import Clock
 from loa.db import UTCDateTime, id_in, session_scope
@@ -177,6 +177,10 @@ def release_expired_leases(session: Session, *, now: datetime) -> None:
         log.warning("lease expired on %d message(s) being sent; marked unknown", len(lost))
 
 
+# Error code of a message whose recipient left the wave's audience before it was sent.
+LEFT_AUDIENCE = "left_audience"
+
+
 def claim_batch(
     session: Session,
     *,
@@ -225,14 +229,11 @@ def claim_batch(
         .returning(*_MOVED)
     ).all()
     _record_moves(session, suppressed, MessageStatus.SUPPRESSED, now, "suppressed at send time")
-    # One look at the claimed waves serves both checks below (a handful of rows).
+    # One look at the claimed waves serves the checks below (a handful of rows).
     waves = session.execute(
         select(
             col(Wave.id), col(Wave.message_class), col(Wave.parent_id), col(Wave.audience)
-        ).where(
-            col(Wave.id).in_(wave_ids),
-            or_(col(Wave.parent_id).is_not(None), col(Wave.message_class).in_(CONSENT_CLASSES)),
-        )
+        ).where(col(Wave.id).in_(wave_ids))
     ).all()
     if settings.qc_requires_consent:
         _suppress_unconsented(
@@ -247,6 +248,7 @@ def claim_batch(
         [(w.id, w.audience) for w in waves if w.parent_id is not None],
         now=now,
     )
+    _cancel_left_audience(session, claimed_ids, [(w.id, w.audience) for w in waves], now=now)
     defer_capped(session, claimed_ids, now=now, settings=settings)
 
     rows = session.execute(
@@ -418,6 +420,57 @@ def _cancel_outdated_dates(
             MessageStatus.CANCELLED,
             now,
             f"{on['attribute']} is no longer {on['on']}: planned for a date that changed",
+        )
+
+
+def _cancel_left_audience(
+    session: Session,
+    claimed_ids: list[int],
+    waves: Sequence[tuple[int, dict[str, Any]]],
+    *,
+    now: datetime,
+) -> None:
+    """The audience is checked again at send time: a recipient who has left it since the
+    expansion (moved to another commune, lost a tag, no longer matches the segment's filter as
+    pinned at expansion) is not sent the message; it is cancelled with error code left_audience.
+    A wave to everyone has nothing to check."""
+    bind = session.connection()
+    for wave_id, audience in waves:
+        # The occurrence date is _cancel_outdated_dates' check, with its own reason.
+        rest = {key: value for key, value in (audience or {}).items() if key != "date"}
+        if not (rest.get("areas") or rest.get("tags") or rest.get("segment")):
+            continue
+        left = session.execute(
+            update(OutboxMessage)
+            .where(
+                id_in(col(OutboxMessage.id), claimed_ids, bind),
+                col(OutboxMessage.wave_id) == wave_id,
+                col(OutboxMessage.status) == MessageStatus.CLAIMED,
+                ~exists(
+                    select(1)
+                    .select_from(Recipient)
+                    .where(
+                        col(Recipient.id) == col(OutboxMessage.recipient_id),
+                        audience_condition(rest, dialect=bind.dialect.name),
+                    )
+                ),
+            )
+            .values(
+                status=MessageStatus.CANCELLED,
+                error_code=LEFT_AUDIENCE,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(*_MOVED)
+        ).all()
+        _record_moves(
+            session,
+            left,
+            MessageStatus.CANCELLED,
+            now,
+            "no longer in the wave's audience (area, tags or segment changed since expansion)",
+            error_code=LEFT_AUDIENCE,
         )
 
 
