@@ -258,10 +258,15 @@ def recipients() -> None:
     help="Which column is the phone, name, area or tags, e.g. --column phone=SĐT "
     '--column name="Họ tên" (repeatable); roles not given are guessed from the headers.',
 )
+@click.option("--sheet", default=None, help="The sheet of an XLSX workbook (default: the first).")
 def recipients_import(
-    file: Path, report: Path | None, dry_run: bool, column_pairs: tuple[str, ...]
+    file: Path,
+    report: Path | None,
+    dry_run: bool,
+    column_pairs: tuple[str, ...],
+    sheet: str | None,
 ) -> None:
-    """Import recipients from a CSV (UTF-8, comma or semicolon) or XLSX file (its first sheet).
+    """Import recipients from a CSV (UTF-8, comma or semicolon) or XLSX file (one sheet).
 
     Bad rows are reported (line, column, value, reason) and good rows imported. A file that
     cannot be read at all fails whole and writes nothing.
@@ -282,6 +287,7 @@ def recipients_import(
             max_line_bytes=settings.import_max_line_bytes,
             allow_converted=settings.convert_old_numbers,
             progress=progress,
+            sheet=sheet,
         )
         if not dry_run:
             audit_import(session, result, actor=_actor(), source=str(file), now=now)
@@ -290,6 +296,12 @@ def recipients_import(
         f"{file}: {result.rows_read} rows read, {verb} {result.inserted} new and "
         f"{result.updated} updated, {len(result.rejected)} rejected"
     )
+    if result.unread_sheets:
+        click.echo(
+            f"note: other sheets of the workbook were not read: "
+            f"{', '.join(repr(s) for s in result.unread_sheets)} (import each with --sheet NAME)",
+            err=True,
+        )
     for row in result.rejected[:10]:
         click.echo(f"  line {row.line}, {row.column} {row.value!r}: {row.reason}", err=True)
     if len(result.rejected) > 10:

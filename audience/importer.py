@@ -109,6 +109,7 @@ class ImportReport:
     updated: int = 0  # recipients that existed and were merged with the file
     rejected: list[RowError] = field(default_factory=list)
     converted: int = 0  # accepted rows whose old 11-digit number was converted
+    unread_sheets: list[str] = field(default_factory=list)  # a workbook's other sheets
 
     def write_csv(self, path: Path) -> None:
         """The rejected rows, for the office to fix. With a BOM so that Excel shows the accents."""
@@ -201,11 +202,14 @@ def import_recipients(
     display: str | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     progress: Progress | None = None,
+    sheet: str | None = None,
 ) -> ImportReport:
     """Upsert the recipients of a CSV or XLSX file by phone number, merging attributes and tags.
 
     The reader is chosen by the file's content. `columns` maps roles to headers (see
-    parse_column_mapping); roles it leaves out are guessed from the headers. `display` names the
+    parse_column_mapping); roles it leaves out are guessed from the headers. `sheet` names the
+    sheet of a workbook (default: the first; the others are listed in the report, so that a
+    workbook of one sheet per village is not half imported unnoticed). `display` names the
     file in messages (default: the path). The file is streamed and written in chunks of
     CHUNK_SIZE rows, so its size is not limited by memory (only the set of phones already seen
     and the list of rejected rows grow with it). With `dry_run` the same validation runs and the
@@ -220,8 +224,9 @@ def import_recipients(
     display = display or str(path)
     with (
         _ChunkWriter(session, now, dry_run, report) as writer,
-        open_table(path, display=display, max_line_bytes=max_line_bytes) as table,
+        open_table(path, display=display, max_line_bytes=max_line_bytes, sheet=sheet) as table,
     ):
+        report.unread_sheets = table.unread_sheets
         mapped = _map_columns(table.header, display, columns or {}, table.column_label)
         for line, cells, problem in table.rows:
             report.rows_read += 1

@@ -32,12 +32,18 @@ class SourceTable:
     rows: Iterator[Row]
     done: Callable[[], float | None]  # how far the reading has got, 0 to 1, when known
     column_label: Callable[[int], str]  # how the file's reader names a 0-based column
+    unread_sheets: list[str]  # a workbook's sheets other than the one read
 
 
 @contextmanager
 def open_table(
-    path: Path, *, display: str | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    path: Path,
+    *,
+    display: str | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    sheet: str | None = None,
 ) -> Iterator[SourceTable]:
+    """The file as one table; `sheet` names a workbook's sheet (default: its first)."""
     display = display or str(path)
     try:
         with path.open("rb") as handle:
@@ -56,15 +62,18 @@ def open_table(
             )
         if not zipfile.is_zipfile(path):
             raise ImportFileError(f"{display} starts like a zip file (.xlsx) but is damaged")
-        with read_xlsx(path, display=display) as sheet:
+        with read_xlsx(path, display=display, sheet_name=sheet) as table:
             yield SourceTable(
                 kind="xlsx",
-                header=sheet.header,
-                rows=((r.line, r.cells, r.problem) for r in sheet.rows),
-                done=sheet.done,
+                header=table.header,
+                rows=((r.line, r.cells, r.problem) for r in table.rows),
+                done=table.done,
                 column_label=column_label,
+                unread_sheets=table.others,
             )
         return
+    if sheet is not None:
+        raise ImportFileError(f"{display} is a CSV file, which has no sheets (asked for {sheet!r})")
     with read_csv(path, display=display, max_line_bytes=max_line_bytes) as table:
         yield SourceTable(
             kind="csv",
@@ -72,4 +81,5 @@ def open_table(
             rows=((line, cells, None) for line, cells in table.rows),
             done=table.done,
             column_label=lambda index: str(index + 1),
+            unread_sheets=[],
         )

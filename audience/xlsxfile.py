@@ -52,14 +52,18 @@ class SheetTable:
     rows: Iterator[SheetRow]
     done: Callable[[], float | None]  # 0 to 1 by rows, when the sheet says how many it has
     sheet: str
+    others: list[str]  # the workbook's other sheets, which were not read
 
 
 @contextmanager
-def read_xlsx(path: Path, *, display: str | None = None) -> Iterator[SheetTable]:
-    """Open the workbook's first sheet; its first non-empty row is the header.
+def read_xlsx(
+    path: Path, *, display: str | None = None, sheet_name: str | None = None
+) -> Iterator[SheetTable]:
+    """Open the sheet named `sheet_name` (default: the first); its first non-empty row is the
+    header.
 
-    Raises ImportFileError naming the file when it is not a readable .xlsx workbook, when the
-    first sheet is empty, or when a header cell is a formula.
+    Raises ImportFileError naming the file when it is not a readable .xlsx workbook, when it has
+    no sheet of that name, when the sheet is empty, or when a header cell is a formula.
     """
     display = display or str(path)
     try:
@@ -80,7 +84,16 @@ def read_xlsx(path: Path, *, display: str | None = None) -> Iterator[SheetTable]
     try:
         if not workbook.worksheets:
             raise ImportFileError(f"{display} has no worksheet")
-        sheet = workbook.worksheets[0]
+        titles = [ws.title for ws in workbook.worksheets]
+        if sheet_name is None:
+            sheet = workbook.worksheets[0]
+        elif sheet_name in titles:
+            sheet = workbook.worksheets[titles.index(sheet_name)]
+        else:
+            raise ImportFileError(
+                f"{display} has no sheet {sheet_name!r}; its sheets are "
+                + ", ".join(repr(t) for t in titles)
+            )
         # The size the file declares is used for the progress bar only: some writers declare
         # A1:A1 for a full sheet, and read-only mode would stop there. Reset, read what is there.
         declared_rows = sheet.max_row if isinstance(sheet.max_row, int) else None
@@ -97,9 +110,8 @@ def read_xlsx(path: Path, *, display: str | None = None) -> Iterator[SheetTable]
                     )
                 break
         else:
-            raise ImportFileError(
-                f"{display} is empty (its first sheet {sheet.title!r} has no rows)"
-            )
+            which = "sheet" if sheet_name is not None else "first sheet"
+            raise ImportFileError(f"{display} is empty (its {which} {sheet.title!r} has no rows)")
         progress = {"line": header_line}
 
         def rows() -> Iterator[SheetRow]:
@@ -111,7 +123,10 @@ def read_xlsx(path: Path, *, display: str | None = None) -> Iterator[SheetTable]
         def done() -> float | None:
             return min(1.0, progress["line"] / declared_rows) if declared_rows else None
 
-        yield SheetTable(header=header_cells, rows=rows(), done=done, sheet=sheet.title)
+        others = [title for title in titles if title != sheet.title]
+        yield SheetTable(
+            header=header_cells, rows=rows(), done=done, sheet=sheet.title, others=others
+        )
     finally:
         workbook.close()
         handle.close()

@@ -264,3 +264,31 @@ def test_a_body_over_the_limit_is_413_and_a_form_is_415(
         assert form.status_code == 415
         assert "--data-binary" in form.json()["error"]["message"]
     assert recipients(engine) == {}
+
+
+def test_a_workbook_sheet_is_chosen_with_a_query_parameter(
+    client: TestClient, keys: dict[Role, str], engine: Engine, tmp_path: Path
+) -> None:
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    first = workbook.active
+    assert first is not None
+    first.title = "Thôn 1"
+    first.append(["SĐT"])
+    first.append(["0912000101"])
+    workbook.create_sheet("Thôn 2").append(["SĐT"])
+    workbook["Thôn 2"].append(["0912000102"])
+    workbook.save(tmp_path / "w.xlsx")
+    body = (tmp_path / "w.xlsx").read_bytes()
+    xlsx = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+    default = post(client, keys[Role.PLANNER], body, xlsx)
+    assert default.status_code == 200, default.text
+    assert (default.json()["inserted"], default.json()["unread_sheets"]) == (1, ["Thôn 2"])
+    chosen = post(client, keys[Role.PLANNER], body, xlsx, sheet="Thôn 2")
+    assert (chosen.json()["inserted"], chosen.json()["unread_sheets"]) == (1, ["Thôn 1"])
+    wrong = post(client, keys[Role.PLANNER], body, xlsx, sheet="Thôn 9")
+    assert wrong.status_code == 422
+    assert "has no sheet 'Thôn 9'" in wrong.json()["error"]["message"]
+    assert set(recipients(engine)) == {"+84912000101", "+84912000102"}

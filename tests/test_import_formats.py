@@ -262,3 +262,39 @@ def _zip(tmp_path: Path, name: str, member: str, data: bytes = b"<x/>") -> Path:
 def _raw(tmp_path: Path, name: str, data: bytes) -> Path:
     (tmp_path / name).write_bytes(data)
     return tmp_path / name
+
+
+def test_a_workbook_sheet_is_chosen_by_name_and_the_others_are_reported(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """One sheet per village is a common layout: the first is read by default and the others are
+    named in the report (never silently left out); --sheet reads another; a wrong name or a
+    sheet asked of a CSV fails whole."""
+    load_areas(engine, tmp_path)
+    workbook = openpyxl.Workbook()
+    first = workbook.active
+    assert first is not None
+    first.title = "Thôn 1"
+    first.append(["SĐT", "Họ tên"])
+    first.append(["0912000101", "An"])
+    second = workbook.create_sheet("Thôn 2")
+    second.append(["SĐT", "Họ tên"])
+    second.append(["0912000102", "Bình"])
+    second.append(["0912000103", "Chi"])
+    path = tmp_path / "xa.xlsx"
+    workbook.save(path)
+
+    report = run_import(engine, path)
+    assert (report.inserted, report.unread_sheets) == (1, ["Thôn 2"])
+    report = run_import(engine, path, sheet="Thôn 2")
+    assert (report.inserted, report.unread_sheets) == (2, ["Thôn 1"])
+    assert set(recipients(engine)) == {"+84912000101", "+84912000102", "+84912000103"}
+
+    with pytest.raises(
+        ImportFileError, match=r"xa\.xlsx has no sheet 'Thôn 3'; its sheets are 'Thôn 1', 'Thôn 2'"
+    ):
+        run_import(engine, path, sheet="Thôn 3")
+    csv_path = write(tmp_path, "a.csv", "phone\n0912000104\n")
+    with pytest.raises(ImportFileError, match=r"a\.csv is a CSV file, which has no sheets"):
+        run_import(engine, csv_path, sheet="Thôn 1")
+    assert "+84912000104" not in recipients(engine)

@@ -47,6 +47,7 @@ class ImportResult(BaseModel):
     inserted: int
     updated: int
     converted: int
+    unread_sheets: list[str]  # a workbook's other sheets: import each with ?sheet=
     rejected_count: int
     rejected: list[RejectedRow]
 
@@ -78,6 +79,10 @@ async def import_file(
     filename: Annotated[
         str | None, Query(max_length=200, description="The file's name, for the messages.")
     ] = None,
+    sheet: Annotated[
+        str | None,
+        Query(max_length=100, description="The sheet of an XLSX workbook (default: the first)."),
+    ] = None,
     format: Annotated[
         Literal["json", "csv"] | None,
         Query(description="csv: the rejected rows as CSV (also with Accept: text/csv)."),
@@ -93,7 +98,7 @@ async def import_file(
     display = filename or SOURCE
     async with uploaded_file(request, limit=settings.import_max_bytes, display=display) as path:
         report = await run_in_threadpool(
-            _import, engine, path, display, dry_run, columns, settings, clock, caller.actor
+            _import, engine, path, display, dry_run, columns, sheet, settings, clock, caller.actor
         )
     wants_csv = format == "csv" or (
         format is None and "text/csv" in request.headers.get("accept", "")
@@ -117,6 +122,7 @@ async def import_file(
         inserted=report.inserted,
         updated=report.updated,
         converted=report.converted,
+        unread_sheets=report.unread_sheets,
         rejected_count=len(report.rejected),
         rejected=[
             RejectedRow(line=e.line, column=e.column, value=e.value, reason=e.reason)
@@ -132,6 +138,7 @@ def _import(
     display: str,
     dry_run: bool,
     columns: dict[str, str],
+    sheet: str | None,
     settings: Settings,
     clock: Clock,
     actor: str,
@@ -148,6 +155,7 @@ def _import(
             display=display,
             max_line_bytes=settings.import_max_line_bytes,
             allow_converted=settings.convert_old_numbers,
+            sheet=sheet,
         )
         if not dry_run:
             audit_import(session, report, actor=actor, source=display, now=now)
