@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
@@ -166,7 +167,7 @@ def plan_campaign(
     """The plan of every wave of the campaign (a series counts its occurrences together)."""
     campaign = get_campaign(session, campaign_id)
     zone = ZoneInfo(campaign.timezone)
-    channels = _ChannelCheck(settings)
+    channels = ChannelCheck(settings)
     waves = [
         _plan_wave(session, wave, zone, now=now, settings=settings, channels=channels)
         for wave in list_waves(session, campaign_id)
@@ -206,7 +207,7 @@ def require_sendable(
     )
 
 
-class _ChannelCheck:
+class ChannelCheck:
     """Whether each channel a wave names can be sent through with these settings: the registry
     builds its adapter (refusing an unknown one, or one not configured), once per plan."""
 
@@ -293,18 +294,17 @@ def _plan_wave(
     *,
     now: datetime,
     settings: Settings,
-    channels: _ChannelCheck,
+    channels: ChannelCheck,
 ) -> WavePlan:
     assert wave.id is not None
     notes: list[str] = []
-    refusals = _static_refusals(wave, settings, channels)
-    resolved = resolve_audience(session, wave.audience, as_of=_as_of(wave, zone, now=now))
+    refusals = static_refusals(wave, settings, channels)
     if wave.audience.get("segment") and wave.kind != WaveKind.ONCE:
         notes.append(
             f"segment {wave.audience['segment']!r} is counted as of today; each occurrence "
             "evaluates it (and any 'within N days') on its own date"
         )
-    condition = audience_condition(resolved, dialect=session.get_bind().dialect.name)
+    condition = wave_audience(session, wave, zone, now=now)
     audience, moments = _moments(session, wave, zone, condition, now=now, notes=notes)
     occurrences = len(moments.times)
     factor = occurrences if moments.each_targets_all else 1
@@ -390,7 +390,7 @@ def _parses(body: str) -> bool:
     return True
 
 
-def _static_refusals(wave: Wave, settings: Settings, channels: _ChannelCheck) -> list[str]:
+def static_refusals(wave: Wave, settings: Settings, channels: ChannelCheck) -> list[str]:
     """What refuses the wave whoever its recipients are: its channel, its template's syntax, the
     content rules of its class."""
     refusals = []
@@ -619,6 +619,57 @@ def _cost_by_carrier(
     return out
 
 
+@dataclass(frozen=True)
+class SampledRecipient:
+    id: int
+    name: str | None
+    phone: str  # E.164
+    carrier: str | None
+    attributes: dict[str, Any]
+
+
+def wave_audience(
+    session: Session, wave: Wave, zone: ZoneInfo, *, now: datetime
+) -> ColumnElement[bool]:
+    """The wave's audience as a condition on recipients, its segment read as of the wave's date."""
+    resolved = resolve_audience(session, wave.audience, as_of=_as_of(wave, zone, now=now))
+    return audience_condition(resolved, dialect=session.get_bind().dialect.name)
+
+
+def recipient_context(recipient: SampledRecipient) -> dict[str, Any]:
+    """What a template sees for a recipient, as dispatch gives it."""
+    return {**recipient.attributes, "name": recipient.name or "", "phone": recipient.phone}
+
+
+def sample_recipients(
+    session: Session,
+    wave: Wave,
+    audience: ColumnElement[bool],
+    *,
+    settings: Settings,
+    size: int,
+) -> list[SampledRecipient]:
+    """Up to `size` recipients the wave would send to, spread over the id range (every k-th),
+    not the first ones: people imported together tend to look alike."""
+    sendable = and_(audience, not_(_blocked(wave, settings)))
+    total = _count(session, sendable)
+    step = max(1, total // size) if size else 1
+    spread = [col(Recipient.id) % step == 0] if step > 1 else []
+    rows = session.execute(
+        select(
+            col(Recipient.id),
+            col(Recipient.name),
+            col(Recipient.phone),
+            col(Recipient.carrier),
+            col(Recipient.attributes),
+        )
+        .where(sendable, *spread)
+        .order_by(col(Recipient.id))
+        .limit(size)
+    ).all()
+    return [SampledRecipient(i, n, p, c, a or {}) for i, n, p, c, a in rows]
+
+
 def _segments(
     session: Session,
     wave: Wave,
@@ -631,22 +682,15 @@ def _segments(
 ) -> Segments | None:
     if wave.channel != "sms" or not wave.body or not audience_size:
         return None
-    # A sample spread over the id range (every k-th recipient), not the first ones: people
-    # imported together tend to look alike.
+    rows = sample_recipients(
+        session, wave, audience, settings=settings, size=settings.plan_sample_size
+    )
     step = max(1, audience_size // settings.plan_sample_size)
-    spread = [col(Recipient.id) % step == 0] if step > 1 else []
-    sendable = not_(_blocked(wave, settings))
-    rows = session.execute(
-        select(col(Recipient.name), col(Recipient.phone), col(Recipient.attributes))
-        .where(audience, sendable, *spread)
-        .order_by(col(Recipient.id))
-        .limit(settings.plan_sample_size)
-    ).all()
     unaccent = bool((wave.options or {}).get("unaccent"))
     counts = []
     failures: dict[tuple[str, bool], int] = {}
-    for name, phone, attributes in rows:
-        context = {**(attributes or {}), "name": name or "", "phone": phone}
+    for row in rows:
+        context = recipient_context(row)
         try:
             counts.append(count_sms(render(wave.body, context, unaccent=unaccent)))
         except TemplateProblem as exc:
