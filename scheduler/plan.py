@@ -595,10 +595,10 @@ def _cost_by_carrier(
         select(col(Recipient.carrier), func.count())
         .where(sendable)
         .group_by(col(Recipient.carrier))
-        .order_by(col(Recipient.carrier))
     ).all()
     out = []
-    for carrier, n in rows:
+    # By name, no carrier last (the databases order NULL differently).
+    for carrier, n in sorted(rows, key=lambda row: (row[0] is None, row[0] or "")):
         messages = n * factor
         count = round(segments.per_message_mean * messages)
         price = segment_price(
