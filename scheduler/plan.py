@@ -648,13 +648,14 @@ def sample_recipients(
     *,
     settings: Settings,
     size: int,
+    spread: bool = True,
 ) -> list[SampledRecipient]:
     """Up to `size` recipients the wave would send to, spread over the id range (every k-th),
-    not the first ones: people imported together tend to look alike."""
+    not the first ones: people imported together tend to look alike. `spread=False`: the first
+    ones by id."""
     sendable = and_(audience, not_(_blocked(wave, settings)))
-    total = _count(session, sendable)
-    step = max(1, total // size) if size else 1
-    spread = [col(Recipient.id) % step == 0] if step > 1 else []
+    step = max(1, _count(session, sendable) // size) if spread and size else 1
+    every_kth = [col(Recipient.id) % step == 0] if step > 1 else []
     rows = session.execute(
         select(
             col(Recipient.id),
@@ -663,7 +664,7 @@ def sample_recipients(
             col(Recipient.carrier),
             col(Recipient.attributes),
         )
-        .where(sendable, *spread)
+        .where(sendable, *every_kth)
         .order_by(col(Recipient.id))
         .limit(size)
     ).all()

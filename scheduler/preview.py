@@ -249,7 +249,9 @@ def send_test(
         if variables is None:
             zone = ZoneInfo(get_campaign(session, campaign_id).timezone)
             audience = wave_audience(session, wave, zone, now=now)
-            found = sample_recipients(session, wave, audience, settings=settings, size=1)
+            found = sample_recipients(
+                session, wave, audience, settings=settings, size=1, spread=False
+            )
             if not found:
                 raise InvalidInput(
                     f"wave {wave_id} ({wave.name!r}) has no recipient to take the template's "
