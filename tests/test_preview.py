@@ -73,6 +73,7 @@ def _setup(engine: Engine, settings: Settings, now: datetime, **wave: Any) -> tu
         )
         assert campaign.id is not None
         wave_id = session.scalars(select(col(Wave.id))).one()
+        assert wave_id is not None
         return campaign.id, wave_id
 
 
