@@ -770,8 +770,6 @@ def campaign_plan(campaign_id: int, as_json: bool) -> None:
             ]
         )
     _print_table(rows)
-    cost = f"{plan.cost:,.0f} {plan.currency}" if plan.cost is not None else "not estimated"
-    click.echo(f"in all: {plan.to_send} messages, {plan.segments} segments, cost {cost}")
     for wave in plan.waves:
         if len(wave.cost_by_carrier) > 1 or any(c.cost is not None for c in wave.cost_by_carrier):
             click.echo(
@@ -782,6 +780,8 @@ def campaign_plan(campaign_id: int, as_json: bool) -> None:
                     for c in wave.cost_by_carrier
                 )
             )
+    cost = f"{plan.cost:,.0f} {plan.currency}" if plan.cost is not None else "not estimated"
+    click.echo(f"in all: {plan.to_send} messages, {plan.segments} segments, cost {cost}")
     for wave in plan.waves:
         for note in wave.notes:
             click.echo(f"wave {wave.wave_id}: {note}", err=True)
