@@ -787,17 +787,28 @@ def campaign_plan(campaign_id: int, as_json: bool) -> None:
             ]
         )
     _print_table(rows)
+    for wave in plan.waves:
+        if len(wave.cost_by_carrier) > 1 or any(c.cost is not None for c in wave.cost_by_carrier):
+            click.echo(
+                f"wave {wave.wave_id} by carrier: "
+                + "; ".join(
+                    f"{c.carrier} {c.messages} msg, {c.segments} seg"
+                    + (f" x {c.price_per_segment:g} = {c.cost:,.0f}" if c.cost is not None else "")
+                    for c in wave.cost_by_carrier
+                )
+            )
     cost = f"{plan.cost:,.0f} {plan.currency}" if plan.cost is not None else "not estimated"
     click.echo(f"in all: {plan.to_send} messages, {plan.segments} segments, cost {cost}")
     for wave in plan.waves:
-        for variable, n in wave.missing_variables.items():
-            click.echo(
-                f"wave {wave.wave_id}: {n} recipient(s) have no {variable!r}, which the "
-                "template uses",
-                err=True,
-            )
         for note in wave.notes:
             click.echo(f"wave {wave.wave_id}: {note}", err=True)
+        for refusal in wave.refusals:
+            click.echo(f"wave {wave.wave_id} REFUSED: {refusal}", err=True)
+    if plan.refused:
+        click.echo(
+            "the campaign cannot be approved or launched until every refusal above is fixed",
+            err=True,
+        )
 
 
 # --- API keys ---------------------------------------------------------------------------------
@@ -1233,6 +1244,113 @@ def demo(directory: Path, in_minutes: int) -> None:
             f"{next_open(now, window, zone).astimezone(zone):%Y-%m-%d %H:%M}"
         )
     click.echo(json.dumps({"campaign_id": created.id}))
+
+
+# --- campaign content: preview and test send ---------------------------------------------------
+
+
+@campaign.command("preview")
+@click.argument("campaign_id", type=int)
+@click.option("--wave", "wave_id", type=int, default=None, help="Only this wave (its id).")
+@click.option("--sample", type=int, default=5, show_default=True, help="Recipients per wave.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def campaign_preview(campaign_id: int, wave_id: int | None, sample: int, as_json: bool) -> None:
+    """Each SMS wave's text for a few of its recipients, with segments and cost. Writes nothing."""
+    from scheduler.preview import preview_campaign, preview_wave
+
+    settings = _settings()
+    engine = _open_database(settings)
+    now = system_clock()
+    with session_scope(engine) as session:
+        previews = (
+            [preview_wave(session, campaign_id, wave_id, sample=sample, now=now, settings=settings)]
+            if wave_id is not None
+            else preview_campaign(session, campaign_id, sample=sample, now=now, settings=settings)
+        )
+    if as_json:
+        click.echo(json.dumps([p.model_dump(mode="json") for p in previews], indent=2))
+        return
+    for preview in previews:
+        sender = preview.brandname or "no brandname"
+        click.echo(
+            f"wave {preview.wave_id} {preview.name!r} ({preview.message_class}, {sender}"
+            + (", unaccented" if preview.unaccent else "")
+            + f"): {len(preview.messages)} sample recipient(s)"
+        )
+        for m in preview.messages:
+            who = f"{m.recipient.phone} (id {m.recipient.id})" if m.recipient else "-"
+            if m.text is None:
+                click.echo(f"  {who}: template fails: {m.error}")
+                continue
+            cost = f", {m.cost:,.0f} {preview.currency}" if m.cost is not None else ""
+            click.echo(
+                f"  {who}, {m.carrier or 'carrier unknown'}: {m.encoding}, {m.segments} "
+                f"segment(s), {m.characters} characters{cost}"
+            )
+            click.echo(f"    {m.text}")
+        for refusal in preview.refusals:
+            click.echo(f"wave {preview.wave_id} REFUSED: {refusal}", err=True)
+
+
+def _variables(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    variables = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--var")
+        variables[name.strip()] = value
+    return variables
+
+
+@campaign.command("test-send")
+@click.argument("campaign_id", type=int)
+@click.option("--wave", "wave_id", type=int, required=True, help="The wave (its id).")
+@click.option("--to", "to", required=True, help="Test numbers, comma-separated (0912...,0987...).")
+@click.option(
+    "--var",
+    "pairs",
+    multiple=True,
+    help="A template variable, NAME=VALUE (repeatable); without any, the data of the wave's "
+    "first recipient fill the template.",
+)
+def campaign_test_send(campaign_id: int, wave_id: int, to: str, pairs: tuple[str, ...]) -> None:
+    """Send a wave's text to test numbers through the SMS channel. The wave's audience and
+    outbox are not touched; the send is in the audit log."""
+    from channels.registry import channel_for
+    from scheduler.preview import send_test
+
+    settings = _settings()
+    engine = _open_database(settings)
+    sent = send_test(
+        engine,
+        campaign_id,
+        wave_id,
+        to=[n for n in to.split(",") if n.strip()],
+        variables=_variables(pairs),
+        actor=_actor(),
+        now=system_clock(),
+        settings=settings,
+        channel_for=lambda name: channel_for(name, settings),
+    )
+    source = (
+        f"the data of recipient {sent.rendered_for.id} ({sent.rendered_for.phone})"
+        if sent.rendered_for
+        else "the given variables"
+    )
+    click.echo(
+        f"wave {sent.wave_id}: {sent.encoding}, {sent.segments} segment(s), "
+        f"{sent.characters} characters, rendered with {source}:"
+    )
+    click.echo(f"  {sent.text}")
+    for result in sent.results:
+        extra = result.provider_id or result.error_code or result.detail or ""
+        click.echo(f"  {result.to}: {result.outcome} {extra}".rstrip())
+    for refusal in sent.refusals:
+        click.echo(f"wave {sent.wave_id} would be REFUSED for its audience: {refusal}", err=True)
+    if any(r.outcome != "accepted" for r in sent.results):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from api.routes import (
     recipients,
     segments,
     suppressions,
+    waves,
     webhooks,
 )
 from channels.registry import channel_lookup
@@ -126,5 +127,6 @@ def create_app(
     app.include_router(suppressions.router)
     app.include_router(consents.router)
     app.include_router(recipients.router)
+    app.include_router(waves.router)
     app.include_router(webhooks.router)
     return app

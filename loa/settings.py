@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     # Inbound SMS bodies that mean "stop sending me messages", comma-separated; compared without
     # case, diacritics or surrounding punctuation ("Từ chối." is TU CHOI). See audience/optout.py.
     opt_out_keywords: str = "TU CHOI,TUCHOI,HUY,STOP,DUNG"
+    # Decree 91/2020/ND-CP content rules for advertising (qc), checked when a campaign is planned,
+    # approved and launched: the text starts with `qc_label`; it tells how to refuse further
+    # adverts by naming one of `qc_refusal_keywords` (comma-separated; each must be an opt-out
+    # keyword, or a reply following the instructions would not opt out) and, when set,
+    # `qc_refusal_number` (the short code to send it to); and the wave has a brandname (the
+    # wave's or the campaign's `brandname`, else `sms_brandname`).
+    qc_label: str = Field(default="[QC]", min_length=1)
+    qc_refusal_keywords: str = "TU CHOI"
+    qc_refusal_number: str = ""
+    sms_brandname: str = ""
     # Four-eyes: the approver must be someone other than the campaign's author.
     four_eyes_approval: bool = False
 
@@ -106,8 +116,18 @@ class Settings(BaseSettings):
     # Planning: what one SMS segment costs (0: not set, the plan gives no cost), in `currency`;
     # how many recipients' texts are rendered to estimate the segments of a wave.
     sms_price_per_segment: float = Field(default=0, ge=0)
+    # Prices per segment by channel adapter, carrier and class, as JSON, with "*" for any:
+    # {"twilio": {"*": {"*": 1900}}, "*": {"viettel": {"qc": 800, "*": 350}}}. The most specific
+    # entry wins (adapter before carrier before class); sms_price_per_segment when none matches.
+    sms_prices: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
     currency: str = "VND"
     plan_sample_size: int = Field(default=2000, ge=1)
+    # How many of the recipients who lack a template variable the plan names (with the count).
+    plan_name_missing: int = Field(default=10, ge=0)
+    # The longest text one SMS may carry (Twilio's limit; a longer body is refused at plan time).
+    sms_max_characters: int = Field(default=1600, ge=1)
+    # The most numbers one test send (loa campaign test-send) may go to.
+    test_send_max_numbers: int = Field(default=10, ge=1)
 
     # Recipient imports: the largest file the API accepts (413 above it; the CLI reads files of any
     # size), and the longest physical line of a CSV (a longer one fails the file, naming the line,
@@ -141,6 +161,44 @@ class Settings(BaseSettings):
         except LoaError as exc:
             raise ValueError(exc.message) from None
         return value
+
+    @field_validator("sms_prices")
+    @classmethod
+    def _prices_are_prices(
+        cls, value: dict[str, dict[str, dict[str, float]]]
+    ) -> dict[str, dict[str, dict[str, float]]]:
+        # Keys are matched without case: carriers come from the phone library as "Viettel".
+        lowered: dict[str, dict[str, dict[str, float]]] = {}
+        for channel, carriers in value.items():
+            for carrier, classes in carriers.items():
+                for message_class, price in classes.items():
+                    if message_class.lower() not in ("qc", "info", "care", "*"):
+                        raise ValueError(
+                            f"{channel}.{carrier}: unknown class {message_class!r} "
+                            "(qc, info, care or *)"
+                        )
+                    if price < 0:
+                        raise ValueError(f"{channel}.{carrier}.{message_class}: price below 0")
+                    lowered.setdefault(channel.lower(), {}).setdefault(carrier.lower(), {})[
+                        message_class.lower()
+                    ] = price
+        return lowered
+
+    @model_validator(mode="after")
+    def _refusal_keywords_opt_out(self) -> Settings:
+        from audience.optout import parse_keywords
+
+        try:
+            refusal = parse_keywords(self.qc_refusal_keywords)
+        except LoaError as exc:
+            raise ValueError(f"qc_refusal_keywords: {exc.message}") from None
+        honoured = parse_keywords(self.opt_out_keywords)
+        if unknown := [k for k in refusal if k not in honoured]:
+            raise ValueError(
+                f"qc_refusal_keywords: {', '.join(unknown)} is not among LOA_OPT_OUT_KEYWORDS, "
+                "so a reply that follows the advert's instructions would not opt out"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

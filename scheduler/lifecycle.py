@@ -171,7 +171,11 @@ def create_campaign(
                 trigger=wave.trigger,
                 audience=wave.audience.model_dump(exclude_none=True),
                 body=wave.template,
-                options={"unaccent": wave.unaccent, "window": wave.window},
+                options={
+                    "unaccent": wave.unaccent,
+                    "window": wave.window,
+                    "brandname": wave.brandname or spec.brandname,
+                },
                 status=WaveStatus.PENDING,
             )
         )
@@ -265,6 +269,7 @@ def approve_campaign(
             f"campaign {campaign_id} was created by {actor}; four-eyes approval is on "
             "(LOA_FOUR_EYES_APPROVAL), so someone other than its author must approve it"
         )
+    _require_sendable(session, campaign_id, action="approved", now=now, settings=settings)
     _transition(
         session,
         campaign,
@@ -276,6 +281,15 @@ def approve_campaign(
     )
     campaign.approved_by = actor
     return campaign
+
+
+def _require_sendable(
+    session: Session, campaign_id: int, *, action: str, now: datetime, settings: Settings
+) -> None:
+    # Imported here: the plan reads campaigns and waves through this module.
+    from scheduler.plan import require_sendable
+
+    require_sendable(session, campaign_id, action=action, now=now, settings=settings)
 
 
 def launch_campaign(
@@ -293,6 +307,9 @@ def launch_campaign(
         if campaign.status == CampaignStatus.DRAFT
         else ""
     )
+    _refuse_unless(campaign, allowed_from=allowed, action="launch", hint=hint)
+    # Again at launch: recipients imported since the approval may lack a variable.
+    _require_sendable(session, campaign_id, action="launched", now=now, settings=settings)
     _transition(
         session,
         campaign,

@@ -10,13 +10,22 @@ inside the wave's send window. A recurring wave is planned over its occurrences 
 relative wave over the recipients whose date's moment is still ahead.
 
 Segments come from rendering the template for a spread sample of the audience (all of it when it
-is small), because they depend on each recipient's name and attributes.
+is small), because they depend on each recipient's name and attributes. Cost is per carrier: the
+recipients to send to are counted by carrier (as estimated at import) and each count priced by
+scheduler/pricing.py.
+
+A wave the plan refuses (`refusals`) may not be approved or launched (`require_sendable`): a
+template variable some recipient to send to lacks (counted over the whole audience in SQL, with the
+first recipients named), a template that does not parse or fails for sampled recipients, a text
+longer than one SMS may be, a channel that is unknown or not configured, and an advert that breaks
+Decree 91/2020 (templates/content_rules.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
@@ -24,7 +33,9 @@ from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
 from sqlmodel import Session, col
 
 from audience.resolve import audience_condition, lacks_attribute
-from audience.segments import resolve_audience
+from audience.segments import mask_phone, resolve_audience
+from channels.registry import check_channel
+from loa.errors import InvalidInput, LoaError
 from loa.models import (
     Consent,
     OutboxMessage,
@@ -40,10 +51,18 @@ from scheduler.caps import COUNTED
 from scheduler.gate import wave_window
 from scheduler.lifecycle import get_campaign, list_waves, require_date_attribute
 from scheduler.policy import cap_for, needs_consent
+from scheduler.pricing import segment_price
 from scheduler.triggers import Recurring, Relative, localize, trigger_of
 from scheduler.windows import SendWindow, next_open, window_closes
+from templates.content_rules import advert_problems, length_problem
 from templates.encoding import count_sms
-from templates.render import TemplateProblem, render, template_variables
+from templates.render import (
+    TemplateProblem,
+    VariableMissing,
+    check_template,
+    render,
+    template_variables,
+)
 
 # Suppression reasons as the plan reports them.
 _REASONS = {
@@ -54,6 +73,12 @@ _REASONS = {
 }
 # Variables every recipient has (dispatch puts them in the context).
 _ALWAYS_THERE = frozenset({"name", "phone"})
+
+
+class ContentRefused(InvalidInput):
+    """A campaign whose plan refuses a wave: the message names each wave and each reason."""
+
+    code = "content_refused"
 
 
 class Excluded(BaseModel):
@@ -67,11 +92,33 @@ class Excluded(BaseModel):
     duplicate: int = 0  # already have this wave's message (a wave that has fired)
 
 
+class RecipientRef(BaseModel):
+    id: int
+    phone: str  # masked, as in a segment's sample (audience/segments.py: mask_phone)
+
+
+class MissingVariable(BaseModel):
+    """A template variable that recipients to send to lack: how many, and the first of them."""
+
+    variable: str
+    count: int
+    recipients: list[RecipientRef]  # the first LOA_PLAN_NAME_MISSING by id
+
+
+class CarrierCost(BaseModel):
+    carrier: str  # as estimated from the number's prefix at import; "unknown" when none
+    messages: int
+    segments: int  # the sample's mean segments per message, times messages
+    price_per_segment: float | None
+    cost: float | None
+
+
 class Segments(BaseModel):
     encoding: str  # GSM-7, UCS-2, or "mixed" when recipients' texts differ
     per_message_min: int
     per_message_max: int
     per_message_mean: float
+    characters_max: int  # the longest sampled text, in characters
     total: int  # over every message to send; estimated from the sample unless `exact`
     sampled: int  # recipients whose text was rendered
     exact: bool
@@ -88,12 +135,15 @@ class WavePlan(BaseModel):
     excluded: Excluded
     capped: int  # will wait for their class's frequency cap (delayed, not dropped)
     to_send: int  # messages that will go out, over all occurrences still to come
-    missing_variables: dict[str, int]  # template variable -> recipients who lack it
+    missing_variables: dict[str, int]  # template variable -> recipients to send to who lack it
+    missing: list[MissingVariable]  # the same, with the first recipients named
     segments: Segments | None
-    price_per_segment: float | None
+    price_per_segment: float | None  # when every carrier pays the same
     cost: float | None
+    cost_by_carrier: list[CarrierCost]
     first_send_at: datetime | None  # UTC
     last_send_at: datetime | None  # UTC, at the channel's rate
+    refusals: list[str]  # why the wave may not be approved or launched; empty when it may
     notes: list[str]
 
 
@@ -108,6 +158,7 @@ class CampaignPlan(BaseModel):
     to_send: int
     segments: int
     cost: float | None
+    refused: bool  # some wave has refusals: the campaign may not be approved or launched
 
 
 def plan_campaign(
@@ -116,8 +167,9 @@ def plan_campaign(
     """The plan of every wave of the campaign (a series counts its occurrences together)."""
     campaign = get_campaign(session, campaign_id)
     zone = ZoneInfo(campaign.timezone)
+    channels = ChannelCheck(settings)
     waves = [
-        _plan_wave(session, wave, zone, now=now, settings=settings)
+        _plan_wave(session, wave, zone, now=now, settings=settings, channels=channels)
         for wave in list_waves(session, campaign_id)
         if wave.parent_id is None
     ]
@@ -134,7 +186,44 @@ def plan_campaign(
         to_send=sum(w.to_send for w in waves),
         segments=sum(w.segments.total for w in waves if w.segments),
         cost=None if None in costs else sum(c or 0 for c in costs),
+        refused=any(w.refusals for w in waves),
     )
+
+
+def require_sendable(
+    session: Session, campaign_id: int, *, action: str, now: datetime, settings: Settings
+) -> None:
+    """Refuse `action` (approve, launch) while the plan refuses a wave of the campaign; the
+    error names every such wave and every reason."""
+    plan = plan_campaign(session, campaign_id, now=now, settings=settings)
+    if not plan.refused:
+        return
+    reasons = "; ".join(
+        f"wave {w.wave_id} ({w.name!r}): " + "; ".join(w.refusals) for w in plan.waves if w.refusals
+    )
+    raise ContentRefused(
+        f"campaign {campaign_id} cannot be {action}: {reasons} "
+        f"(fix the spec or the data, then see: loa campaign plan {campaign_id})"
+    )
+
+
+class ChannelCheck:
+    """Whether each channel a wave names can be sent through with these settings: the registry
+    checks its adapter's configuration (an unknown one, one not configured) without building
+    it, once per plan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._seen: dict[str, str | None] = {}
+
+    def problem(self, channel: str) -> str | None:
+        if channel not in self._seen:
+            try:
+                check_channel(channel, self._settings)
+                self._seen[channel] = None
+            except LoaError as exc:
+                self._seen[channel] = f"channel {channel!r} cannot send: {exc.message}"
+        return self._seen[channel]
 
 
 @dataclass(frozen=True)
@@ -200,17 +289,23 @@ def _moments(
 
 
 def _plan_wave(
-    session: Session, wave: Wave, zone: ZoneInfo, *, now: datetime, settings: Settings
+    session: Session,
+    wave: Wave,
+    zone: ZoneInfo,
+    *,
+    now: datetime,
+    settings: Settings,
+    channels: ChannelCheck,
 ) -> WavePlan:
     assert wave.id is not None
     notes: list[str] = []
-    resolved = resolve_audience(session, wave.audience, as_of=_as_of(wave, zone, now=now))
+    refusals = static_refusals(wave, settings, channels)
     if wave.audience.get("segment") and wave.kind != WaveKind.ONCE:
         notes.append(
             f"segment {wave.audience['segment']!r} is counted as of today; each occurrence "
             "evaluates it (and any 'within N days') on its own date"
         )
-    condition = audience_condition(resolved, dialect=session.get_bind().dialect.name)
+    condition = wave_audience(session, wave, zone, now=now)
     audience, moments = _moments(session, wave, zone, condition, now=now, notes=notes)
     occurrences = len(moments.times)
     factor = occurrences if moments.each_targets_all else 1
@@ -226,10 +321,31 @@ def _plan_wave(
             f"{capped} recipient(s) already had their cap of {wave.message_class} messages "
             "in its period before the first send: theirs wait, they are not dropped"
         )
-    segments = _segments(session, wave, audience, in_audience, to_send, settings, notes)
-    price = settings.sms_price_per_segment or None
-    if price is None and segments is not None:
-        notes.append("no price per segment set (LOA_SMS_PRICE_PER_SEGMENT): cost not estimated")
+    template_ok = not refusals or wave.body is None or _parses(wave.body)
+    segments = (
+        _segments(session, wave, audience, in_audience, to_send, settings, notes, refusals)
+        if template_ok
+        else None
+    )
+    missing = _missing_variables(session, wave, audience, settings) if template_ok else []
+    for m in missing:
+        named = ", ".join(f"{r.phone} (id {r.id})" for r in m.recipients)
+        more = f" and {m.count - len(m.recipients)} more" if m.count > len(m.recipients) else ""
+        refusals.append(
+            f"template variable {m.variable!r} is missing for {m.count} recipient(s) to send to: "
+            f"{named}{more}"
+        )
+    by_carrier = _cost_by_carrier(session, wave, audience, factor, segments, settings)
+    costs = [c.cost for c in by_carrier]
+    cost = None if not by_carrier or None in costs else round(sum(c or 0 for c in costs), 2)
+    prices = {c.price_per_segment for c in by_carrier}
+    price = prices.pop() if len(prices) == 1 else None
+    if segments is not None and None in costs:
+        unpriced = ", ".join(c.carrier for c in by_carrier if c.cost is None)
+        notes.append(
+            f"no price per segment set for {unpriced} (LOA_SMS_PRICES, "
+            "LOA_SMS_PRICE_PER_SEGMENT): cost not estimated"
+        )
     window = wave_window(wave, settings)
     first = last = None
     if to_send:
@@ -254,14 +370,47 @@ def _plan_wave(
         excluded=_scaled(excluded, factor),
         capped=capped,
         to_send=to_send,
-        missing_variables=_missing_variables(session, wave, audience),
+        missing_variables={m.variable: m.count for m in missing},
+        missing=missing,
         segments=segments,
         price_per_segment=price,
-        cost=round(segments.total * price, 2) if segments and price else None,
+        cost=cost,
+        cost_by_carrier=by_carrier,
         first_send_at=first,
         last_send_at=last,
+        refusals=refusals,
         notes=notes,
     )
+
+
+def _parses(body: str) -> bool:
+    try:
+        check_template(body)
+    except TemplateProblem:
+        return False
+    return True
+
+
+def static_refusals(wave: Wave, settings: Settings, channels: ChannelCheck) -> list[str]:
+    """What refuses the wave whoever its recipients are: its channel, its template's syntax, the
+    content rules of its class."""
+    refusals = []
+    if problem := channels.problem(wave.channel):
+        refusals.append(problem)
+    if wave.body is not None:
+        try:
+            check_template(wave.body)
+        except TemplateProblem as exc:
+            refusals.append(exc.message)
+        refusals.extend(
+            advert_problems(
+                wave.body,
+                message_class=wave.message_class,
+                brandname=(wave.options or {}).get("brandname"),
+                settings=settings,
+            )
+        )
+    return refusals
 
 
 def _as_of(wave: Wave, zone: ZoneInfo, *, now: datetime) -> date:
@@ -348,15 +497,19 @@ def _excluded(
     if needs_consent(wave.message_class, settings):
         excluded.no_consent = _count(session, and_(audience, not_(_suppressed()), _unconsented()))
     if wave.expanded_at is not None:
-        already = exists(
-            select(1).where(
-                col(OutboxMessage.recipient_id) == col(Recipient.id),
-                col(OutboxMessage.wave_id) == wave.id,
-            )
-        )
         blocked = _blocked(wave, settings)
-        excluded.duplicate = _count(session, and_(audience, not_(blocked), already))
+        excluded.duplicate = _count(session, and_(audience, not_(blocked), _in_outbox(wave)))
     return excluded
+
+
+def _in_outbox(wave: Wave) -> ColumnElement[bool]:
+    """Recipients who already have this wave's message."""
+    return exists(
+        select(1).where(
+            col(OutboxMessage.recipient_id) == col(Recipient.id),
+            col(OutboxMessage.wave_id) == wave.id,
+        )
+    )
 
 
 def _scaled(excluded: Excluded, factor: int) -> Excluded:
@@ -391,19 +544,132 @@ def _capped(
 
 
 def _missing_variables(
-    session: Session, wave: Wave, audience: ColumnElement[bool]
-) -> dict[str, int]:
-    """Recipients of the audience without an attribute the template reads: with them in the
-    audience the wave would fail for those people at send time."""
+    session: Session, wave: Wave, audience: ColumnElement[bool], settings: Settings
+) -> list[MissingVariable]:
+    """Recipients to send to (in the audience, not suppressed, with consent where needed) without
+    an attribute the template reads: with them the wave would fail for those people at send
+    time. Two set-based statements per variable over the whole audience (a count, and the first
+    recipients by id), never a rendering per recipient. A variable read only inside an
+    `{% if %}` counts as read: the check cannot tell which branch a recipient takes."""
     if not wave.body:
-        return {}
-    missing = {}
+        return []
+    dialect = session.get_bind().dialect.name
+    sendable = and_(audience, not_(_blocked(wave, settings)))
+    missing = []
     for variable in sorted(template_variables(wave.body) - _ALWAYS_THERE):
-        dialect = session.get_bind().dialect.name
-        lacking = _count(session, and_(audience, lacks_attribute(variable, dialect)))
-        if lacking:
-            missing[variable] = lacking
+        lacking = and_(sendable, lacks_attribute(variable, dialect))
+        count = _count(session, lacking)
+        if not count:
+            continue
+        first = session.execute(
+            select(col(Recipient.id), col(Recipient.phone))
+            .where(lacking)
+            .order_by(col(Recipient.id))
+            .limit(settings.plan_name_missing)
+        ).all()
+        missing.append(
+            MissingVariable(
+                variable=variable,
+                count=count,
+                recipients=[RecipientRef(id=i, phone=mask_phone(p)) for i, p in first],
+            )
+        )
     return missing
+
+
+def _cost_by_carrier(
+    session: Session,
+    wave: Wave,
+    audience: ColumnElement[bool],
+    factor: int,
+    segments: Segments | None,
+    settings: Settings,
+) -> list[CarrierCost]:
+    """Messages to send by the recipient's carrier, priced per segment for that carrier (the
+    sample's mean segments per message: texts differ by name, not by carrier)."""
+    if segments is None:
+        return []
+    sendable = and_(audience, not_(_blocked(wave, settings)))
+    if wave.expanded_at is not None:
+        sendable = and_(sendable, not_(_in_outbox(wave)))
+    rows = session.execute(
+        select(col(Recipient.carrier), func.count())
+        .where(sendable)
+        .group_by(col(Recipient.carrier))
+    ).all()
+    out = []
+    # By name, no carrier last (the databases order NULL differently).
+    for carrier, n in sorted(rows, key=lambda row: (row[0] is None, row[0] or "")):
+        messages = n * factor
+        count = round(segments.per_message_mean * messages)
+        price = segment_price(
+            settings,
+            adapter=settings.sms_channel,
+            carrier=carrier,
+            message_class=wave.message_class,
+        )
+        out.append(
+            CarrierCost(
+                carrier=carrier or "unknown",
+                messages=messages,
+                segments=count,
+                price_per_segment=price,
+                cost=round(count * price, 2) if price is not None else None,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class SampledRecipient:
+    id: int
+    name: str | None
+    phone: str  # E.164
+    carrier: str | None
+    attributes: dict[str, Any]
+
+
+def wave_audience(
+    session: Session, wave: Wave, zone: ZoneInfo, *, now: datetime
+) -> ColumnElement[bool]:
+    """The wave's audience as a condition on recipients, its segment read as of the wave's date."""
+    resolved = resolve_audience(session, wave.audience, as_of=_as_of(wave, zone, now=now))
+    return audience_condition(resolved, dialect=session.get_bind().dialect.name)
+
+
+def recipient_context(recipient: SampledRecipient) -> dict[str, Any]:
+    """What a template sees for a recipient, as dispatch gives it."""
+    return {**recipient.attributes, "name": recipient.name or "", "phone": recipient.phone}
+
+
+def sample_recipients(
+    session: Session,
+    wave: Wave,
+    audience: ColumnElement[bool],
+    *,
+    settings: Settings,
+    size: int,
+    spread: bool = True,
+) -> list[SampledRecipient]:
+    """Up to `size` recipients the wave would send to, spread over the id range (every k-th),
+    not the first ones: people imported together tend to look alike. `spread=False`: the first
+    ones by id."""
+    sendable = and_(audience, not_(_blocked(wave, settings)))
+    step = max(1, _count(session, sendable) // size) if spread and size else 1
+    every_kth = [col(Recipient.id) % step == 0] if step > 1 else []
+    rows = session.execute(
+        select(
+            col(Recipient.id),
+            col(Recipient.name),
+            col(Recipient.phone),
+            col(Recipient.carrier),
+            col(Recipient.attributes),
+        )
+        .where(sendable, *every_kth)
+        .order_by(col(Recipient.id))
+        .limit(size)
+    ).all()
+    return [SampledRecipient(i, n, p, c, a or {}) for i, n, p, c, a in rows]
 
 
 def _segments(
@@ -414,33 +680,34 @@ def _segments(
     to_send: int,
     settings: Settings,
     notes: list[str],
+    refusals: list[str],
 ) -> Segments | None:
     if wave.channel != "sms" or not wave.body or not audience_size:
         return None
-    # A sample spread over the id range (every k-th recipient), not the first ones: people
-    # imported together tend to look alike.
+    rows = sample_recipients(
+        session, wave, audience, settings=settings, size=settings.plan_sample_size
+    )
     step = max(1, audience_size // settings.plan_sample_size)
-    spread = [col(Recipient.id) % step == 0] if step > 1 else []
-    sendable = not_(_blocked(wave, settings))
-    rows = session.execute(
-        select(col(Recipient.name), col(Recipient.phone), col(Recipient.attributes))
-        .where(audience, sendable, *spread)
-        .order_by(col(Recipient.id))
-        .limit(settings.plan_sample_size)
-    ).all()
     unaccent = bool((wave.options or {}).get("unaccent"))
     counts = []
-    failures: dict[str, int] = {}
-    for name, phone, attributes in rows:
-        context = {**(attributes or {}), "name": name or "", "phone": phone}
+    failures: dict[tuple[str, bool], int] = {}
+    for row in rows:
+        context = recipient_context(row)
         try:
             counts.append(count_sms(render(wave.body, context, unaccent=unaccent)))
         except TemplateProblem as exc:
-            failures[exc.message] = failures.get(exc.message, 0) + 1
-    for message, n in failures.items():
-        notes.append(f"the template fails for {n} of {len(rows)} sampled recipient(s): {message}")
+            key = (exc.message, isinstance(exc, VariableMissing))
+            failures[key] = failures.get(key, 0) + 1
+    for (message, missing), n in failures.items():
+        line = f"the template fails for {n} of {len(rows)} sampled recipient(s): {message}"
+        # A missing variable is refused from the count over the whole audience instead.
+        (notes if missing else refusals).append(line)
     if not counts:
         return None
+    longest = max(c.characters for c in counts)
+    too_long = sum(1 for c in counts if c.characters > settings.sms_max_characters)
+    if problem := length_problem(longest, how_many=too_long, of=len(rows), settings=settings):
+        refusals.append(problem)
     per_message = [c.segments for c in counts]
     mean = sum(per_message) / len(per_message)
     encodings = {c.encoding for c in counts}
@@ -450,6 +717,7 @@ def _segments(
         per_message_min=min(per_message),
         per_message_max=max(per_message),
         per_message_mean=round(mean, 3),
+        characters_max=longest,
         total=round(mean * to_send),
         sampled=len(rows),
         exact=exact,

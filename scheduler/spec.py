@@ -3,6 +3,7 @@ anything is written. Every error names the wave and the field."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -22,6 +23,20 @@ from scheduler.windows import parse_window
 from templates.render import TemplateProblem, check_template
 
 MessageClass = Literal["qc", "info", "care"]
+
+# An alphanumeric sender id: at most 11 characters (3GPP TS 23.040 gives the originating address
+# 11 GSM-7 characters), letters, digits, space, '.', '-' and '_', at least one letter; what the
+# carriers register as brandnames in Vietnam.
+_BRANDNAME = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ._-]{1,11}")
+
+
+def check_brandname(value: str | None) -> str | None:
+    if value is not None and not _BRANDNAME.fullmatch(value):
+        raise ValueError(
+            f"brandname {value!r} is not a sender name: at most 11 letters, digits, spaces, "
+            "'.', '-' or '_', with at least one letter (e.g. BHXH-HT)"
+        )
+    return value
 
 
 class _Strict(BaseModel):
@@ -133,6 +148,11 @@ class WaveSpec(_Strict):
     window: str | None = None
     audio: str | None = None
     priority: Literal["normal", "priority", "emergency"] | None = None
+    # The sender name the SMS shows; the campaign's, else LOA_SMS_BRANDNAME, when not given.
+    # Advertising (qc) must have one (Decree 91/2020).
+    brandname: str | None = None
+
+    _brandname = field_validator("brandname")(check_brandname)
 
     @model_validator(mode="after")
     def _one_trigger_and_content(self) -> WaveSpec:
@@ -177,7 +197,10 @@ class WaveSpec(_Strict):
 class CampaignSpec(_Strict):
     name: str = Field(min_length=1, max_length=200)
     timezone: str | None = None
+    brandname: str | None = None  # for every wave that names none
     waves: list[WaveSpec] = Field(min_length=1)
+
+    _brandname = field_validator("brandname")(check_brandname)
 
     @field_validator("timezone")
     @classmethod

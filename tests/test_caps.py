@@ -51,7 +51,8 @@ def _waves(engine: Engine, settings: Settings, clock: FakeClock, classes: list[s
             "class": cls,
             "at": "2026-05-08 09:00",
             "audience": {"areas": ["42"]},
-            "template": "[QC] x. Tu choi: TC",
+            "template": "[QC] x. Tu choi: soan TU CHOI gui 789",
+            "brandname": "BHXH",
         }
         for i, cls in enumerate(classes)
     ]

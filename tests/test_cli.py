@@ -175,8 +175,13 @@ def test_campaign_plan_prints_each_wave_and_json(db_url: str, tmp_path: Path) ->
     assert lines[1].split()[:3] == ["wave", "trigger", "times"]
     assert lines[2].split()[:8] == ["1", "Nhắc", "once", "1", "2", "0", "0", "2"]
     assert "2030-05-08 07:30:00  2030-05-08 07:30:00" in lines[2]
+    assert lines[-2] == "wave 1 by carrier: Vinaphone 2 msg, 2 seg x 650 = 1,300"
     assert lines[-1] == "in all: 2 messages, 2 segments, cost 1,300 VND"
-    assert "1 recipient(s) have no 'card_expiry'" in table.stderr
+    assert (
+        "wave 1 REFUSED: template variable 'card_expiry' is missing for 1 recipient(s) to send "
+        "to: +84912***002 (id 2)"
+    ) in table.stderr
+    assert "cannot be approved or launched until every refusal above is fixed" in table.stderr
     as_json = json.loads(run_loa("campaign", "plan", "1", "--json", env=env).stdout)
     assert as_json["waves"][0]["missing_variables"] == {"card_expiry": 1}
     missing = run_loa("campaign", "plan", "7", env=env, check=False)

@@ -52,6 +52,7 @@ def _campaign(engine: Engine, settings: Settings, clock: FakeClock, message_clas
         "at": "2026-05-08 09:00",
         "audience": {"areas": ["42"]},
         "template": "[QC] BHXH tu nguyen. Tu choi: TU CHOI",
+        "brandname": "BHXH",
     }
     return launch(engine, {"name": "C", "waves": [wave]}, settings, clock())
 

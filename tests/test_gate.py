@@ -48,7 +48,8 @@ def _campaign(
         "class": message_class,
         "at": at,
         "audience": {"areas": ["42"]},
-        "template": "[QC] x. Tu choi: TC",
+        "template": "[QC] x. Tu choi: soan TU CHOI gui 789",
+        "brandname": "BHXH",
     }
     return launch(engine, {"name": "C", "waves": [wave]}, settings, clock())
 

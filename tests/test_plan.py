@@ -28,6 +28,12 @@ from tests.test_series import RECURRING, RELATIVE, _drain, _tick, _wave, local
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 TEMPLATE = "BHXH: {{ name }} oi, the BHYT het han ngay {{ card_expiry | vn_date }}."
+# An advert as Decree 91/2020 wants it: label first, how to refuse, a brandname.
+ADVERT = {
+    "class": "qc",
+    "template": "[QC] Xin chao {{ name }}. Tu choi QC soan TU CHOI gui 789",
+    "brandname": "BHXH",
+}
 
 
 def _draft(engine: Engine, settings: Settings, now: datetime, *waves: dict[str, Any]) -> int:
@@ -190,14 +196,14 @@ def test_plan_shows_capped_recipients_and_the_duplicates_of_a_fired_wave(
             add_consent(session, f"+8491200000{i}", now=clock())
     clock.now = local("2026-05-08 07:00")
     three_adverts = [
-        {**_wave(at=f"2026-05-08 08:0{i}"), "class": "qc", "name": f"QC {i}"} for i in range(3)
+        {**_wave(at=f"2026-05-08 08:0{i}"), **ADVERT, "name": f"QC {i}"} for i in range(3)
     ]
     campaign_id = launch(engine, {"name": "QC", "waves": three_adverts}, settings, clock())
     for i in range(3):
         _tick(engine, settings, clock, local(f"2026-05-08 08:0{i}"))
         _drain(engine, settings, clock)
 
-    fourth = _draft(engine, settings, clock(), {**_wave(at="2026-05-08 12:00"), "class": "qc"})
+    fourth = _draft(engine, settings, clock(), {**_wave(at="2026-05-08 12:00"), **ADVERT})
     [wave] = _plan(engine, fourth, settings, clock()).waves
     assert (wave.capped, wave.to_send) == (2, 2)
     assert any("wait, they are not dropped" in note for note in wave.notes)
