@@ -22,7 +22,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from json.encoder import encode_basestring as _json_string
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
 
 import psycopg
 from sqlalchemy import (
@@ -35,6 +35,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    or_,
     select,
     text,
 )
@@ -84,6 +85,8 @@ ROLE_HEADERS: Final[Mapping[str, frozenset[str]]] = {
     "tags": TAG_HEADERS,
 }
 
+# An arbitrary constant naming "a recipient import" among the database's advisory locks.
+IMPORT_LOCK: Final = 0x10A51A9
 # Told after each chunk: rows read so far, and how far through the file (0 to 1) when known.
 Progress = Callable[[int, "float | None"], None]
 
@@ -219,6 +222,11 @@ def import_recipients(
     if now.tzinfo is None:
         raise InvalidInput("import time must be timezone-aware")
     report = ImportReport()
+    if not dry_run and session.connection().dialect.name == "postgresql":
+        # Recipient imports run one at a time (a second waits for the first to commit): the
+        # merge relies on it (see _pg_merge), and the counts of new and updated stay exact.
+        # SQLite has one writer at a time anyway.
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": IMPORT_LOCK})
     known_areas = set(session.scalars(select(AREA.c.code)))
     pending: dict[str, _Row] = {}
     display = display or str(path)
@@ -592,13 +600,27 @@ def _pg_merge(undate: bool) -> TextClause:
             phone_converted = excluded.phone_converted,
             attributes = r.attributes || excluded.attributes,
             updated_at = excluded.updated_at
+        -- A row the file does not change is left alone: no new row version, no index entries,
+        -- no WAL (a monthly re-export of the same list changes few rows).
+        WHERE (r.name, r.area_code, r.carrier, r.phone_converted, r.attributes)
+            IS DISTINCT FROM (coalesce(excluded.name, r.name),
+                coalesce(excluded.area_code, r.area_code), excluded.carrier,
+                excluded.phone_converted, r.attributes || excluded.attributes)
         -- xmax is 0 on a row version that this statement inserted, and our transaction's id
         -- on one it updated: the usual way to tell the two apart in an upsert's RETURNING.
         RETURNING r.id, r.phone, r.xmax = 0 AS inserted
     ),
+    -- Every recipient of the chunk: those the upsert wrote, and those it left unchanged, read
+    -- from the statement's snapshot (complete, since imports hold IMPORT_LOCK: no other
+    -- transaction adds recipients meanwhile).
+    ids AS (
+        SELECT id, phone FROM upserted
+        UNION ALL
+        SELECT r.id, r.phone FROM recipient AS r JOIN {_PG_BATCH} AS b ON b.phone = r.phone
+        WHERE NOT EXISTS (SELECT FROM upserted AS u WHERE u.phone = r.phone)
+    ),
     merged AS (
-        SELECT upserted.id, b.tags, b.attributes
-        FROM upserted JOIN {_PG_BATCH} AS b ON b.phone = upserted.phone
+        SELECT ids.id, b.tags, b.attributes FROM ids JOIN {_PG_BATCH} AS b ON b.phone = ids.phone
     ),
     tagged AS (
         INSERT INTO recipient_tag (recipient_id, tag)
@@ -704,25 +726,25 @@ def _replace_dates(bind: Connection, batch: Sequence[_Row], ids: dict[str, int])
 
 
 def _upsert_recipients(session: Session, batch: Sequence[_Row], now: datetime) -> dict[str, int]:
+    """SQLite's merge (PostgreSQL's is _pg_merge): the recipients' ids by phone."""
     insert = upsert_insert(session.connection(), RECIPIENT)
     current, new = RECIPIENT.c, insert.excluded
-    merged_attributes: ColumnElement[Any]
-    if session.get_bind().dialect.name == "postgresql":
-        merged_attributes = current.attributes.op("||")(new.attributes)
-    else:
-        # RFC 7396 merge patch; it would delete keys whose new value is null, but the importer
-        # never stores null (empty cells are skipped).
-        merged_attributes = func.json_patch(current.attributes, new.attributes)
+    # RFC 7396 merge patch; it would delete keys whose new value is null, but the importer never
+    # stores null (empty cells are skipped). json() gives the stored text in the same minified
+    # form, so an unchanged document compares equal.
+    merged = {
+        "name": func.coalesce(new.name, current.name),
+        "area_code": func.coalesce(new.area_code, current.area_code),
+        "carrier": new.carrier,
+        "phone_converted": new.phone_converted,
+        "attributes": func.json_patch(current.attributes, new.attributes),
+    }
+    stored = {**{key: current[key] for key in merged}, "attributes": func.json(current.attributes)}
     upsert = insert.on_conflict_do_update(
         index_elements=[current.phone],
-        set_={
-            "name": func.coalesce(new.name, current.name),
-            "area_code": func.coalesce(new.area_code, current.area_code),
-            "carrier": new.carrier,
-            "phone_converted": new.phone_converted,
-            "attributes": merged_attributes,
-            "updated_at": new.updated_at,
-        },
+        set_={**merged, "updated_at": new.updated_at},
+        # As on PostgreSQL, a row the file does not change is left alone (updated_at too).
+        where=or_(*(stored[key].is_distinct_from(value) for key, value in merged.items())),
     ).returning(current.id, current.phone)
     # A list of parameter sets makes this an executemany: the statement is compiled once and
     # cached, and SQLAlchemy's "insertmanyvalues" sends the rows as multi-row VALUES batches.
@@ -743,4 +765,14 @@ def _upsert_recipients(session: Session, batch: Sequence[_Row], now: datetime) -
             for row in batch
         ],
     )
-    return {phone: id_ for id_, phone in result}
+    ids = {phone: id_ for id_, phone in result}
+    unchanged = [row.phone for row in batch if row.phone not in ids]
+    if unchanged:
+        bind = session.connection()
+        ids.update(
+            (phone, id_)
+            for id_, phone in bind.execute(
+                select(RECIPIENT.c.id, RECIPIENT.c.phone).where(_phone_in(unchanged, bind))
+            )
+        )
+    return ids

@@ -121,7 +121,7 @@ class Recipient(SQLModel, table=True):
     phone_converted: bool = False  # an old 11-digit 01xx number converted with the 2018 table
     attributes: dict[str, Any] = Field(default_factory=dict, sa_type=JsonDoc)
     created_at: datetime = Field(sa_type=UTCDateTime)
-    updated_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)  # the row last changed (not its tags)
 
 
 class RecipientTag(SQLModel, table=True):

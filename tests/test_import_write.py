@@ -137,7 +137,22 @@ def test_merges_are_the_same_whatever_the_chunk_size(
     assert (second.rows_read, second.inserted, second.updated, second.rejected) == (4, 0, 4, [])
     after = state(engine)
     assert {k: after[k] for k in EXPECTED_AFTER_SECOND} == EXPECTED_AFTER_SECOND
-    assert set(after["updated"].values()) == {LATER}  # type: ignore[attr-defined]
+    # A row the file leaves as it was is not rewritten: Bình's cells were all empty.
+    assert after["updated"] == {
+        "+84912000001": LATER,
+        "+84912000002": NOW,
+        "+84912000003": LATER,
+        "+84391234567": LATER,
+    }
+    # An unchanged person still gets the file's new tags and dates.
+    with session_scope(engine) as session:
+        third = import_recipients(
+            session, write(tmp_path, "3.csv", "phone,nhom\n0912000002,can-ngheo\n"), now=LATER
+        )
+    assert (third.inserted, third.updated) == (0, 1)
+    final = state(engine)
+    assert final["tags"]["+84912000002"] == {"ho-ngheo", "nong-dan", "can-ngheo"}  # type: ignore[index]
+    assert final["updated"]["+84912000002"] == NOW  # type: ignore[index]
 
 
 def test_two_imports_in_one_transaction(engine: Engine, tmp_path: Path) -> None:
