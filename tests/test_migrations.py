@@ -29,6 +29,7 @@ EXPECTED_TABLES = {
     "audit_log",
     "consent",
     "segment",
+    "audio_asset",
 }
 
 
