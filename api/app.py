@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.routes import campaigns, consents, health, recipients, segments, suppressions
+from api.routes import audio, campaigns, consents, health, recipients, segments, suppressions
 from channels.registry import channel_lookup
 from loa.clock import Clock, system_clock
 from loa.errors import InvalidInput, LoaError, NotAuthenticated
@@ -118,4 +118,5 @@ def create_app(
     app.include_router(suppressions.router)
     app.include_router(consents.router)
     app.include_router(recipients.router)
+    app.include_router(audio.router)
     return app
