@@ -41,9 +41,11 @@ def ffmpeg_binary() -> str:
 @cache
 def configure_pydub() -> None:
     """Point pydub at our ffmpeg. pydub looks for ffmpeg on PATH when it is imported and warns
-    when there is none; the warning is wrong here (we set the converter right after)."""
+    when there is none; the warning is wrong here (we set the converter right after). It also
+    imports audioop, deprecated in Python 3.12 and gone in 3.13: see the README."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         from pydub import AudioSegment
     AudioSegment.converter = ffmpeg_binary()
 

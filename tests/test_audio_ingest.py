@@ -86,12 +86,7 @@ def test_any_level_in_any_format_comes_out_on_target_under_the_ceiling(
 
 
 def ffmpeg_stream(path: Path) -> str:
-    from tests.audiosignals import ffmpeg
-
-    import subprocess
-
-    from audio.ffmpeg import ffmpeg_binary
-
+    """ffmpeg's description of the file's audio stream (codec, rate, channels, bitrate)."""
     probe = subprocess.run(
         [ffmpeg_binary(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
     )
