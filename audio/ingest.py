@@ -71,8 +71,7 @@ def add_audio(
         ):
             if part is not None:
                 parts.append(_prepare(part, tag, work, settings, min_seconds))
-        main = next(d for d, _ in parts if d.display == source.display)
-        main_piece = next(p for d, p in parts if d is main)
+        main, main_piece = parts[1 if intro is not None else 0]
         encoded, attempts = _normalise([piece for _, piece in parts], settings=settings, work=work)
         samples = sum(piece.end - piece.start for _, piece in parts)
         asset = AudioAsset(

@@ -101,6 +101,26 @@ def test_a_planner_uploads_audio_and_the_same_audio_again_is_the_same_asset(
     assert shown.status_code == 200 and shown.json()["bytes"] == len(data)
 
 
+def test_stored_assets_are_the_intro_and_outro_of_an_upload(
+    client: TestClient, keys: dict[Role, str], tmp_path: Path, stored: dict[str, object]
+) -> None:
+    jingle = str(stored["sha256"])
+    body = make(tmp_path / "main.ogg", "noise", seconds=3, lufs=-12).read_bytes()
+    joined = upload(client, keys[Role.PLANNER], body, "audio/ogg", intro=jingle, outro=jingle)
+    assert joined.status_code == 201, joined.text
+    record = joined.json()
+    assert record["intro_filename"] == record["outro_filename"] == "ban-tin.wav"
+    # Twice the jingle (about 5 s each once trimmed) around 3 s of noise.
+    expected = 2 * int(str(stored["duration_ms"])) + 3000
+    assert abs(record["duration_ms"] - expected) <= 300, (record["duration_ms"], expected)
+    assert abs(record["loudness_after_lufs"] + 16) <= 1
+
+    unknown = upload(client, keys[Role.PLANNER], body, "audio/ogg", intro="f" * 64)
+    assert unknown.status_code == 404 and "no audio asset" in unknown.json()["error"]["message"]
+    bad = upload(client, keys[Role.PLANNER], body, "audio/ogg", outro="../x")
+    assert bad.status_code == 422
+
+
 def test_uploads_are_refused_with_the_reason_and_store_nothing(
     client: TestClient, keys: dict[Role, str], settings: Settings, tmp_path: Path
 ) -> None:

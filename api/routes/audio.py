@@ -29,6 +29,7 @@ from audio.ingest import AddResult, Source, add_audio
 from audio.store import SHA256_PATTERN, asset_path, get_asset, list_assets
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
+from loa.db import session_scope
 from loa.errors import NotFound, UnsupportedMediaType
 from loa.models import AudioAsset
 from loa.settings import Settings
@@ -116,6 +117,14 @@ async def add(
         str, Query(min_length=1, max_length=255, description="The file's name as recorded.")
     ],
     name: Annotated[str | None, Query(max_length=200, description="A name to list it by.")] = None,
+    intro: Annotated[
+        str | None,
+        Query(pattern=SHA256_PATTERN, description="A stored asset played before it (its sha256)."),
+    ] = None,
+    outro: Annotated[
+        str | None,
+        Query(pattern=SHA256_PATTERN, description="A stored asset played after it (its sha256)."),
+    ] = None,
 ) -> AddedAudio:
     """Add an audio file (WAV, MP3, M4A/AAC, OGG, FLAC) sent as the body: 201 when stored, 200
     when the same audio was already there; 422 with the reason when it cannot be broadcast."""
@@ -129,6 +138,11 @@ async def add(
             "application/octet-stream"
         )
     display = Path(filename).name or "upload"
+    # The jingles are stored assets, looked up before the body is read: an unknown one is a 404
+    # that costs no upload.
+    jingles = [
+        await run_in_threadpool(_stored_source, engine, settings, sha) for sha in (intro, outro)
+    ]
     async with uploaded_file(
         request,
         limit=settings.audio_max_bytes,
@@ -137,7 +151,7 @@ async def add(
         hint="compress it (MP3, M4A, OGG or FLAC) or cut it",
     ) as path:
         result = await run_in_threadpool(
-            _add, engine, path, display, name, settings, clock, caller.actor
+            _add, engine, path, display, name, jingles, settings, clock, caller.actor
         )
     if not result.created:
         response.status_code = 200
@@ -151,13 +165,32 @@ def _add(
     path: Path,
     display: str,
     name: str | None,
+    jingles: list[Source | None],
     settings: Settings,
     clock: Clock,
     actor: str,
 ) -> AddResult:
     return add_audio(
-        engine, Source(path, display), settings=settings, actor=actor, now=clock(), name=name
+        engine,
+        Source(path, display),
+        settings=settings,
+        actor=actor,
+        now=clock(),
+        name=name,
+        intro=jingles[0],
+        outro=jingles[1],
     )
+
+
+def _stored_source(engine: Engine, settings: Settings, sha256: str | None) -> Source | None:
+    if sha256 is None:
+        return None
+    with session_scope(engine) as session:
+        asset = get_asset(session, sha256)
+    path = asset_path(settings.data_dir, asset.sha256)
+    if not path.is_file():
+        raise NotFound(f"audio {sha256} is recorded but its file is missing from the store")
+    return Source(path, asset.original_filename)
 
 
 @router.get("")
