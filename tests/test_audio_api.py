@@ -168,6 +168,10 @@ def test_the_mp3_is_served_immutable_with_ranges_as_http_says(
     assert "immutable" in whole.headers["cache-control"]
     assert int(whole.headers["content-length"]) == size
 
+    head = client.head(url, headers=auth(key))
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["etag"] == etag and int(head.headers["content-length"]) == size
+
     part = client.get(url, headers=auth(key, Range="bytes=100-1099"))
     assert part.status_code == 206 and part.content == data[100:1100]
     assert part.headers["content-range"] == f"bytes 100-1099/{size}"

@@ -219,7 +219,12 @@ class AudioFileResponse(FileResponse):
             return []  # Starlette sends the whole file for no ranges
 
 
-@router.get("/{sha256}.mp3", response_class=FileResponse, responses={206: {}, 304: {}, 416: {}})
+@router.api_route(
+    "/{sha256}.mp3",
+    methods=["GET", "HEAD"],  # HEAD: a client about to resume asks the size and ETag first
+    response_class=FileResponse,
+    responses={206: {}, 304: {}, 416: {}},
+)
 def serve_file(
     request: Request, _caller: CallerDep, session: SessionDep, settings: SettingsDep, sha256: Sha256
 ) -> Response:
