@@ -580,6 +580,114 @@ def consent_import(file: Path, report: Path | None, dry_run: bool) -> None:
         )
 
 
+# --- audio (loudspeaker files) ---------------------------------------------------------------
+
+
+@main.group()
+def audio() -> None:
+    """Loudspeaker audio: add files (normalised, trimmed, encoded), list and show them."""
+
+
+def _audio_source(path: Path | None) -> Any:
+    from audio.ingest import Source
+
+    return None if path is None else Source(path, str(path))
+
+
+@audio.command("add")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--name", default=None, help="A name to list it by (default: the file's name).")
+@click.option(
+    "--intro",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="A jingle played before it (normalised the same way).",
+)
+@click.option(
+    "--outro",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="A jingle played after it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the stored asset as JSON.")
+def audio_add(
+    file: Path, name: str | None, intro: Path | None, outro: Path | None, as_json: bool
+) -> None:
+    """Add WAV, MP3, M4A/AAC, OGG or FLAC: checked, trimmed, normalised to LOA_AUDIO_TARGET_LUFS
+    under LOA_AUDIO_TRUE_PEAK_DBTP, encoded as mono MP3 and stored by its SHA-256."""
+    from audio.ingest import add_audio
+
+    settings = _settings()
+    engine = _open_database(settings)
+    result = add_audio(
+        engine,
+        _audio_source(file),
+        settings=settings,
+        actor=_actor(),
+        now=system_clock(),
+        name=name,
+        intro=_audio_source(intro),
+        outro=_audio_source(outro),
+    )
+    asset = result.asset
+    if as_json:
+        click.echo(json.dumps({**asset.model_dump(mode="json"), "created": result.created}))
+        return
+    if not result.created:
+        click.echo(f"already stored as {asset.name!r}: {asset.sha256}")
+        return
+    click.echo(
+        f"added {asset.name!r}: {asset.sha256}\n"
+        f"  {asset.duration_ms / 1000:.1f} s ({result.trimmed_ms} ms of silence trimmed), "
+        f"{asset.bytes:,} bytes, {asset.bitrate_kbps} kbit/s mono, {asset.sample_rate} Hz\n"
+        f"  loudness {asset.loudness_before_lufs:.1f} -> {asset.loudness_after_lufs:.1f} LUFS, "
+        f"true peak {asset.true_peak_dbtp:.1f} dBTP"
+    )
+
+
+@audio.command("list")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True)
+def audio_list(limit: int, offset: int) -> None:
+    """Stored audio, newest first."""
+    from audio.store import list_assets
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        assets = list_assets(session, limit=limit, offset=offset)
+    if not assets:
+        click.echo("no audio stored")
+        return
+    rows = [["sha256", "name", "seconds", "LUFS", "dBTP", "bytes"]]
+    rows += [
+        [
+            a.sha256[:16],
+            a.name,
+            f"{a.duration_ms / 1000:.1f}",
+            f"{a.loudness_after_lufs:.1f}",
+            f"{a.true_peak_dbtp:.1f}",
+            f"{a.bytes:,}",
+        ]
+        for a in assets
+    ]
+    _print_table(rows, right_from=2)
+
+
+@audio.command("show")
+@click.argument("sha256")
+def audio_show(sha256: str) -> None:
+    """One stored file's record, as JSON, with where it is on disk."""
+    from audio.store import asset_path, get_asset
+
+    settings = _settings()
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        asset = get_asset(session, sha256)
+    record = asset.model_dump(mode="json")
+    record["path"] = str(asset_path(settings.data_dir, asset.sha256))
+    click.echo(json.dumps(record, ensure_ascii=False, indent=2))
+
+
 # --- campaigns --------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import (
+    audio,
     campaigns,
     consents,
     health,
@@ -129,4 +130,5 @@ def create_app(
     app.include_router(recipients.router)
     app.include_router(waves.router)
     app.include_router(webhooks.router)
+    app.include_router(audio.router)
     return app

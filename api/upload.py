@@ -24,10 +24,16 @@ SOURCE: Final = "request body"
 
 @asynccontextmanager
 async def uploaded_file(
-    request: Request, *, limit: int, display: str = SOURCE
+    request: Request,
+    *,
+    limit: int,
+    display: str = SOURCE,
+    setting: str = "LOA_IMPORT_MAX_BYTES",
+    hint: str = "split it, or import it on the server with the loa command line",
 ) -> AsyncIterator[Path]:
     """The request's body as a temporary file, removed afterwards; 413 past `limit` bytes
-    (LOA_IMPORT_MAX_BYTES), judged from Content-Length and again while streaming."""
+    (the setting named `setting`, whose message ends with `hint`), judged from Content-Length
+    and again while streaming."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith(("multipart/", "application/x-www-form-urlencoded")):
         raise UnsupportedMediaType(
@@ -36,7 +42,7 @@ async def uploaded_file(
         )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise _too_large(limit, setting, hint)
     with tempfile.TemporaryDirectory(prefix="loa-upload-") as directory:
         path = Path(directory) / "upload"
         size = 0
@@ -44,7 +50,7 @@ async def uploaded_file(
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise _too_large(limit)
+                    raise _too_large(limit, setting, hint)
                 handle.write(chunk)
         try:
             yield path
@@ -52,8 +58,5 @@ async def uploaded_file(
             raise ImportFileError(exc.message.replace(str(path), display)) from None
 
 
-def _too_large(limit: int) -> TooLarge:
-    return TooLarge(
-        f"the file is larger than {limit:,} bytes (LOA_IMPORT_MAX_BYTES); split it, or import it "
-        "on the server with the loa command line"
-    )
+def _too_large(limit: int, setting: str, hint: str) -> TooLarge:
+    return TooLarge(f"the file is larger than {limit:,} bytes ({setting}); {hint}")

@@ -111,7 +111,7 @@ class Recipient(SQLModel, table=True):
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     phone: str = Field(max_length=20, unique=True)  # E.164
     name: str | None = Field(default=None, max_length=200)
-    # No foreign keys on recipient, recipient_tag and recipient_date (migration 0009): checked row
+    # No foreign keys on recipient, recipient_tag and recipient_date (migration 0007): checked row
     # by row they were a quarter of a large import's time. The importer writes only area codes
     # that are in the area table (read in the same transaction), tag and date rows only for the
     # recipient ids its own statement returned, and nothing deletes areas or recipients; a
@@ -366,3 +366,27 @@ class AuditEntry(SQLModel, table=True):
     entity_id: str = Field(max_length=64)
     before: dict[str, Any] | None = Field(default=None, sa_type=JsonDoc)
     after: dict[str, Any] | None = Field(default=None, sa_type=JsonDoc)
+
+
+class AudioAsset(SQLModel, table=True):
+    """An encoded loudspeaker file, stored under LOA_DATA_DIR by the SHA-256 of its bytes
+    (audio/store.py): the same content is one asset, whatever it was called when added."""
+
+    __tablename__ = "audio_asset"
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    original_filename: str = Field(max_length=255)
+    intro_filename: str | None = Field(default=None, max_length=255)
+    outro_filename: str | None = Field(default=None, max_length=255)
+    source_format: str = Field(max_length=16)  # WAV | MP3 | M4A | AAC | OGG | FLAC
+    bytes: int = Field(sa_type=BigId)
+    duration_ms: int
+    sample_rate: int
+    bitrate_kbps: int
+    # ITU-R BS.1770: the main file's integrated loudness as received, and the MP3's as stored.
+    loudness_before_lufs: float
+    loudness_after_lufs: float
+    true_peak_dbtp: float
+    created_by: str = Field(max_length=100)
+    created_at: datetime = Field(sa_type=UTCDateTime)

@@ -9,6 +9,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loa.errors import LoaError
 
+# What MPEG-1, 2 and 2.5 Layer III (LAME) can write.
+MP3_SAMPLE_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000})
+MP3_BITRATES_KBPS = frozenset({8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320})
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOA_", extra="ignore")
@@ -135,6 +139,21 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     import_max_line_bytes: int = Field(default=1024 * 1024, ge=1024)
 
+    # Audio for loudspeakers (audio/): files larger than this are refused (413 from the API);
+    # lengths outside these bounds are refused.
+    audio_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    audio_min_seconds: float = Field(default=1.0, gt=0)
+    audio_max_seconds: float = Field(default=3600.0, gt=0)
+    # Loudness target (ITU-R BS.1770 / EBU R128): integrated loudness, and the true-peak ceiling.
+    audio_target_lufs: float = Field(default=-16.0, ge=-40, le=-5)
+    audio_true_peak_dbtp: float = Field(default=-1.0, ge=-9, le=0)
+    # Leading and trailing sound quieter than this (RMS, dBFS, judged at the target loudness) is
+    # silence and is trimmed.
+    audio_silence_threshold_db: float = Field(default=-50.0, ge=-90, le=-20)
+    # The one loudspeaker profile: mono MP3 at this bitrate and sample rate.
+    audio_bitrate_kbps: int = 64
+    audio_sample_rate: int = 44100
+
     log_level: str = "INFO"
 
     @field_validator("window_qc", "window_info", "window_care", "cap_qc", "cap_info", "cap_care")
@@ -198,6 +217,26 @@ class Settings(BaseSettings):
                 f"qc_refusal_keywords: {', '.join(unknown)} is not among LOA_OPT_OUT_KEYWORDS, "
                 "so a reply that follows the advert's instructions would not opt out"
             )
+        return self
+
+    @field_validator("audio_bitrate_kbps")
+    @classmethod
+    def _mp3_bitrate(cls, value: int) -> int:
+        if value not in MP3_BITRATES_KBPS:
+            raise ValueError(f"an MP3 bitrate in kbit/s: one of {sorted(MP3_BITRATES_KBPS)}")
+        return value
+
+    @field_validator("audio_sample_rate")
+    @classmethod
+    def _mp3_sample_rate(cls, value: int) -> int:
+        if value not in MP3_SAMPLE_RATES:
+            raise ValueError(f"an MP3 sample rate in Hz: one of {sorted(MP3_SAMPLE_RATES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _audio_bounds(self) -> Settings:
+        if self.audio_min_seconds >= self.audio_max_seconds:
+            raise ValueError("audio_min_seconds must be below audio_max_seconds")
         return self
 
     @model_validator(mode="after")

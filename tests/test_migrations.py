@@ -29,6 +29,7 @@ EXPECTED_TABLES = {
     "audit_log",
     "consent",
     "segment",
+    "audio_asset",
 }
 
 
@@ -179,7 +180,7 @@ def test_0004_keeps_outbox_rows_and_events_and_downgrades(
     engine.dispose()
 
 
-def test_0009_keeps_recipients_tags_and_dates_and_downgrades(
+def test_0007_keeps_recipients_tags_and_dates_and_downgrades(
     empty_db_url: str, tmp_path: Path
 ) -> None:
     """Dropping the recipient tables' foreign keys rebuilds them on SQLite: nothing in them may
@@ -197,7 +198,7 @@ def test_0009_keeps_recipients_tags_and_dates_and_downgrades(
             (command.downgrade if down else command.upgrade)(config, to)
 
     t = "'2026-05-01 00:00:00'"
-    migrate("0005")
+    migrate("0006")
     with engine.begin() as conn:
         conn.execute(
             text("INSERT INTO area (code, name, level, path) VALUES ('42', 'P', 'province', '42')")
@@ -225,8 +226,8 @@ def test_0009_keeps_recipients_tags_and_dates_and_downgrades(
             )
 
     expected = contents()
-    for step in ("head", "0005", "head"):
-        migrate(step, down=step == "0005")
+    for step in ("head", "0006", "head"):
+        migrate(step, down=step == "0006")
         assert contents() == expected
     for table in ("recipient", "recipient_tag", "recipient_date"):
         assert not inspect(engine).get_foreign_keys(table)
