@@ -189,7 +189,9 @@ def test_an_ambiguous_answer_on_the_first_never_goes_through_the_second(
     lookup = channel_lookup(fo_settings)
     assert _drain(engine, fo_settings, clock, lookup) == 1
     assert _adapters(engine) == {"unknown gateway:first": 4}
-    assert lookup("sms").route(clock()) == "console"  # the first is out of service now
+    channel = lookup("sms")
+    assert isinstance(channel, Routing)
+    assert channel.route(clock()) == "console"  # the first is out of service now
     clock.advance(seconds=fo_settings.lease_seconds + 1)
     report = reconcile_unknown(engine, channel_for=lookup, now=clock(), settings=fo_settings)
     assert (report.sent, report.replanned, report.still_unknown) == (0, 0, 4)
