@@ -31,6 +31,7 @@ from loa.models import DeliveryEvent, OutboxMessage, Suppression
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once
 from tests.builders import add_areas, add_recipient, launch_and_fire
+from tests.clirun import loa_env, run_loa
 from tests.conftest import FakeClock
 from tests.gateway_stub import (
     API_KEY,
@@ -288,3 +289,25 @@ def test_dispatch_through_the_gateway_records_outcomes_and_the_adapter(
     assert suppressed == ["+84912000003"]
     # The request id of each message is Loa's outbox id: the aggregator's de-duplication key.
     assert sorted(r["requestId"] for r in stub.requests) == sorted(f"loa-{r.id}" for r in rows)
+
+
+def test_the_cli_worker_refuses_a_bad_gateways_file_naming_gateway_and_field(
+    tmp_path: Path,
+) -> None:
+    entry = gateway_entry("http://127.0.0.1:9/send")
+    entry["response"]["accepted"] = []
+    path = write_gateways(tmp_path / "gw.yaml", {"viettel": entry})
+    env = loa_env(
+        f"sqlite:///{tmp_path / 'loa.db'}",
+        tmp_path,
+        LOA_SMS_CHANNEL="twilio,gateway:viettel",
+        LOA_TWILIO_ACCOUNT_SID="AC" + "ab" * 16,
+        LOA_TWILIO_AUTH_TOKEN="token",
+        LOA_TWILIO_FROM="+15005550006",
+        LOA_PUBLIC_URL="https://loa.example.vn",
+        LOA_GATEWAYS_FILE=str(path),
+        **GATEWAY_ENV,
+    )
+    result = run_loa("worker", env=env, check=False)
+    assert result.returncode == 1
+    assert "gateways.viettel.response" in result.stderr and "accepted" in result.stderr
