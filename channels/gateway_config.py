@@ -335,17 +335,17 @@ def parse_gateways(
     try:
         parsed = GatewaysFile.model_validate(document)
     except ValidationError as exc:
-        problems = []
+        problems, fields = [], []
         for error in exc.errors():
             # Without the union's tag: "auth.bearer.token_env" reads "auth.token_env".
-            loc = [
+            where = ".".join(
                 str(p)
                 for p in error["loc"]
                 if p not in ("none", "basic", "bearer", "header", "secret_header", "hmac_sha256")
-            ]
-            problems.append(f"{'.'.join(loc) or 'the file'}: {error['msg']}")
-        first = ".".join(str(p) for p in exc.errors()[0]["loc"])
-        raise InvalidInput(f"{source}: " + "; ".join(problems), field=first or None) from None
+            )
+            problems.append(f"{where or 'the file'}: {error['msg']}")
+            fields.append(where)
+        raise InvalidInput(f"{source}: " + "; ".join(problems), field=fields[0] or None) from None
     env = os.environ if environ is None else environ
     return {name: _resolve(name, config, env) for name, config in parsed.gateways.items()}
 
