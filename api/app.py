@@ -17,6 +17,7 @@ from api.routes import (
     audio,
     campaigns,
     consents,
+    gateway_webhooks,
     health,
     recipients,
     segments,
@@ -24,6 +25,7 @@ from api.routes import (
     waves,
     webhooks,
 )
+from channels.gateway_config import load_gateways
 from channels.registry import channel_lookup
 from loa.clock import Clock, system_clock
 from loa.errors import InvalidInput, LoaError, NotAuthenticated
@@ -102,6 +104,9 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.clock = clock
+    # The gateways' configuration, validated whole now: a bad file stops the API from starting
+    # rather than failing each delivery report.
+    app.state.gateways = load_gateways(settings.gateways_file) if settings.gateways_file else {}
 
     @app.exception_handler(LoaError)
     async def _domain_error(_request: Request, exc: LoaError) -> JSONResponse:
@@ -131,4 +136,5 @@ def create_app(
     app.include_router(waves.router)
     app.include_router(webhooks.router)
     app.include_router(audio.router)
+    app.include_router(gateway_webhooks.router)
     return app

@@ -54,6 +54,10 @@ class SendResult:
     retry_after: float | None = None
     detail: str | None = None
     recipient_problem: RecipientProblem | None = None  # the number should not be tried again
+    # With TRANSIENT: the adapter itself cannot send now (credentials refused, configuration
+    # wrong, no balance), whatever the message; nothing was sent. A failover list takes the
+    # adapter out of service for a while (channels/failover.py).
+    unavailable: bool = False
 
 
 class Channel(Protocol):
@@ -72,4 +76,25 @@ class Reconcilable(Protocol):
     def lookup(self, message_ids: Sequence[int]) -> dict[int, str | None]:
         """For each message it can tell about: the provider id if it accepted the message, None
         if it never received it. Messages it cannot tell about are left out of the answer."""
+        ...
+
+
+@runtime_checkable
+class Routing(Protocol):
+    """A channel carried by one of several adapters (channels/failover.py). The dispatcher asks
+    which adapter the next batch goes through, records it on the messages, and only then sends
+    through it: a message's adapter is known before any provider may have it."""
+
+    def route(self, now: datetime) -> str:
+        """The name of the adapter the next batch should go through."""
+        ...
+
+    def adapter(self, name: str) -> Channel:
+        """The adapter of that name (KeyError when it is not in the list)."""
+        ...
+
+    def send_via(
+        self, adapter: str, messages: Sequence[OutgoingMessage], *, now: datetime
+    ) -> list[SendResult]:
+        """Send through the named adapter, and learn from its results whether it is down."""
         ...

@@ -57,6 +57,8 @@ class ErrorClass:
     problem: RecipientProblem | None = None
     # Someone should look: the carrier filters our content, or the account is misconfigured.
     alert: str | None = None
+    # The account or sender is refused, whatever the message: a failover list moves on.
+    unavailable: bool = False
 
 
 # Twilio error codes (https://www.twilio.com/docs/api/errors) with a meaning beyond their HTTP
@@ -87,6 +89,7 @@ def classify_error(code: int | None, http_status: int | None) -> ErrorClass:
             Outcome.TRANSIENT,
             alert=f"Twilio refused the account or sender (error {code}, HTTP {http_status}): "
             "check LOA_TWILIO_ACCOUNT_SID, LOA_TWILIO_AUTH_TOKEN and the sender",
+            unavailable=True,
         )
     if http_status == 429:
         return ErrorClass(Outcome.TRANSIENT)
@@ -327,4 +330,5 @@ class TwilioChannel:
             ),
             detail=f"HTTP {exc.status}: {text}"[:500],
             recipient_problem=verdict.problem,
+            unavailable=verdict.unavailable,
         )

@@ -286,6 +286,10 @@ class OutboxMessage(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     provider_id: str | None = Field(default=None, max_length=64)
+    # The adapter that carries (or last tried) the message: `twilio`, `gateway:viettel`, ...
+    # Written with `sending`, before the provider is called, so that reconciliation and
+    # delivery reports deal with the provider that may have it (a failover list has several).
+    adapter: str | None = Field(default=None, max_length=64)
     error_code: str | None = Field(default=None, max_length=32)
     segments: int | None = None
     # Copied from the recipient at expansion so per-area and per-carrier stats need no join.
@@ -316,6 +320,7 @@ class DeliveryEvent(SQLModel, table=True):
     channel: str = Field(max_length=32)
     kind: str = Field(max_length=16)  # attempt | status | play
     status: str = Field(max_length=16)
+    adapter: str | None = Field(default=None, max_length=64)  # see OutboxMessage.adapter
     provider_id: str | None = Field(default=None, max_length=64)
     error_code: str | None = Field(default=None, max_length=32)
     detail: str | None = Field(default=None, sa_type=Text)

@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
-    # Channels: which adapter carries each logical channel of a wave.
+    # Channels: which adapter carries each logical channel of a wave: one name (console,
+    # simulated, twilio, gateway:<name>), or an ordered failover list "twilio,gateway:viettel".
     sms_channel: str = "console"
     # File the console channel appends JSON lines to; stdout when unset.
     console_sink: Path | None = None
@@ -50,6 +51,15 @@ class Settings(BaseSettings):
     twilio_timeout_seconds: float = Field(default=15, gt=0)
     # The Twilio API's address; empty for Twilio's own. A mock (Prism) or a stub in tests.
     twilio_api_url: str = ""
+    # HTTP gateways of brandname SMS aggregators (LOA_SMS_CHANNEL=gateway:<name>): a YAML file
+    # with each gateway's URL, authentication, body and answer mapping, validated whole when a
+    # worker or the API starts (docs/gateways.example.yaml).
+    gateways_file: Path | None = None
+    # Failover (LOA_SMS_CHANNEL=twilio,gateway:viettel): an adapter is taken out of service after
+    # this many messages in a row failed transiently or ambiguously (at once when it refuses the
+    # account or its configuration), and tried again after the cool-down. Per process.
+    failover_after_failures: int = Field(default=20, ge=1)
+    failover_cooldown_seconds: float = Field(default=300, ge=0)
 
     # Campaign rules.
     default_timezone: str = "Asia/Ho_Chi_Minh"

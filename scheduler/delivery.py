@@ -62,7 +62,7 @@ class ReportEffect(StrEnum):
     MOVED = "moved"  # the message took the reported status (one event written)
     UNCHANGED = "unchanged"  # already there or further: a duplicate or a late report
     UNKNOWN_MESSAGE = "unknown_message"  # no outbox message has this id / provider id
-    MISMATCH = "mismatch"  # the message was recorded with another provider id
+    MISMATCH = "mismatch"  # the message was recorded with another provider id, or adapter
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,9 @@ def apply_delivery_report(
     session: Session,
     *,
     channel: str,
-    provider_id: str,
+    provider_id: str | None,
     status: MessageStatus,
+    adapter: str | None = None,
     message_id: int | None = None,
     error_code: str | None = None,
     problem: RecipientProblem | None = None,
@@ -85,26 +86,41 @@ def apply_delivery_report(
     now: datetime,
 ) -> ReportResult:
     """Apply one delivery report. The message is found by Loa's id when the report carries it
-    (it may come before the worker recorded the provider's id), else by the provider's id."""
+    (it may come before the worker recorded the provider's id), else by the provider's id.
+    `adapter`: the adapter the report comes from; a message recorded as carried by another one
+    is a mismatch (a failover list has several providers, each reporting on its own messages).
+    `provider_id` None: the report does not say it (the message's is kept)."""
+    if message_id is None and provider_id is None:
+        raise ValueError("a delivery report needs the message id or the provider's id")
     if status not in _MOVES_FROM:
         raise ValueError(f"a delivery report cannot set {status!r}")
     if message_id is not None:
         row = session.exec(
-            select(OutboxMessage.id, OutboxMessage.provider_id, OutboxMessage.channel).where(
-                OutboxMessage.id == message_id
-            )
+            select(
+                OutboxMessage.id,
+                OutboxMessage.provider_id,
+                OutboxMessage.channel,
+                OutboxMessage.adapter,
+            ).where(OutboxMessage.id == message_id)
         ).first()
     else:
         row = session.exec(
-            select(OutboxMessage.id, OutboxMessage.provider_id, OutboxMessage.channel)
+            select(
+                OutboxMessage.id,
+                OutboxMessage.provider_id,
+                OutboxMessage.channel,
+                OutboxMessage.adapter,
+            )
             .where(OutboxMessage.provider_id == provider_id)
             .order_by(col(OutboxMessage.id))
         ).first()
     if row is None or row[2] != channel:
         return ReportResult(ReportEffect.UNKNOWN_MESSAGE, message_id)
-    found_id, recorded_id, _ = row
+    found_id, recorded_id, _, recorded_adapter = row
     assert found_id is not None
-    if recorded_id is not None and recorded_id != provider_id:
+    if provider_id is not None and recorded_id is not None and recorded_id != provider_id:
+        return ReportResult(ReportEffect.MISMATCH, found_id)
+    if adapter is not None and recorded_adapter is not None and recorded_adapter != adapter:
         return ReportResult(ReportEffect.MISMATCH, found_id)
     if problem is not None:
         record_recipient_problems(
@@ -116,7 +132,7 @@ def apply_delivery_report(
         )
     values: dict[str, object] = {
         "status": status.value,
-        "provider_id": provider_id,
+        "provider_id": provider_id if provider_id is not None else recorded_id,
         "sent_at": func.coalesce(col(OutboxMessage.sent_at), now),
         # A worker still waiting for the provider's answer finds its row settled and leaves it.
         "lease_owner": None,
@@ -142,9 +158,10 @@ def apply_delivery_report(
             message_id=found_id,
             wave_id=moved[0],
             channel=channel,
+            adapter=recorded_adapter or adapter,
             kind="status",
             status=status.value,
-            provider_id=provider_id,
+            provider_id=provider_id if provider_id is not None else recorded_id,
             error_code=error_code,
             detail=detail,
             occurred_at=now,

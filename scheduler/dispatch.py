@@ -44,7 +44,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
 from audience.resolve import audience_condition
-from channels.base import Channel, Outcome, OutgoingMessage, SendResult
+from channels.base import Channel, Outcome, OutgoingMessage, Routing, SendResult
 from loa.clock import Clock
 from loa.db import UTCDateTime, id_in, session_scope
 from loa.models import (
@@ -100,11 +100,13 @@ def _event(
     provider_id: str | None = None,
     error_code: str | None = None,
     detail: str | None = None,
+    adapter: str | None = None,
 ) -> dict[str, Any]:
     return {
         "message_id": message_id,
         "wave_id": wave_id,
         "channel": channel,
+        "adapter": adapter,
         "kind": kind,
         "status": status,
         "provider_id": provider_id,
@@ -139,6 +141,7 @@ def _record_moves(
                     now,
                     error_code=error_code,
                     detail=detail,
+                    adapter=getattr(m, "adapter", None),
                 )
                 for m in moved
             ],
@@ -163,7 +166,9 @@ def release_expired_leases(session: Session, *, now: datetime) -> None:
             lease_expires_at=None,
             updated_at=now,
         )
-        .returning(outbox.c.id, outbox.c.wave_id, outbox.c.channel, outbox.c.status)
+        .returning(
+            outbox.c.id, outbox.c.wave_id, outbox.c.channel, outbox.c.status, outbox.c.adapter
+        )
     ).all()
     lost = [m for m in moved if m.status == MessageStatus.UNKNOWN]
     _record_moves(
@@ -490,9 +495,16 @@ def _render_all(
 
 
 def begin_sending(
-    session: Session, ready: Sequence[ClaimedMessage], *, worker_id: str, now: datetime
+    session: Session,
+    ready: Sequence[ClaimedMessage],
+    *,
+    worker_id: str,
+    now: datetime,
+    adapters: Mapping[str, str] | None = None,
 ) -> None:
-    """claimed -> sending and one `attempt` event each: two statements for the whole batch."""
+    """claimed -> sending and one `attempt` event each: two statements for the whole batch.
+    `adapters` maps each wave channel to the adapter the batch goes through, recorded on the
+    message and its event before the provider is called (None: the adapter is not recorded)."""
     if not ready:
         return
     ids = [m.id for m in ready]
@@ -500,20 +512,29 @@ def begin_sending(
         id_in(col(OutboxMessage.id), ids, session.connection()),
         col(OutboxMessage.lease_owner) == worker_id,
     )
+    values: dict[str, Any] = {
+        "status": MessageStatus.SENDING,
+        "attempts": col(OutboxMessage.attempts) + 1,
+        "updated_at": now,
+    }
+    if adapters:
+        values["adapter"] = case(
+            *((col(OutboxMessage.channel) == k, literal(v)) for k, v in adapters.items()),
+            else_=None,
+        )
     session.execute(
         update(OutboxMessage)
         .where(*mine, col(OutboxMessage.status) == MessageStatus.CLAIMED)
-        .values(
-            status=MessageStatus.SENDING, attempts=col(OutboxMessage.attempts) + 1, updated_at=now
-        )
+        .values(**values)
     )
     session.execute(
         insert(DeliveryEvent).from_select(
-            ["message_id", "wave_id", "channel", "kind", "status", "occurred_at"],
+            ["message_id", "wave_id", "channel", "adapter", "kind", "status", "occurred_at"],
             select(
                 col(OutboxMessage.id),
                 col(OutboxMessage.wave_id),
                 col(OutboxMessage.channel),
+                col(OutboxMessage.adapter),
                 literal("attempt"),
                 literal(MessageStatus.SENDING.value),
                 literal(now, UTCDateTime()),
@@ -666,6 +687,7 @@ def record_results(
                 "message_id",
                 "wave_id",
                 "channel",
+                "adapter",
                 "kind",
                 "status",
                 "provider_id",
@@ -677,6 +699,7 @@ def record_results(
                 outbox.c.id,
                 outbox.c.wave_id,
                 outbox.c.channel,
+                outbox.c.adapter,
                 literal("status"),
                 r.c.status,
                 r.c.provider_id,
@@ -749,12 +772,24 @@ def dispatch_once(
     if not claimed:
         return 0
     ready, render_failures = _render_all(claimed)
+    # Which adapter carries each channel's share of the batch, decided before `sending` is
+    # written so that it is written with it: a failover list (channels/failover.py) may pick
+    # another adapter for the next batch, and whatever becomes of this one (unknown, a delivery
+    # report) must be settled with the provider that may have it.
+    routes: dict[str, tuple[Channel, str]] = {}
+    for channel_name in dict.fromkeys(m.channel for m, _ in ready):
+        channel = channel_for(channel_name)
+        routes[channel_name] = (
+            channel,
+            channel.route(clock()) if isinstance(channel, Routing) else channel.name,
+        )
     with session_scope(engine) as session:
         begin_sending(
             session,
             [m for m, _ in ready],
             worker_id=worker_id,
             now=grant.at if grant is not None else clock(),
+            adapters={name: adapter for name, (_, adapter) in routes.items()},
         )
         record_results(
             session,
@@ -774,10 +809,16 @@ def dispatch_once(
         )
     results: list[SendResult] = []
     for channel_name, outgoing in by_channel.items():
+        channel, adapter = routes[channel_name]
         try:
-            results.extend(channel_for(channel_name).send_batch(outgoing, now=clock()))
+            if isinstance(channel, Routing):
+                results.extend(channel.send_via(adapter, outgoing, now=clock()))
+            else:
+                results.extend(channel.send_batch(outgoing, now=clock()))
         except Exception as exc:  # an adapter bug or a network error mid-batch: outcome unknown
-            log.exception("channel %s failed on a batch of %d", channel_name, len(outgoing))
+            log.exception(
+                "channel %s (%s) failed on a batch of %d", channel_name, adapter, len(outgoing)
+            )
             results.extend(
                 SendResult(m.message_id, Outcome.AMBIGUOUS, detail=f"{type(exc).__name__}: {exc}")
                 for m in outgoing

@@ -34,7 +34,7 @@ from sqlmodel import Session, col
 
 from audience.resolve import audience_condition, lacks_attribute
 from audience.segments import mask_phone, resolve_audience
-from channels.registry import check_channel
+from channels.registry import check_channel, primary_sms_adapter
 from loa.errors import InvalidInput, LoaError
 from loa.models import (
     Consent,
@@ -604,7 +604,7 @@ def _cost_by_carrier(
         count = round(segments.per_message_mean * messages)
         price = segment_price(
             settings,
-            adapter=settings.sms_channel,
+            adapter=primary_sms_adapter(settings),
             carrier=carrier,
             message_class=wave.message_class,
         )

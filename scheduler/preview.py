@@ -22,6 +22,7 @@ from sqlmodel import Session, col
 from audience.phones import normalize_phone
 from audience.segments import mask_phone
 from channels.base import Channel, OutgoingMessage
+from channels.registry import primary_sms_adapter
 from loa import audit
 from loa.db import session_scope
 from loa.errors import InvalidInput, NotFound
@@ -120,7 +121,7 @@ def _preview_message(wave: Wave, recipient: SampledRecipient, settings: Settings
     counted = count_sms(text)
     price = segment_price(
         settings,
-        adapter=settings.sms_channel,
+        adapter=primary_sms_adapter(settings),
         carrier=recipient.carrier,
         message_class=wave.message_class,
     )

@@ -1,7 +1,12 @@
 """Reconciliation: messages whose send outcome was lost (`unknown`) are settled by asking the
 channel, never by sending again blindly. The provider has it -> `sent`; the provider never got
 it -> `planned` again (sending it then cannot make a duplicate); the provider cannot tell -> it
-stays `unknown` for a person to look at."""
+stays `unknown` for a person to look at.
+
+The channel asked is the adapter recorded on the message (`outbox.adapter`) when the channel is a
+failover list; a message whose recorded adapter is no longer configured stays `unknown`: asking
+another provider whether it has a message it was never given would answer "never received it"
+and send the message a second time."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col, select
 
-from channels.base import Channel, Reconcilable
+from channels.base import Channel, Reconcilable, Routing
 from loa.db import session_scope
 from loa.models import UNKNOWN_ONLY, DeliveryEvent, MessageStatus, OutboxMessage
 from loa.settings import Settings
@@ -40,19 +45,24 @@ def reconcile_unknown(
     settled_before = now - timedelta(seconds=settings.lease_seconds)
     with session_scope(engine) as session:
         rows = session.exec(
-            select(OutboxMessage.id, OutboxMessage.wave_id, OutboxMessage.channel)
+            select(
+                OutboxMessage.id,
+                OutboxMessage.wave_id,
+                OutboxMessage.channel,
+                OutboxMessage.adapter,
+            )
             .where(text(UNKNOWN_ONLY), col(OutboxMessage.updated_at) <= settled_before)
             .order_by(col(OutboxMessage.updated_at))
             .limit(limit)
         ).all()
-    by_channel: dict[str, list[tuple[int, int]]] = {}
-    for message_id, wave_id, channel in rows:
+    by_channel: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
+    for message_id, wave_id, channel, recorded in rows:
         assert message_id is not None
-        by_channel.setdefault(channel, []).append((message_id, wave_id))
+        by_channel.setdefault((channel, recorded), []).append((message_id, wave_id))
 
-    for channel_name, messages in by_channel.items():
-        adapter = channel_for(channel_name)
-        if not isinstance(adapter, Reconcilable):
+    for (channel_name, recorded), messages in by_channel.items():
+        adapter = _recorded_adapter(channel_for(channel_name), recorded)
+        if adapter is None or not isinstance(adapter, Reconcilable):
             report.still_unknown += len(messages)
             continue
         answers = adapter.lookup([m for m, _ in messages])
@@ -63,6 +73,7 @@ def reconcile_unknown(
             report.sent += _settle(
                 session,
                 channel_name,
+                recorded,
                 now,
                 MessageStatus.SENT,
                 [(m, w, p) for m, w, p in sent],
@@ -71,6 +82,7 @@ def reconcile_unknown(
             report.replanned += _settle(
                 session,
                 channel_name,
+                recorded,
                 now,
                 MessageStatus.PLANNED,
                 [(m, w, None) for m, w in never],
@@ -81,9 +93,24 @@ def reconcile_unknown(
     return report
 
 
+def _recorded_adapter(channel: Channel, recorded: str | None) -> Channel | None:
+    """The adapter that may have the message; None when it is not the configured one (or in the
+    configured failover list). Messages from before adapters were recorded have none: the channel
+    is asked, as it was then."""
+    if recorded is None:
+        return channel
+    if isinstance(channel, Routing):
+        try:
+            return channel.adapter(recorded)
+        except KeyError:
+            return None
+    return channel if channel.name == recorded else None
+
+
 def _settle(
     session: Session,
     channel: str,
+    adapter: str | None,
     now: datetime,
     status: MessageStatus,
     messages: list[tuple[int, int, str | None]],
@@ -116,6 +143,7 @@ def _settle(
                 message_id=message_id,
                 wave_id=wave_id,
                 channel=channel,
+                adapter=adapter,
                 kind="status",
                 status=status,
                 provider_id=provider_id,

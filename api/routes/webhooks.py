@@ -131,6 +131,7 @@ async def twilio_status(
             result = apply_delivery_report(
                 session,
                 channel="sms",
+                adapter="twilio",
                 provider_id=sid,
                 status=status,
                 message_id=message_id,
