@@ -1038,6 +1038,69 @@ def stats(campaign_id: int, as_json: bool) -> None:
     _print_table(rows, right_from=2)
 
 
+@main.group()
+def deliveries() -> None:
+    """The delivery log: each message with its current status."""
+
+
+@deliveries.command("export")
+@click.option("--campaign", "campaign_id", type=int, default=None)
+@click.option("--wave", "wave_id", type=int, default=None)
+@click.option("--channel", default=None)
+@click.option("--status", default=None, help="planned, sent, delivered, failed, ...")
+@click.option("--error-code", default=None)
+@click.option("--area", default=None, help="An area code; its sub-areas too.")
+@click.option(
+    "--since", type=click.DateTime(), default=None, help="Last change at or after (local time)."
+)
+@click.option("--until", type=click.DateTime(), default=None, help="Last change before.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the CSV here (default: standard output).",
+)
+def deliveries_export(
+    campaign_id: int | None,
+    wave_id: int | None,
+    channel: str | None,
+    status: str | None,
+    error_code: str | None,
+    area: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    out: Path | None,
+) -> None:
+    """The filtered log as CSV, written a batch at a time (any size, constant memory)."""
+    from stats.deliveries import DeliveryFilter, export_deliveries
+
+    settings = _settings()
+    zone = ZoneInfo(settings.default_timezone)
+    flt = DeliveryFilter(
+        campaign_id=campaign_id,
+        wave_id=wave_id,
+        channel=channel,
+        status=status,
+        error_code=error_code,
+        area=area,
+        # Times typed at a terminal are the office's local time.
+        since=since.replace(tzinfo=zone) if since else None,
+        until=until.replace(tzinfo=zone) if until else None,
+    )
+    lines = export_deliveries(_open_database(settings), flt)
+    if out is None:
+        for text in lines:
+            click.echo(text, nl=False)
+        return
+    # Written beside the target and renamed at the end: an export cut short leaves no half file.
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w", encoding="utf-8", newline="") as handle:
+        for text in lines:
+            handle.write(text)
+    partial.replace(out)
+    click.echo(f"deliveries written to {out}")
+
+
 # --- SMS text ---------------------------------------------------------------------------------
 
 

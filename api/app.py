@@ -17,6 +17,7 @@ from api.routes import (
     audio,
     campaigns,
     consents,
+    deliveries,
     gateway_webhooks,
     health,
     recipients,
@@ -136,5 +137,6 @@ def create_app(
     app.include_router(waves.router)
     app.include_router(webhooks.router)
     app.include_router(audio.router)
+    app.include_router(deliveries.router)
     app.include_router(gateway_webhooks.router)
     return app
