@@ -126,7 +126,7 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -229,7 +229,8 @@ async def push(
             may_have_arrived = True
             status_code, answer = None, ""
             reason = f"no answer within {endpoint.timeout_seconds:g} s ({exc.__class__.__name__})"
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
+            # A connection dropped mid-request, or an answer that could not be read.
             may_have_arrived = True
             status_code, answer = None, ""
             reason = f"connection lost: {exc.__class__.__name__}: {exc}".rstrip(": ")

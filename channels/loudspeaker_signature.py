@@ -130,12 +130,13 @@ def verify_push(
     id already accepted). On success the id is claimed in `seen_nonces`: a receiver that then
     fails to act on the push must `release` it so that the sender's retry is taken.
 
-    The checks run in an order that leaks nothing: the signature first (compared in constant
-    time), so an unsigned request learns nothing about timestamps or ids."""
+    The headers are checked for form, then the signature (compared in constant time), and only
+    then the timestamp and the id: a request without a valid signature learns nothing about the
+    receiver's clock or the ids it has seen."""
     raw_timestamp = _header(headers, TIMESTAMP_HEADER)
     request_id = _header(headers, REQUEST_ID_HEADER)
     given = _header(headers, SIGNATURE_HEADER)
-    if not raw_timestamp.isdigit() or len(raw_timestamp) > 12:
+    if not (raw_timestamp.isascii() and raw_timestamp.isdigit()) or len(raw_timestamp) > 12:
         raise PushRejected(f"{TIMESTAMP_HEADER} is not whole seconds since the epoch")
     if not _REQUEST_ID.match(request_id):
         raise PushRejected(f"{REQUEST_ID_HEADER} is not 32 lowercase hex digits")
