@@ -688,6 +688,62 @@ def audio_show(sha256: str) -> None:
     click.echo(json.dumps(record, ensure_ascii=False, indent=2))
 
 
+# --- loudspeaker controllers ------------------------------------------------------------------
+
+
+@main.group()
+def loudspeaker() -> None:
+    """Loudspeaker controllers that take pushed playlists (LOA_LOUDSPEAKER_ENDPOINTS_FILE)."""
+
+
+@loudspeaker.command("ping")
+@click.argument("area_code")
+@click.option(
+    "--attempts",
+    type=click.IntRange(1, 20),
+    default=1,
+    show_default=True,
+    help="Attempts before giving up (retries back off as a real push does).",
+)
+def loudspeaker_ping(area_code: str, attempts: int) -> None:
+    """Send a signed test push (no items) to the endpoint serving AREA_CODE and show the answer."""
+    import asyncio
+    from dataclasses import replace
+
+    from channels.loudspeaker_config import area_chain, load_endpoints
+    from channels.loudspeaker_push import RetryPolicy, ping
+    from loa.errors import InvalidInput, NotFound
+    from loa.models import Area
+
+    settings = _settings()
+    config = load_endpoints(settings.loudspeaker_endpoints_file)
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        area = session.get(Area, area_code)
+        if area is None:
+            raise NotFound(f"area {area_code} is not in the area table (loa areas load)")
+        chain = area_chain(area.path)
+    endpoint = config.endpoint_for(chain)
+    if endpoint is None:
+        raise InvalidInput(
+            f"no loudspeaker endpoint serves area {area_code} nor any area above it "
+            f"({'/'.join(chain)}) in {config.source}"
+        )
+    policy = replace(RetryPolicy.from_settings(settings), max_attempts=attempts)
+    now = system_clock()
+    day = now.astimezone(ZoneInfo(settings.default_timezone)).date()
+    result = asyncio.run(ping(endpoint, area_code, day=day, policy=policy, clock=system_clock))
+    via = "" if endpoint.area_code == area_code else f" (configured for area {endpoint.area_code})"
+    click.echo(f"endpoint: {endpoint.url}{via}")
+    click.echo(f"request id: {result.request_id}")
+    click.echo(f"attempts: {result.attempts}")
+    status = "no answer" if result.status_code is None else f"HTTP {result.status_code}"
+    click.echo(f"answer: {status}" + (f" {result.answer}" if result.answer else ""))
+    if not result.accepted:
+        raise click.ClickException(f"{result.outcome.value}: {result.reason}")
+    click.echo("accepted")
+
+
 # --- campaigns --------------------------------------------------------------------------------
 
 

@@ -164,6 +164,17 @@ class Settings(BaseSettings):
     audio_bitrate_kbps: int = 64
     audio_sample_rate: int = 44100
 
+    # Loudspeaker controllers that take pushed playlists (channels/loudspeaker_push.py): the YAML
+    # or JSON file of endpoints by area (unset: none; see docs/loudspeaker-endpoints.example.yaml).
+    loudspeaker_endpoints_file: Path | None = None
+    # Attempts per push, and the backoff between them: base * 2^(attempt-1) seconds (jittered),
+    # at most max; a Retry-After above max ends the push as failed rather than waiting longer.
+    loudspeaker_max_attempts: int = Field(default=5, ge=1, le=20)
+    loudspeaker_retry_base_seconds: float = Field(default=1.0, ge=0)
+    loudspeaker_retry_max_seconds: float = Field(default=60.0, ge=0)
+    # Pushes in flight at once when an emergency goes to every endpoint.
+    loudspeaker_concurrency: int = Field(default=16, ge=1, le=256)
+
     log_level: str = "INFO"
 
     @field_validator("window_qc", "window_info", "window_care", "cap_qc", "cap_info", "cap_care")
