@@ -21,7 +21,7 @@ from loa.models import Suppression
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once
 from scheduler.tick import run_tick
-from stats.deliveries import DeliveryFilter, export_deliveries, list_deliveries
+from stats.deliveries import Delivery, DeliveryFilter, export_deliveries, list_deliveries
 from tests.builders import add_areas, add_recipient, launch
 from tests.clirun import loa_env, run_loa
 from tests.conftest import FakeClock
@@ -64,8 +64,8 @@ def sent(engine: Engine, settings: Settings, clock: FakeClock) -> int:
     return campaign_id
 
 
-def _phones(items: list[object]) -> list[str]:
-    return [item.phone for item in items]  # type: ignore[attr-defined]
+def _phones(items: list[Delivery]) -> list[str]:
+    return [item.phone for item in items]
 
 
 def test_filters_and_keyset_pages(engine: Engine, sent: int) -> None:
