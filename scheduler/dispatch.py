@@ -26,8 +26,10 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Engine,
     Text,
+    and_,
     bindparam,
     case,
     cast,
@@ -217,23 +219,19 @@ def claim_batch(
     bind = session.connection()
 
     # Suppression is checked now, not only at planning: an opt-out mid-wave stops the rest.
-    suppressed = session.execute(
-        update(OutboxMessage)
-        .where(
-            id_in(col(OutboxMessage.id), claimed_ids, bind),
-            exists(
-                select(1)
-                .select_from(Recipient)
-                .join(Suppression, col(Suppression.phone) == col(Recipient.phone))
-                .where(col(Recipient.id) == col(OutboxMessage.recipient_id))
-            ),
-        )
-        .values(
-            status=MessageStatus.SUPPRESSED, lease_owner=None, lease_expires_at=None, updated_at=now
-        )
-        .returning(*_MOVED)
-    ).all()
-    _record_moves(session, suppressed, MessageStatus.SUPPRESSED, now, "suppressed at send time")
+    _set_aside(
+        session,
+        claimed_ids,
+        exists(
+            select(1)
+            .select_from(Recipient)
+            .join(Suppression, col(Suppression.phone) == col(Recipient.phone))
+            .where(col(Recipient.id) == col(OutboxMessage.recipient_id))
+        ),
+        status=MessageStatus.SUPPRESSED,
+        detail="suppressed at send time",
+        now=now,
+    )
     # One look at the claimed waves serves the checks below (a handful of rows).
     waves = session.execute(
         select(
@@ -345,35 +343,22 @@ def _suppress_unconsented(
     suppressed with error code no_consent. Runs only when the batch has such waves."""
     if not qc_wave_ids:
         return
-    moved = session.execute(
-        update(OutboxMessage)
-        .where(
-            id_in(col(OutboxMessage.id), claimed_ids, session.connection()),
+    _set_aside(
+        session,
+        claimed_ids,
+        and_(
             col(OutboxMessage.wave_id).in_(qc_wave_ids),
-            col(OutboxMessage.status) == MessageStatus.CLAIMED,
             ~exists(
                 select(1)
                 .select_from(Recipient)
                 .join(Consent, col(Consent.phone) == col(Recipient.phone))
                 .where(col(Recipient.id) == col(OutboxMessage.recipient_id))
             ),
-        )
-        .values(
-            status=MessageStatus.SUPPRESSED,
-            error_code=NO_CONSENT,
-            lease_owner=None,
-            lease_expires_at=None,
-            updated_at=now,
-        )
-        .returning(*_MOVED)
-    ).all()
-    _record_moves(
-        session,
-        moved,
-        MessageStatus.SUPPRESSED,
-        now,
-        "no recorded consent to advertising (qc) at send time",
+        ),
+        status=MessageStatus.SUPPRESSED,
         error_code=NO_CONSENT,
+        detail="no recorded consent to advertising (qc) at send time",
+        now=now,
     )
 
 
@@ -388,20 +373,17 @@ def _cancel_outdated_dates(
     when the date has changed since: the card was renewed, and the new date has its own
     occurrence. Cancelled, with the reason in its event. `occurrences`: (wave id, audience) of
     the claimed waves that are occurrences of a series."""
-    bind = session.connection()
     dated = [
         (wave_id, audience["date"])
         for wave_id, audience in occurrences
         if "date" in (audience or {})
     ]
     for wave_id, on in dated:
-        outdated = session.execute(
-            update(OutboxMessage)
-            .where(
-                id_in(col(OutboxMessage.id), claimed_ids, bind),
+        _set_aside(
+            session,
+            claimed_ids,
+            and_(
                 col(OutboxMessage.wave_id) == wave_id,
-                # Not one set aside a moment ago (suppressed): a message ends with one reason.
-                col(OutboxMessage.status) == MessageStatus.CLAIMED,
                 ~exists(
                     select(1).where(
                         col(RecipientDate.recipient_id) == col(OutboxMessage.recipient_id),
@@ -409,22 +391,11 @@ def _cancel_outdated_dates(
                         col(RecipientDate.value) == date.fromisoformat(on["on"]),
                     )
                 ),
-            )
-            .values(
-                status=MessageStatus.CANCELLED,
-                error_code="date_changed",
-                lease_owner=None,
-                lease_expires_at=None,
-                updated_at=now,
-            )
-            .returning(*_MOVED)
-        ).all()
-        _record_moves(
-            session,
-            outdated,
-            MessageStatus.CANCELLED,
-            now,
-            f"{on['attribute']} is no longer {on['on']}: planned for a date that changed",
+            ),
+            status=MessageStatus.CANCELLED,
+            error_code="date_changed",
+            detail=f"{on['attribute']} is no longer {on['on']}: planned for a date that changed",
+            now=now,
         )
 
 
@@ -439,44 +410,66 @@ def _cancel_left_audience(
     expansion (moved to another commune, lost a tag, no longer matches the segment's filter as
     pinned at expansion) is not sent the message; it is cancelled with error code left_audience.
     A wave to everyone has nothing to check."""
-    bind = session.connection()
+    dialect = session.connection().dialect.name
     for wave_id, audience in waves:
         # The occurrence date is _cancel_outdated_dates' check, with its own reason.
         rest = {key: value for key, value in (audience or {}).items() if key != "date"}
         if not (rest.get("areas") or rest.get("tags") or rest.get("segment")):
             continue
-        left = session.execute(
-            update(OutboxMessage)
-            .where(
-                id_in(col(OutboxMessage.id), claimed_ids, bind),
+        _set_aside(
+            session,
+            claimed_ids,
+            and_(
                 col(OutboxMessage.wave_id) == wave_id,
-                col(OutboxMessage.status) == MessageStatus.CLAIMED,
                 ~exists(
                     select(1)
                     .select_from(Recipient)
                     .where(
                         col(Recipient.id) == col(OutboxMessage.recipient_id),
-                        audience_condition(rest, dialect=bind.dialect.name),
+                        audience_condition(rest, dialect=dialect),
                     )
                 ),
-            )
-            .values(
-                status=MessageStatus.CANCELLED,
-                error_code=LEFT_AUDIENCE,
-                lease_owner=None,
-                lease_expires_at=None,
-                updated_at=now,
-            )
-            .returning(*_MOVED)
-        ).all()
-        _record_moves(
-            session,
-            left,
-            MessageStatus.CANCELLED,
-            now,
-            "no longer in the wave's audience (area, tags or segment changed since expansion)",
+            ),
+            status=MessageStatus.CANCELLED,
             error_code=LEFT_AUDIENCE,
+            detail="no longer in the wave's audience (area, tags or segment changed since "
+            "expansion)",
+            now=now,
         )
+
+
+def _set_aside(
+    session: Session,
+    claimed_ids: list[int],
+    condition: ColumnElement[bool],
+    *,
+    status: MessageStatus,
+    detail: str,
+    now: datetime,
+    error_code: str | None = None,
+) -> None:
+    """End the claimed messages that meet `condition` with `status` (row and event, one
+    statement each) instead of sending them. Only those still `claimed`: a message set aside by
+    an earlier check keeps that one reason."""
+    values: dict[str, Any] = {
+        "status": status,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+    if error_code is not None:
+        values["error_code"] = error_code
+    moved = session.execute(
+        update(OutboxMessage)
+        .where(
+            id_in(col(OutboxMessage.id), claimed_ids, session.connection()),
+            col(OutboxMessage.status) == MessageStatus.CLAIMED,
+            condition,
+        )
+        .values(**values)
+        .returning(*_MOVED)
+    ).all()
+    _record_moves(session, moved, status, now, detail, error_code=error_code)
 
 
 def _render_all(
