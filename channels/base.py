@@ -60,6 +60,16 @@ class SendResult:
     unavailable: bool = False
 
 
+def expired(message: OutgoingMessage) -> SendResult:
+    """The result for a message whose wave's deadline passed before it could be sent."""
+    return SendResult(
+        message.message_id,
+        Outcome.PERMANENT,
+        error_code="expired",
+        detail="the wave's deadline passed before the message could be sent",
+    )
+
+
 class Channel(Protocol):
     name: str
     capabilities: Capabilities

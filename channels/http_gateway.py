@@ -36,7 +36,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from channels.base import Capabilities, Outcome, OutgoingMessage, RecipientProblem, SendResult
+from channels.base import (
+    Capabilities,
+    Outcome,
+    OutgoingMessage,
+    RecipientProblem,
+    SendResult,
+    expired,
+)
 from channels.gateway_config import Gateway, ResponseMapping, load_gateways
 from loa.errors import InvalidInput
 from loa.settings import Settings
@@ -305,12 +312,7 @@ class HttpGatewayChannel:
     async def _send_one(self, message: OutgoingMessage, now: datetime) -> SendResult:
         body = self.body_for(message, now)
         if body is None:
-            return SendResult(
-                message.message_id,
-                Outcome.PERMANENT,
-                error_code="expired",
-                detail="the wave's deadline passed before the message could be sent",
-            )
+            return expired(message)
         rid = request_id(self._config.request_id_prefix, message.message_id)
         assert self._client is not None
         try:

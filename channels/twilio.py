@@ -31,7 +31,14 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from channels.base import Capabilities, Outcome, OutgoingMessage, RecipientProblem, SendResult
+from channels.base import (
+    Capabilities,
+    Outcome,
+    OutgoingMessage,
+    RecipientProblem,
+    SendResult,
+    expired,
+)
 from loa.errors import InvalidInput
 from loa.settings import Settings
 
@@ -283,12 +290,7 @@ class TwilioChannel:
     async def _send_one(self, message: OutgoingMessage, now: datetime) -> SendResult:
         params = self._params(message, now)
         if params is None:
-            return SendResult(
-                message.message_id,
-                Outcome.PERMANENT,
-                error_code="expired",
-                detail="the wave's deadline passed before the message could be sent",
-            )
+            return expired(message)
         try:
             async with self._slots:
                 created = await self._messages.create_async(**params)
