@@ -616,8 +616,9 @@ def _pg_merge(undate: bool) -> TextClause:
     ids AS (
         SELECT id, phone FROM upserted
         UNION ALL
-        SELECT r.id, r.phone FROM recipient AS r JOIN {_PG_BATCH} AS b ON b.phone = r.phone
-        WHERE NOT EXISTS (SELECT FROM upserted AS u WHERE u.phone = r.phone)
+        SELECT r.id, r.phone
+        FROM {_PG_BATCH} AS b JOIN recipient AS r ON r.phone = b.phone
+        WHERE NOT EXISTS (SELECT FROM upserted AS u WHERE u.phone = b.phone)
     ),
     merged AS (
         SELECT ids.id, b.tags, b.attributes FROM ids JOIN {_PG_BATCH} AS b ON b.phone = ids.phone
@@ -664,6 +665,9 @@ def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) ->
     ]
     with driver.cursor() as cursor, cursor.copy(_PG_COPY_BATCH) as copy:
         copy.write("".join(lines))
+    # A temporary table has no statistics until analysed: the planner would guess its size and
+    # read the whole recipient table once per chunk instead of looking the phones up.
+    bind.execute(text(f"ANALYZE {_PG_BATCH}"))
     undate = any(not _ISO_DATE.fullmatch(v) for row in batch for v in row.attributes.values())
     merge = _PG_MERGE if undate else _PG_MERGE_DATES_ONLY
     return set(bind.execute(merge, {"now": now}).scalars())
