@@ -583,8 +583,8 @@ def _pg_merge(undate: bool) -> TextClause:
     # chunk is a non-date (as in a fresh import of dated lists).
     undated = f""",
     undated AS (
-        DELETE FROM recipient_date AS d USING merged, jsonb_each_text(merged.attributes) AS e
-        WHERE d.recipient_id = merged.id AND d.attribute = e.key AND e.value !~ {_PG_ISO}
+        DELETE FROM recipient_date AS d USING written, jsonb_each_text(written.attributes) AS e
+        WHERE d.recipient_id = written.id AND d.attribute = e.key AND e.value !~ {_PG_ISO}
     )"""
     return text(
         f"""
@@ -610,9 +610,14 @@ def _pg_merge(undate: bool) -> TextClause:
         -- on one it updated: the usual way to tell the two apart in an upsert's RETURNING.
         RETURNING r.id, r.phone, r.xmax = 0 AS inserted
     ),
-    -- Every recipient of the chunk: those the upsert wrote, and those it left unchanged, read
-    -- from the statement's snapshot (complete, since imports hold IMPORT_LOCK: no other
-    -- transaction adds recipients meanwhile).
+    -- The recipients the upsert wrote: only their dates can have changed (recipient_date
+    -- follows the attributes, and an unchanged row's attributes already hold the file's values).
+    written AS (
+        SELECT u.id, b.attributes FROM upserted AS u JOIN {_PG_BATCH} AS b ON b.phone = u.phone
+    ),
+    -- Every recipient of the chunk, for the tags: those the upsert wrote, and those it left
+    -- unchanged, read from the statement's snapshot (complete, since imports hold IMPORT_LOCK:
+    -- no other transaction adds recipients meanwhile).
     ids AS (
         SELECT id, phone FROM upserted
         UNION ALL
@@ -620,19 +625,17 @@ def _pg_merge(undate: bool) -> TextClause:
         FROM {_PG_BATCH} AS b JOIN recipient AS r ON r.phone = b.phone
         WHERE NOT EXISTS (SELECT FROM upserted AS u WHERE u.phone = b.phone)
     ),
-    merged AS (
-        SELECT ids.id, b.tags, b.attributes FROM ids JOIN {_PG_BATCH} AS b ON b.phone = ids.phone
-    ),
     tagged AS (
         INSERT INTO recipient_tag (recipient_id, tag)
-        SELECT merged.id, t.tag
-        FROM merged, unnest(string_to_array(merged.tags, '{TAG_SEPARATOR}')) AS t(tag)
+        SELECT ids.id, t.tag
+        FROM ids JOIN {_PG_BATCH} AS b ON b.phone = ids.phone,
+            unnest(string_to_array(b.tags, '{TAG_SEPARATOR}')) AS t(tag)
         ON CONFLICT DO NOTHING
     ){undated if undate else ""},
     dated AS (
         INSERT INTO recipient_date AS d (recipient_id, attribute, value)
-        SELECT merged.id, e.key, CAST(e.value AS date)
-        FROM merged, jsonb_each_text(merged.attributes) AS e
+        SELECT written.id, e.key, CAST(e.value AS date)
+        FROM written, jsonb_each_text(written.attributes) AS e
         WHERE e.value ~ {_PG_ISO} AND length(e.key) <= {_ATTRIBUTE_KEY_MAX}
         ON CONFLICT (recipient_id, attribute) DO UPDATE SET value = excluded.value
         WHERE d.value IS DISTINCT FROM excluded.value
