@@ -17,6 +17,7 @@ from api.routes import (
     audio,
     campaigns,
     consents,
+    districts,
     health,
     recipients,
     segments,
@@ -131,4 +132,5 @@ def create_app(
     app.include_router(waves.router)
     app.include_router(webhooks.router)
     app.include_router(audio.router)
+    app.include_router(districts.router)
     return app

@@ -238,3 +238,16 @@ def _why_overflow(slot: str, airtime_ms: int, minutes: int) -> str:
         f"the {slot} slot ({minutes} min, LOA_BROADCAST_SLOT_MINUTES) is full with items of "
         "higher priority or earlier launch"
     )
+
+
+def audio_in_area(session: Session, sha256: str, area_path: str) -> bool:
+    """Whether the audio is in some playlist of a commune under the area (any day): what a
+    district key may download. One indexed lookup through the item's communes."""
+    found = session.scalar(
+        select(col(BroadcastTarget.item_id))
+        .join(BroadcastItem, col(BroadcastItem.id) == col(BroadcastTarget.item_id))
+        .join(Area, col(Area.code) == col(BroadcastTarget.commune_code))
+        .where(col(BroadcastItem.audio_sha256) == sha256, communes_under([area_path]))
+        .limit(1)
+    )
+    return found is not None

@@ -14,7 +14,7 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -293,3 +293,13 @@ def export_plays_csv(
         last = rows[-1][0]
         assert last.id is not None
         after = (last.started_at, last.id)
+
+
+def utc_bounds(since: date | None, until: date | None) -> tuple[datetime | None, datetime | None]:
+    """Dates as the instants [`since` 00:00 UTC, the day after `until` 00:00 UTC): `to` is
+    inclusive, as a person means "to 31 May"."""
+    start = datetime.combine(since, time(), UTC) if since else None
+    end = datetime.combine(until, time(), UTC) + timedelta(days=1) if until else None
+    if start is not None and end is not None and start >= end:
+        raise InvalidInput(f"from {since} is after to {until}", field="from")
+    return start, end
