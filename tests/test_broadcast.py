@@ -4,6 +4,7 @@ overflow, emergencies at the head, the plan, and the scheduler's handling of the
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -30,7 +31,6 @@ from scheduler.tick import run_tick
 from tests.broadcasting import add_audio, launch_broadcast, loudspeaker_wave
 from tests.builders import add_areas
 from tests.conftest import FakeClock
-from zoneinfo import ZoneInfo
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 MAY_9 = date(2026, 5, 9)
@@ -156,7 +156,11 @@ def test_slots_already_past_at_launch_are_not_written(
         slots = session.scalars(
             select(col(BroadcastItem.starts_at)).order_by(col(BroadcastItem.starts_at))
         ).all()
-    assert slots == [_local(MAY_9, 17, 30), _local(date(2026, 5, 10), 6), _local(date(2026, 5, 10), 17, 30)]
+    assert slots == [
+        _local(MAY_9, 17, 30),
+        _local(date(2026, 5, 10), 6),
+        _local(date(2026, 5, 10), 17, 30),
+    ]
 
 
 # --- capacity and emergencies -----------------------------------------------------------------
@@ -273,7 +277,9 @@ def test_paused_and_cancelled_campaigns_leave_the_playlist(
         assert not district_playlist(session, "42", MAY_9, settings=settings, base_url="").items
         resume_campaign(session, campaign_id, actor="a", now=clock())
     with session_scope(engine) as session:
-        assert len(district_playlist(session, "42", MAY_9, settings=settings, base_url="").items) == 2
+        assert (
+            len(district_playlist(session, "42", MAY_9, settings=settings, base_url="").items) == 2
+        )
 
 
 # --- the plan ---------------------------------------------------------------------------------
