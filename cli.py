@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -742,6 +742,97 @@ def loudspeaker_ping(area_code: str, attempts: int) -> None:
     if not result.accepted:
         raise click.ClickException(f"{result.outcome.value}: {result.reason}")
     click.echo("accepted")
+
+
+# --- broadcasts: playlists and plays ----------------------------------------------------------
+
+
+def _iso_date(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date like 2026-05-31", param=param) from None
+
+
+@main.group()
+def playlist() -> None:
+    """A district's loudspeaker playlist for a day (what culture centres pull)."""
+
+
+@playlist.command("show")
+@click.argument("area_code")
+@click.option("--date", "day", required=True, callback=_iso_date, help="Local date, YYYY-MM-DD.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "m3u8", "xspf"]),
+    default="json",
+    show_default=True,
+)
+def playlist_show(area_code: str, day: date, fmt: str) -> None:
+    """The playlist of the communes under AREA_CODE, with its overflow (JSON); audio URLs start
+    with LOA_PUBLIC_URL."""
+    from broadcast.formats import to_m3u8, to_xspf
+    from broadcast.playlist import district_playlist
+
+    settings = _settings()
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        built = district_playlist(
+            session, area_code, day, settings=settings, base_url=settings.public_url
+        )
+    if fmt == "m3u8":
+        click.echo(to_m3u8(built), nl=False)
+    elif fmt == "xspf":
+        click.echo(to_xspf(built).decode())
+    else:
+        click.echo(built.model_dump_json(indent=2))
+
+
+@main.group()
+def plays() -> None:
+    """Plays reported by culture centres (proof of play)."""
+
+
+@plays.command("export")
+@click.option("--district", help="Only the communes under this area code.")
+@click.option("--from", "since", callback=_iso_date, help="First date (UTC), YYYY-MM-DD.")
+@click.option("--to", "until", callback=_iso_date, help="Last date (UTC, inclusive).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write to this file instead of standard output.",
+)
+def plays_export(
+    district: str | None, since: date | None, until: date | None, output: Path | None
+) -> None:
+    """Every reported play as CSV (item, wave, commune, times, result, who reported), in order
+    of start."""
+    from broadcast.playlist import get_area
+    from broadcast.plays import export_plays_csv, utc_bounds
+
+    settings = _settings()
+    engine = _open_database(settings)
+    path = None
+    if district is not None:
+        with session_scope(engine) as session:
+            path = get_area(session, district).path
+    start, end = utc_bounds(since, until)
+    chunks = export_plays_csv(engine, area_path=path, since=start, until=end)
+    if output is None:
+        for chunk in chunks:
+            click.echo(chunk, nl=False)
+        return
+    # Written beside the target and renamed: a failed export leaves no half file.
+    partial = output.with_name(output.name + ".partial")
+    with partial.open("w", encoding="utf-8", newline="") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+    partial.replace(output)
+    click.echo(f"plays written to {output}", err=True)
 
 
 # --- campaigns --------------------------------------------------------------------------------

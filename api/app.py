@@ -18,6 +18,7 @@ from api.routes import (
     campaigns,
     consents,
     deliveries,
+    districts,
     gateway_webhooks,
     health,
     recipients,
@@ -139,4 +140,5 @@ def create_app(
     app.include_router(audio.router)
     app.include_router(deliveries.router)
     app.include_router(gateway_webhooks.router)
+    app.include_router(districts.router)
     return app

@@ -38,6 +38,10 @@ class WaveKind(StrEnum):
     # so the outbox key (wave, recipient, channel) still means "at most once per occurrence".
     RECURRING = "recurring"  # one child per local date-time of its schedule
     RELATIVE = "relative"  # one child per value of a date attribute of recipients
+    # A loudspeaker wave: never in the outbox. Launching it writes its broadcast items (one per
+    # slot, with one target per commune) for the whole schedule, so that a culture centre can
+    # pull a day's playlist before its first slot (broadcast/items.py).
+    BROADCAST = "broadcast"
 
 
 class WaveStatus(StrEnum):
@@ -395,3 +399,72 @@ class AudioAsset(SQLModel, table=True):
     true_peak_dbtp: float
     created_by: str = Field(max_length=100)
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class BroadcastPriority(StrEnum):
+    """Circular 39/2020/TT-BTTTT's three priorities, in the order a full slot keeps them."""
+
+    EMERGENCY = "emergency"
+    PRIORITY = "priority"
+    NORMAL = "normal"
+
+
+class BroadcastItem(SQLModel, table=True):
+    """One slot of a loudspeaker wave: its audio at a local time on a local date, `repeats` times.
+    The communes it goes to are its targets (BroadcastTarget)."""
+
+    __tablename__ = "broadcast_item"
+    __table_args__ = (
+        # Launching again (or twice at once) makes no second item for a slot.
+        UniqueConstraint("wave_id", "local_date", "slot", name="uq_broadcast_item_wave_slot"),
+        Index("ix_broadcast_item_date", "local_date", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    wave_id: int = Field(foreign_key="wave.id")
+    campaign_id: int = Field(foreign_key="campaign.id")
+    local_date: date  # in the campaign's time zone
+    slot: str = Field(max_length=8)  # local start "06:00"
+    starts_at: datetime = Field(sa_type=UTCDateTime)
+    # After this the item is not to be played (the slot is over): what the playlist's
+    # valid_until says.
+    valid_until: datetime = Field(sa_type=UTCDateTime)
+    priority: str = Field(max_length=16)  # emergency | priority | normal
+    repeats: int = 1
+    audio_sha256: str = Field(foreign_key="audio_asset.sha256", max_length=64)
+    # Ties within a priority go to the earlier launch (the campaign's approval was before it).
+    ranked_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class BroadcastTarget(SQLModel, table=True):
+    """A commune an item is broadcast in."""
+
+    __tablename__ = "broadcast_target"
+    __table_args__ = (Index("ix_broadcast_target_commune", "commune_code", "item_id"),)
+
+    item_id: int = Field(sa_column=Column(BigId, primary_key=True))
+    commune_code: str = Field(primary_key=True, max_length=16)
+
+
+class BroadcastPlay(SQLModel, table=True):
+    """A play a culture centre reported (proof of play). The same report sent twice is one row;
+    each row also has a delivery event (kind `play`) of its wave."""
+
+    __tablename__ = "broadcast_play"
+    __table_args__ = (
+        UniqueConstraint(
+            "item_id", "commune_code", "started_at", name="uq_broadcast_play_item_commune_start"
+        ),
+        Index("ix_broadcast_play_commune_time", "commune_code", "started_at"),
+        Index("ix_broadcast_play_time", "started_at"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    item_id: int = Field(sa_type=BigId)
+    wave_id: int
+    commune_code: str = Field(max_length=16)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    ended_at: datetime = Field(sa_type=UTCDateTime)
+    result: str = Field(max_length=16)  # played | skipped | failed
+    reported_by: str = Field(max_length=100)
+    received_at: datetime = Field(sa_type=UTCDateTime)

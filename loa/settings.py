@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     import_max_line_bytes: int = Field(default=1024 * 1024, ge=1024)
 
+    # Loudspeaker broadcasts (broadcast/): how long a slot lasts. Items that do not fit in it
+    # are kept in order of priority and the rest reported as overflow, never silently cut.
+    broadcast_slot_minutes: int = Field(default=30, ge=1, le=24 * 60)
     # Audio for loudspeakers (audio/): files larger than this are refused (413 from the API);
     # lengths outside these bounds are refused.
     audio_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)

@@ -27,7 +27,7 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlmodel import Session, col
 
 from loa import audit
-from loa.errors import Conflict, InvalidInput, NotBuilt, NotFound
+from loa.errors import Conflict, InvalidInput, NotFound
 from loa.models import (
     Area,
     Campaign,
@@ -62,12 +62,26 @@ def _wave_label(index: int, wave: WaveSpec) -> str:
     return f"wave {index + 1} ({wave.name!r})"
 
 
-def _check_buildable(spec: CampaignSpec, source: str) -> None:
-    """Refuse, at creation, what this version cannot send, instead of failing when it is due."""
+def _check_loudspeakers(session: Session, spec: CampaignSpec, source: str) -> dict[int, str]:
+    """Each loudspeaker wave's audio must be stored, and its areas must hold communes; return
+    the sha256 each such wave (by index) plays."""
+    # Imported here: broadcast/ reads waves and campaigns through the scheduler's models.
+    from broadcast.items import count_communes, resolve_audio
+
+    audio: dict[int, str] = {}
     for index, wave in enumerate(spec.waves):
+        if wave.channel != "loudspeaker":
+            continue
         label = f"{source}: {_wave_label(index, wave)}"
-        if wave.channel != "sms":
-            raise NotBuilt(f"{label}, field channel: loudspeaker waves are not built yet")
+        assert wave.audio is not None
+        audio[index] = resolve_audio(session, wave.audio, label).sha256
+        if not count_communes(session, wave.audience.areas):
+            raise InvalidInput(
+                f"{label}, field audience.areas: no commune is under "
+                f"{', '.join(wave.audience.areas)}; a loudspeaker wave plays in communes",
+                field="audience.areas",
+            )
+    return audio
 
 
 def _check_areas(session: Session, spec: CampaignSpec, source: str) -> None:
@@ -132,8 +146,8 @@ def create_campaign(
     settings: Settings,
     source: str = "spec",
 ) -> Campaign:
-    _check_buildable(spec, source)
     _check_areas(session, spec, source)
+    audio = _check_loudspeakers(session, spec, source)
     _check_segments(session, spec, source)
     for index, wave in enumerate(spec.waves):
         if wave.relative is not None:
@@ -171,11 +185,7 @@ def create_campaign(
                 trigger=wave.trigger,
                 audience=wave.audience.model_dump(exclude_none=True),
                 body=wave.template,
-                options={
-                    "unaccent": wave.unaccent,
-                    "window": wave.window,
-                    "brandname": wave.brandname or spec.brandname,
-                },
+                options=_options(wave, spec, audio.get(index)),
                 status=WaveStatus.PENDING,
             )
         )
@@ -191,7 +201,23 @@ def create_campaign(
     return campaign
 
 
+def _options(wave: WaveSpec, spec: CampaignSpec, audio: str | None) -> dict[str, Any]:
+    if wave.channel == "loudspeaker":
+        return {
+            "audio": audio,
+            "priority": wave.priority or "normal",
+            "repeats": wave.repeats or 1,
+        }
+    return {
+        "unaccent": wave.unaccent,
+        "window": wave.window,
+        "brandname": wave.brandname or spec.brandname,
+    }
+
+
 def _kind(wave: WaveSpec) -> WaveKind:
+    if wave.channel == "loudspeaker":
+        return WaveKind.BROADCAST
     if wave.recurring is not None:
         return WaveKind.RECURRING
     if wave.relative is not None:
@@ -322,7 +348,12 @@ def launch_campaign(
     )
     zone = ZoneInfo(campaign.timezone)
     for wave in list_waves(session, campaign_id):
-        _schedule_wave(wave, zone, now=now)
+        if wave.kind == WaveKind.BROADCAST:
+            from broadcast.items import write_items  # see _check_loudspeakers
+
+            write_items(session, wave, zone, now=now, settings=settings)
+        else:
+            _schedule_wave(wave, zone, now=now)
     campaign.launched_at = now
     return campaign
 

@@ -34,6 +34,7 @@ from sqlmodel import Session, col
 
 from audience.resolve import audience_condition, lacks_attribute
 from audience.segments import mask_phone, resolve_audience
+from broadcast.plan import BroadcastPlan, plan_broadcast
 from channels.registry import check_channel, primary_sms_adapter
 from loa.errors import InvalidInput, LoaError
 from loa.models import (
@@ -145,6 +146,8 @@ class WavePlan(BaseModel):
     last_send_at: datetime | None  # UTC, at the channel's rate
     refusals: list[str]  # why the wave may not be approved or launched; empty when it may
     notes: list[str]
+    # A loudspeaker wave: its slots, communes and overflow (broadcast/plan.py); None for SMS.
+    broadcast: BroadcastPlan | None = None
 
 
 class CampaignPlan(BaseModel):
@@ -173,7 +176,7 @@ def plan_campaign(
         for wave in list_waves(session, campaign_id)
         if wave.parent_id is None
     ]
-    costs = [w.cost for w in waves if w.to_send]
+    costs = [w.cost for w in waves if w.to_send and w.broadcast is None]
     assert campaign.id is not None
     return CampaignPlan(
         campaign_id=campaign.id,
@@ -298,6 +301,8 @@ def _plan_wave(
     channels: ChannelCheck,
 ) -> WavePlan:
     assert wave.id is not None
+    if wave.kind == WaveKind.BROADCAST:
+        return _plan_broadcast_wave(session, wave, zone, now=now, settings=settings)
     notes: list[str] = []
     refusals = static_refusals(wave, settings, channels)
     if wave.audience.get("segment") and wave.kind != WaveKind.ONCE:
@@ -380,6 +385,46 @@ def _plan_wave(
         last_send_at=last,
         refusals=refusals,
         notes=notes,
+    )
+
+
+def _plan_broadcast_wave(
+    session: Session, wave: Wave, zone: ZoneInfo, *, now: datetime, settings: Settings
+) -> WavePlan:
+    """A loudspeaker wave in the plan's shape: occurrences are its slots, targeted its
+    (slot, commune) pairs, to_send those that fit; the overflow is in `broadcast` and a note."""
+    assert wave.id is not None
+    broadcast, refusals = plan_broadcast(session, wave, zone, now=now, settings=settings)
+    notes = []
+    if broadcast.overflow:
+        first = broadcast.overflow_slots[0]
+        notes.append(
+            f"{broadcast.overflow} (slot, commune) pair(s) do not fit their "
+            f"{settings.broadcast_slot_minutes}-minute slot (LOA_BROADCAST_SLOT_MINUTES) and "
+            f"will not play, e.g. {first.date} {first.slot} in {', '.join(first.communes[:5])}"
+        )
+    return WavePlan(
+        wave_id=wave.id,
+        name=wave.name,
+        channel=wave.channel,
+        message_class=wave.message_class,
+        kind=wave.kind,
+        occurrences=broadcast.slots,
+        targeted=broadcast.slots * broadcast.communes,
+        excluded=Excluded(),
+        capped=0,
+        to_send=broadcast.to_play,
+        missing_variables={},
+        missing=[],
+        segments=None,
+        price_per_segment=None,
+        cost=None,
+        cost_by_carrier=[],
+        first_send_at=broadcast.first_at,
+        last_send_at=broadcast.last_until,
+        refusals=refusals,
+        notes=notes,
+        broadcast=broadcast,
     )
 
 

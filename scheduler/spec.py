@@ -146,8 +146,11 @@ class WaveSpec(_Strict):
     unaccent: bool = False
     # The class's send window (a setting) unless given: "08:00-20:00", or "always".
     window: str | None = None
-    audio: str | None = None
+    # Loudspeaker waves: a stored audio asset (its sha256 or its name), its priority (Circular
+    # 39/2020: normal, priority, emergency), and how many times it plays in each slot.
+    audio: str | None = Field(default=None, min_length=1, max_length=200)
     priority: Literal["normal", "priority", "emergency"] | None = None
+    repeats: int | None = Field(default=None, ge=1, le=20)
     # The sender name the SMS shows; the campaign's, else LOA_SMS_BRANDNAME, when not given.
     # Advertising (qc) must have one (Decree 91/2020).
     brandname: str | None = None
@@ -163,9 +166,32 @@ class WaveSpec(_Strict):
             )
         if self.channel == "sms" and not self.template:
             raise ValueError("an sms wave needs a template")
-        if self.channel == "loudspeaker" and not self.audio:
-            raise ValueError("a loudspeaker wave needs audio")
+        if self.channel == "loudspeaker":
+            self._check_loudspeaker()
+        else:
+            given = [k for k in ("audio", "priority", "repeats") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"field {', '.join(given)}: only a loudspeaker wave has these")
         return self
+
+    def _check_loudspeaker(self) -> None:
+        if not self.audio:
+            raise ValueError(
+                "field audio: a loudspeaker wave needs audio (a stored file's name or sha256)"
+            )
+        if self.template is not None:
+            raise ValueError("field template: a loudspeaker wave plays audio; it has no template")
+        if self.relative is not None:
+            # Loudspeakers reach communes, not people: there is no recipient date to follow.
+            raise ValueError(
+                "field relative: a loudspeaker wave needs at or recurring, not relative"
+            )
+        if not self.audience.areas or self.audience.tags or self.audience.segment:
+            raise ValueError(
+                "field audience: a loudspeaker wave's audience is areas only (communes, or "
+                "every commune of a district or province): tags and segments pick people, "
+                "not loudspeakers"
+            )
 
     @field_validator("at")
     @classmethod

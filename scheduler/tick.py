@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, exists, select, update
 from sqlmodel import Session, col
 
+from broadcast.items import broadcast_finished, start_due_broadcasts
 from loa import audit
 from loa.db import session_scope
 from loa.errors import LoaError
@@ -68,6 +69,10 @@ def run_tick(engine: Engine, *, now: datetime, settings: Settings) -> TickReport
             )
             .order_by(col(Wave.fire_at), col(Wave.id))
         ).all()
+    # A loudspeaker wave never fires (launching wrote its broadcast items); its campaign runs
+    # from its first slot.
+    for campaign_id in start_due_broadcasts(engine, now=now):
+        _mark_running(engine, campaign_id, now=now)
     for wave, timezone in due:
         wave_id, fire_at = wave.id, wave.fire_at
         assert wave_id is not None and fire_at is not None
@@ -176,7 +181,7 @@ def _close_finished(engine: Engine, *, now: datetime, report: TickReport) -> Non
         report.waves_done = list(
             session.scalars(
                 update(Wave)
-                .where(col(Wave.status) == WaveStatus.EXPANDED, ~in_flight)
+                .where(col(Wave.status) == WaveStatus.EXPANDED, ~in_flight, broadcast_finished(now))
                 .values(status=WaveStatus.DONE)
                 .returning(col(Wave.id))
             )

@@ -155,7 +155,7 @@ def test_the_mp3_is_served_immutable_with_ranges_as_http_says(
 ) -> None:
     sha = str(stored["sha256"])
     url = f"{URL}/{sha}.mp3"
-    key = keys[Role.DISTRICT]  # any valid key reads audio (district scoping comes later)
+    key = keys[Role.OPERATOR]  # district keys: tests/test_playlists_api.py (own playlists only)
     data = asset_path(settings.data_dir, sha).read_bytes()
     size = len(data)
     etag = f'"{sha}"'

@@ -6,8 +6,8 @@ name comes from `?filename=`. The MP3s are served for culture centres on slow li
 (the name is the content's SHA-256), a strong ETag, 304 on If-None-Match, and byte ranges with
 If-Range, so an interrupted download resumes where it stopped.
 
-Reading needs any valid API key for now; limiting a district's key to its own district's audio
-comes with the playlists.
+Reading needs an API key. A district key reads only the audio of its own area's playlists
+(any day): the file, and its record; the province's roles read all.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import Engine
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, MalformedRangeHeader
 
@@ -27,11 +28,12 @@ from api.deps import CallerDep, ClockDep, EngineDep, SessionDep, SettingsDep, re
 from api.upload import uploaded_file
 from audio.ingest import AddResult, Source, add_audio
 from audio.store import SHA256_PATTERN, asset_path, get_asset, list_assets
+from broadcast.playlist import audio_in_area
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
 from loa.db import session_scope
-from loa.errors import NotFound, UnsupportedMediaType
-from loa.models import AudioAsset
+from loa.errors import Forbidden, NotFound, UnsupportedMediaType
+from loa.models import Area, AudioAsset
 from loa.settings import Settings
 
 router = APIRouter(prefix="/api/v1/audio", tags=["audio"])
@@ -226,10 +228,11 @@ class AudioFileResponse(FileResponse):
     responses={206: {}, 304: {}, 416: {}},
 )
 def serve_file(
-    request: Request, _caller: CallerDep, session: SessionDep, settings: SettingsDep, sha256: Sha256
+    request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep, sha256: Sha256
 ) -> Response:
     """The MP3. Strong ETag (its SHA-256), 304 on If-None-Match, Range/If-Range, immutable."""
     asset = get_asset(session, sha256)
+    _may_read(session, caller, asset.sha256)
     path = asset_path(settings.data_dir, asset.sha256)
     if not path.is_file():
         raise NotFound(f"audio {sha256} is recorded but its file is missing from the store")
@@ -249,6 +252,20 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 @router.get("/{sha256}")
-def show(_caller: CallerDep, session: SessionDep, sha256: Sha256) -> AudioOut:
+def show(caller: CallerDep, session: SessionDep, sha256: Sha256) -> AudioOut:
     """One stored file's record: loudness before and after, true peak, duration, size."""
-    return AudioOut.model_validate(_out(get_asset(session, sha256)))
+    asset = get_asset(session, sha256)
+    _may_read(session, caller, asset.sha256)
+    return AudioOut.model_validate(_out(asset))
+
+
+def _may_read(session: Session, caller: Caller, sha256: str) -> None:
+    """A district key reads the audio of its own area's playlists only (403 otherwise)."""
+    if caller.role != Role.DISTRICT:
+        return
+    area = session.get(Area, caller.area_code) if caller.area_code else None
+    if area is None or not audio_in_area(session, sha256, area.path):
+        raise Forbidden(
+            f"API key {caller.prefix} is for area {caller.area_code}; audio {sha256[:12]}... "
+            "is in none of its playlists"
+        )

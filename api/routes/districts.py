@@ -1,0 +1,220 @@
+"""What a district culture centre reads and reports: the day's playlist (JSON, M3U8, XSPF) and
+its plays; and the plays' history as CSV.
+
+Access: a district key reads only the playlists of its own area and the areas under it, and
+reports plays only for them (403 otherwise); the province's roles (admin, planner, approver,
+operator) read every area, and only admin may report plays for an area (a correction on a
+centre's behalf). The playlist has a strong ETag over its bytes: 304 on If-None-Match, so a
+centre polling over a slow link downloads a playlist only when it changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+from typing import Annotated, Final
+
+from fastapi import APIRouter, Body, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
+from sqlmodel import Session
+
+from api.deps import CallerDep, ClockDep, EngineDep, SessionDep, SettingsDep
+from broadcast.formats import to_m3u8, to_xspf
+from broadcast.playlist import Playlist, district_playlist, get_area
+from broadcast.plays import (
+    PlayCounts,
+    PlayReport,
+    count_plays,
+    export_plays_csv,
+    record_plays,
+    utc_bounds,
+)
+from loa.apikeys import Caller, Role
+from loa.errors import Forbidden, InvalidInput, UnsupportedMediaType
+from loa.models import Area
+from loa.settings import Settings
+
+router = APIRouter(tags=["districts"])
+
+# Area codes are digits in the national coding; letters, '-' and '_' are allowed for areas a
+# province defines itself. Nothing that could be a path.
+AreaCode = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_-]{1,16}$", description="area code")]
+DateQuery = Annotated[
+    str, Query(pattern=r"^\d{4}-\d{2}-\d{2}$", description="local date, YYYY-MM-DD")
+]
+# Revalidate each time (cheap: 304); private: it is read with a key.
+PLAYLIST_CACHE: Final = "private, no-cache"
+PROVINCE_ROLES: Final = frozenset({Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR})
+
+
+def allowed_area(session: Session, caller: Caller, code: str, *, reporting: bool = False) -> Area:
+    """The area, if the caller may read it (or, `reporting`, report plays for it); else 403."""
+    area = get_area(session, code)
+    if caller.role == Role.DISTRICT:
+        own = session.get(Area, caller.area_code) if caller.area_code else None
+        if own is not None and area.path.startswith(own.path):
+            return area
+        raise Forbidden(
+            f"API key {caller.prefix} is for area {caller.area_code}; area {code} is not in it"
+        )
+    if reporting and caller.role != Role.ADMIN:
+        raise Forbidden(
+            f"API key {caller.prefix} has the role {caller.role}; plays are reported with the "
+            "district's own key (or an admin key)"
+        )
+    if caller.role not in PROVINCE_ROLES:
+        raise Forbidden(f"API key {caller.prefix} has the role {caller.role}")
+    return area
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(
+            f"date {value!r} is not a calendar date (YYYY-MM-DD, e.g. 2026-05-08)", field="date"
+        ) from None
+
+
+def _base_url(request: Request, settings: Settings) -> str:
+    # LOA_PUBLIC_URL when set (behind a proxy the request's own URL is the proxy's inside one).
+    return settings.public_url or str(request.base_url)
+
+
+def _playlist(
+    request: Request, session: Session, caller: Caller, settings: Settings, code: str, day: str
+) -> Playlist:
+    area = allowed_area(session, caller, code)
+    return district_playlist(
+        session, area.code, _day(day), settings=settings, base_url=_base_url(request, settings)
+    )
+
+
+def _tagged(request: Request, body: bytes, media_type: str) -> Response:
+    etag = f'"{hashlib.sha256(body).hexdigest()}"'
+    headers = {"ETag": etag, "Cache-Control": PLAYLIST_CACHE}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/ is ignored, * matches."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get(
+    "/api/v1/districts/{code}/playlist",
+    response_model=Playlist,
+    responses={304: {"description": "unchanged since the ETag given"}},
+)
+def playlist_json(
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    code: AreaCode,
+    date: DateQuery,
+) -> Response:
+    """The day's playlist of the communes under the area: items in play order, and the
+    overflow (what does not fit its slot)."""
+    playlist = _playlist(request, session, caller, settings, code, date)
+    return _tagged(request, playlist.model_dump_json().encode(), "application/json")
+
+
+@router.get("/api/v1/districts/{code}/playlist.m3u8", responses={304: {}})
+def playlist_m3u8(
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    code: AreaCode,
+    date: DateQuery,
+) -> Response:
+    """The same playlist as extended M3U (UTF-8)."""
+    playlist = _playlist(request, session, caller, settings, code, date)
+    return _tagged(request, to_m3u8(playlist).encode(), "audio/x-mpegurl; charset=utf-8")
+
+
+@router.get("/api/v1/districts/{code}/playlist.xspf", responses={304: {}})
+def playlist_xspf(
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    code: AreaCode,
+    date: DateQuery,
+) -> Response:
+    """The same playlist as XSPF 1."""
+    playlist = _playlist(request, session, caller, settings, code, date)
+    return _tagged(request, to_xspf(playlist), "application/xspf+xml")
+
+
+class PlaysAnswer(BaseModel):
+    received: int
+    stored: int
+    duplicates: int  # reported before (or twice here): stored once
+
+
+@router.post("/api/v1/districts/{code}/plays")
+def report_plays(
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    clock: ClockDep,
+    code: AreaCode,
+    plays: Annotated[list[PlayReport], Body(max_length=10_000)],
+) -> PlaysAnswer:
+    """Report plays: a JSON list of {item, commune, started_at, ended_at, result}. Checked
+    whole; one bad entry refuses the report (422 naming it), and nothing is stored."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type or '(none)'}: send the plays as application/json"
+        )
+    area = allowed_area(session, caller, code, reporting=True)
+    stored = record_plays(session, area, plays, actor=caller.actor, now=clock())
+    return PlaysAnswer(received=stored.received, stored=stored.stored, duplicates=stored.duplicates)
+
+
+@router.get("/api/v1/districts/{code}/plays")
+def play_counts(
+    caller: CallerDep,
+    session: SessionDep,
+    code: AreaCode,
+    since: Annotated[date | None, Query(alias="from")] = None,
+    until: Annotated[date | None, Query(alias="to")] = None,
+) -> PlayCounts:
+    """Reported plays per commune under the area and in all, by result (dates in UTC,
+    `to` inclusive)."""
+    area = allowed_area(session, caller, code)
+    start, end = utc_bounds(since, until)
+    return count_plays(session, area, since=start, until=end)
+
+
+@router.get("/api/v1/plays.csv", response_class=StreamingResponse)
+def plays_csv(
+    caller: CallerDep,
+    session: SessionDep,
+    engine: EngineDep,
+    district: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,16}$")] = None,
+    since: Annotated[date | None, Query(alias="from")] = None,
+    until: Annotated[date | None, Query(alias="to")] = None,
+) -> StreamingResponse:
+    """Every reported play (of the district, and between the dates, when given) as CSV, in
+    order of start. A district key gets its own area's plays whatever `district` it omits."""
+    if district is None and caller.role == Role.DISTRICT:
+        district = caller.area_code
+    path = allowed_area(session, caller, district).path if district else None
+    start, end = utc_bounds(since, until)
+    name = f"plays-{district or 'all'}.csv"
+    return StreamingResponse(
+        export_plays_csv(engine, area_path=path, since=start, until=end),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

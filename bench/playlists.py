@@ -1,0 +1,246 @@
+"""Serve 700 district playlists under concurrent pulls: latency p50/p99 of
+GET /api/v1/districts/{code}/playlist (JSON) from `loa serve` in a subprocess.
+
+The data: one province of `--districts` districts with `--communes` communes each, three
+campaigns of loudspeaker waves (a province-wide recurring one at 06:00 and 17:30, a priority one
+at 06:00, and per-district emergency bulletins for a tenth of the districts), launched as the
+office would. Every district's playlist for the day therefore has items, some overflow and,
+for some, an emergency at the head. Each pull uses that district's own key (the access check
+is part of what is measured). The clients are httpx async clients in this process; the server
+is one uvicorn process, as `loa serve --no-worker --no-scheduler`.
+
+    python -m bench.playlists [--url postgresql+psycopg://postgres@127.0.0.1:5432/loa_bench]
+        [--districts 700] [--communes 15] [--concurrency 16] [--requests 7000]
+
+Without --url, a SQLite file in a temporary directory (the embedded default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from sqlalchemy import insert
+
+from bench.common import LOA, recreate_database, worker_env
+from loa.apikeys import Role, create_key
+from loa.db import make_engine, session_scope
+from loa.models import Area, AudioAsset
+from loa.settings import Settings
+from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
+from scheduler.spec import validate_spec
+
+DAY = "2026-05-09"
+NOW = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def _audio(session: object, name: str, duration_ms: int) -> str:
+    sha = hashlib.sha256(name.encode()).hexdigest()
+    session.add(  # type: ignore[attr-defined]
+        AudioAsset(
+            sha256=sha,
+            name=name,
+            original_filename=f"{name}.wav",
+            source_format="WAV",
+            bytes=duration_ms * 8,
+            duration_ms=duration_ms,
+            sample_rate=44100,
+            bitrate_kbps=64,
+            loudness_before_lufs=-30.0,
+            loudness_after_lufs=-16.0,
+            true_peak_dbtp=-1.5,
+            created_by="bench",
+            created_at=NOW,
+        )
+    )
+    return sha
+
+
+def build(settings: Settings, districts: int, communes: int) -> dict[str, str]:
+    """The areas, audio records, campaigns and one key per district; the keys by district."""
+    engine = make_engine(settings)
+    areas = [
+        {"code": "99", "name": "Tỉnh", "level": "province", "parent_code": None, "path": "/99/"}
+    ]
+    for d in range(districts):
+        code = f"9{d:04d}"
+        areas.append(
+            {
+                "code": code,
+                "name": f"Huyện {d}",
+                "level": "district",
+                "parent_code": "99",
+                "path": f"/99/{code}/",
+            }
+        )
+        for c in range(communes):
+            commune = f"{code}{c:02d}"
+            areas.append(
+                {
+                    "code": commune,
+                    "name": f"Xã {d}-{c}",
+                    "level": "commune",
+                    "parent_code": code,
+                    "path": f"/99/{code}/{commune}/",
+                }
+            )
+    with session_scope(engine) as session:
+        session.execute(insert(Area), areas)
+        normal = _audio(session, "normal", 12 * 60_000)
+        priority = _audio(session, "priority", 10 * 60_000)
+        flood = _audio(session, "flood", 15 * 60_000)
+    recurring = {"from": "2026-05-02", "to": "2026-05-31", "times": ["06:00", "17:30"]}
+    emergencies = [
+        {
+            "name": f"Bão {d}",
+            "channel": "loudspeaker",
+            "at": f"{DAY} 06:00",
+            "audience": {"areas": [f"9{d:04d}"]},
+            "audio": flood,
+            "priority": "emergency",
+        }
+        for d in range(0, districts, 10)
+    ]
+    specs = [
+        [
+            {
+                "name": "Sáng chiều",
+                "channel": "loudspeaker",
+                "recurring": recurring,
+                "audience": {"areas": ["99"]},
+                "audio": normal,
+                "priority": "normal",
+            }
+        ],
+        [
+            {
+                "name": "BHYT",
+                "channel": "loudspeaker",
+                "recurring": {**recurring, "times": ["06:00"]},
+                "audience": {"areas": ["99"]},
+                "audio": priority,
+                "priority": "priority",
+            }
+        ],
+        emergencies,
+    ]
+    keys: dict[str, str] = {}
+    with session_scope(engine) as session:
+        for index, waves in enumerate(specs):
+            spec = validate_spec({"name": f"C{index}", "waves": waves}, source="bench")
+            campaign = create_campaign(
+                session, spec=spec, actor="planner", now=NOW, settings=settings
+            )
+            assert campaign.id is not None
+            approve_campaign(session, campaign.id, actor="approver", now=NOW, settings=settings)
+            launch_campaign(session, campaign.id, actor="approver", now=NOW, settings=settings)
+        for d in range(districts):
+            code = f"9{d:04d}"
+            keys[code] = create_key(
+                session, role=Role.DISTRICT, actor="bench", now=NOW, area_code=code
+            ).key
+    engine.dispose()
+    return keys
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def pull(base: str, keys: dict[str, str], requests: int, concurrency: int) -> list[float]:
+    """`requests` pulls of random districts' playlists by `concurrency` clients; each latency."""
+    codes = list(keys)
+    latencies: list[float] = []
+    remaining = requests
+
+    async def client() -> None:
+        nonlocal remaining
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            while remaining > 0:
+                remaining -= 1
+                code = random.choice(codes)
+                started = time.perf_counter()
+                response = await http.get(
+                    f"/api/v1/districts/{code}/playlist",
+                    params={"date": DAY},
+                    headers={"Authorization": f"Bearer {keys[code]}"},
+                )
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200 or not response.json()["items"]:
+                    raise RuntimeError(f"{code}: {response.status_code} {response.text[:200]}")
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="")
+    parser.add_argument("--districts", type=int, default=700)
+    parser.add_argument("--communes", type=int, default=15)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=7000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.url or f"sqlite:///{Path(tmp) / 'bench.db'}"
+        if url.startswith("postgresql"):
+            recreate_database(url)
+        env = worker_env(url, tmp, LOA_LOG_LEVEL="WARNING")
+        subprocess.run([LOA, "db", "upgrade"], env=env, check=True, capture_output=True)
+        settings = Settings(database_url=url, data_dir=Path(tmp))
+        started = time.perf_counter()
+        keys = build(settings, args.districts, args.communes)
+        print(
+            f"data: {args.districts} districts x {args.communes} communes, "
+            f"built and launched in {time.perf_counter() - started:.1f} s"
+        )
+        port = _free_port()
+        server = subprocess.Popen(
+            [LOA, "serve", "--no-worker", "--no-scheduler", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(200):
+                try:
+                    if httpx.get(f"{base}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            # Warm-up: every district once (connection pools, the statement cache).
+            asyncio.run(pull(base, keys, args.districts, args.concurrency))
+            started = time.perf_counter()
+            latencies = asyncio.run(pull(base, keys, args.requests, args.concurrency))
+            wall = time.perf_counter() - started
+        finally:
+            server.terminate()
+            _, errors = server.communicate(timeout=30)
+            if "Traceback" in errors.decode():
+                print(errors.decode()[-3000:])
+    latencies.sort()
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    print(
+        f"{len(latencies)} pulls, {args.concurrency} concurrent: {len(latencies) / wall:.0f}/s, "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {latencies[-1] * 1000:.1f} ms; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
