@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from loa.apikeys import Caller, Role, verify_key
 from loa.clock import Clock
-from loa.db import session_scope
+from loa.db import read_only, session_scope
 from loa.errors import Forbidden, NotAuthenticated
 from loa.settings import Settings
 
@@ -38,12 +38,19 @@ def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Sess
         yield session
 
 
+def get_read_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
+    with session_scope(read_only(engine)) as session:
+        yield session
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 # "function": the unit of work commits before the answer leaves, so a client that was told "200"
 # can rely on it, and its next request sees the change.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+# For GET routes that only read: on SQLite they run beside the writer instead of queueing for it.
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 
 # auto_error=False: a missing key is answered by get_caller, in Loa's error shape. Declared as
 # security schemes so that /docs offers to send a key.

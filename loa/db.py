@@ -120,10 +120,23 @@ def _sqlite_engine(url: str, database: str | None, busy_timeout_ms: int) -> Engi
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes
         # fails with SQLITE_BUSY at once when another writer got in between, and busy_timeout
-        # cannot help it. Several processes (serve, worker, CLI) share one file.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # cannot help it. Several processes (serve, worker, CLI) share one file. A read-only unit
+        # of work (read_only()) begins DEFERRED: in WAL mode readers neither wait for the writer
+        # nor hold it up, so concurrent pulls of playlists do not queue behind each other.
+        deferred = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
     return engine
+
+
+_READ_ONLY = "loa_read_only"
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (and pool) for units of work that only read: on SQLite they do not take
+    the write lock. Nothing stops a write through it; one would fail with SQLITE_BUSY when it
+    meets another writer, so use it for reads only."""
+    return engine.execution_options(**{_READ_ONLY: True})
 
 
 def check_database(engine: Engine) -> None:

@@ -239,3 +239,26 @@ def test_0007_keeps_recipients_tags_and_dates_and_downgrades(
             )
         )
     engine.dispose()
+
+
+def test_sqlite_readers_do_not_wait_for_the_writer(tmp_path: Path) -> None:
+    """A read-only unit of work begins DEFERRED: it reads while another connection holds the
+    write lock (WAL), where an ordinary one (BEGIN IMMEDIATE) cannot even start."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from loa.db import read_only, session_scope
+
+    engine = make_engine(Settings(data_dir=tmp_path, sqlite_busy_timeout_ms=100))
+    schema.upgrade(engine)
+    with session_scope(engine) as writer:
+        writer.execute(
+            text("INSERT INTO area (code, name, level, path) VALUES ('42', 'P', 'p', '/42/')")
+        )
+        with session_scope(read_only(engine)) as reader:
+            assert reader.execute(text("SELECT count(*) FROM area")).scalar() == 0  # not committed
+        with pytest.raises(OperationalError, match="locked"), session_scope(engine) as other:
+            other.execute(text("SELECT 1"))
+    with session_scope(read_only(engine)) as reader:
+        assert reader.execute(text("SELECT count(*) FROM area")).scalar() == 1
+    engine.dispose()

@@ -24,7 +24,15 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, MalformedRangeHeader
 
-from api.deps import CallerDep, ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
+from api.deps import (
+    CallerDep,
+    ClockDep,
+    EngineDep,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    require_roles,
+)
 from api.upload import uploaded_file
 from audio.ingest import AddResult, Source, add_audio
 from audio.store import SHA256_PATTERN, asset_path, get_asset, list_assets
@@ -228,7 +236,11 @@ class AudioFileResponse(FileResponse):
     responses={206: {}, 304: {}, 416: {}},
 )
 def serve_file(
-    request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep, sha256: Sha256
+    request: Request,
+    caller: CallerDep,
+    session: ReadSessionDep,
+    settings: SettingsDep,
+    sha256: Sha256,
 ) -> Response:
     """The MP3. Strong ETag (its SHA-256), 304 on If-None-Match, Range/If-Range, immutable."""
     asset = get_asset(session, sha256)
@@ -252,7 +264,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 @router.get("/{sha256}")
-def show(caller: CallerDep, session: SessionDep, sha256: Sha256) -> AudioOut:
+def show(caller: CallerDep, session: ReadSessionDep, sha256: Sha256) -> AudioOut:
     """One stored file's record: loudness before and after, true peak, duration, size."""
     asset = get_asset(session, sha256)
     _may_read(session, caller, asset.sha256)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from api.deps import EngineDep, SessionDep, require_roles
+from api.deps import EngineDep, ReadSessionDep, require_roles
 from loa.apikeys import Caller, Role
 from stats.deliveries import MAX_PAGE, Delivery, DeliveryFilter, export_deliveries, list_deliveries
 
@@ -58,7 +58,7 @@ FilterDep = Annotated[DeliveryFilter, Depends(_filter)]
 @router.get("/deliveries")
 def deliveries(
     _caller: Reader,
-    session: SessionDep,
+    session: ReadSessionDep,
     flt: FilterDep,
     after: Annotated[int, Query(ge=0, description="The next_after of the previous page.")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,

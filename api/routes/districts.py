@@ -20,7 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 from sqlmodel import Session
 
-from api.deps import CallerDep, ClockDep, EngineDep, SessionDep, SettingsDep
+from api.deps import CallerDep, ClockDep, EngineDep, ReadSessionDep, SessionDep, SettingsDep
 from broadcast.formats import to_m3u8, to_xspf
 from broadcast.playlist import Playlist, district_playlist, get_area
 from broadcast.plays import (
@@ -116,7 +116,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 def playlist_json(
     request: Request,
     caller: CallerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     code: AreaCode,
     date: DateQuery,
@@ -131,7 +131,7 @@ def playlist_json(
 def playlist_m3u8(
     request: Request,
     caller: CallerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     code: AreaCode,
     date: DateQuery,
@@ -145,7 +145,7 @@ def playlist_m3u8(
 def playlist_xspf(
     request: Request,
     caller: CallerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     code: AreaCode,
     date: DateQuery,
@@ -185,7 +185,7 @@ def report_plays(
 @router.get("/api/v1/districts/{code}/plays")
 def play_counts(
     caller: CallerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     code: AreaCode,
     since: Annotated[date | None, Query(alias="from")] = None,
     until: Annotated[date | None, Query(alias="to")] = None,
@@ -200,7 +200,7 @@ def play_counts(
 @router.get("/api/v1/plays.csv", response_class=StreamingResponse)
 def plays_csv(
     caller: CallerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     engine: EngineDep,
     district: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,16}$")] = None,
     since: Annotated[date | None, Query(alias="from")] = None,
