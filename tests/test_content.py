@@ -207,8 +207,9 @@ def test_an_unknown_channel_adapter_and_a_broken_template_are_refused(
     unknown = settings.model_copy(update={"sms_channel": "viettel-api"})
     [wave] = _plan(engine, campaign_id, unknown, clock()).waves
     assert wave.refusals == [
-        "channel 'sms' cannot send: LOA_SMS_CHANNEL='viettel-api' is not a known channel "
-        "adapter; use one of console, simulated, twilio"
+        "channel 'sms' cannot send: LOA_SMS_CHANNEL: 'viettel-api' is not a known channel "
+        "adapter; use one of console, simulated, twilio, gateway:<name>, or several separated "
+        "by commas"
     ]
     with pytest.raises(ContentRefused, match="viettel-api"):
         _approve(engine, campaign_id, unknown, clock())
