@@ -27,6 +27,7 @@ from api.routes import (
     waves,
     webhooks,
 )
+from broadcast.cache import PlaylistCache
 from channels.gateway_config import load_gateways
 from channels.registry import channel_lookup
 from loa.clock import Clock, system_clock
@@ -106,6 +107,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.clock = clock
+    app.state.playlists = PlaylistCache(max_age=settings.playlist_cache_seconds)
     # The gateways' configuration, validated whole now: a bad file stops the API from starting
     # rather than failing each delivery report.
     app.state.gateways = load_gateways(settings.gateways_file) if settings.gateways_file else {}

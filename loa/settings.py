@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # Loudspeaker broadcasts (broadcast/): how long a slot lasts. Items that do not fit in it
     # are kept in order of priority and the rest reported as overflow, never silently cut.
     broadcast_slot_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    # How long the API keeps a serialised playlist at most; the broadcast data's version retires
+    # it sooner (broadcast/cache.py). 0: no cache.
+    playlist_cache_seconds: float = Field(default=300, ge=0)
     # Audio for loudspeakers (audio/): files larger than this are refused (413 from the API);
     # lengths outside these bounds are refused.
     audio_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)

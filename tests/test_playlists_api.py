@@ -378,3 +378,24 @@ def test_the_play_history_as_csv_from_the_api_and_the_cli(
     assert len(none.stdout.splitlines()) == 1
     bad = run_loa("plays", "export", "--from", "9/5/2026", env=env, check=False)
     assert bad.returncode != 0 and "is not a date like 2026-05-31" in bad.stderr
+
+
+def test_a_cached_playlist_follows_a_cancelled_campaign(
+    client: TestClient, world: dict[str, str], engine: Engine, clock: FakeClock
+) -> None:
+    """Pulls are served from the process's cache while the broadcast data is unchanged; a
+    campaign's state change (here a cancel, which writes no items) retires the cached body."""
+    from loa.models import Campaign
+    from scheduler.lifecycle import cancel_campaign
+
+    first = client.get(url("440"), headers=auth(world["440"]))
+    again = client.get(url("440"), headers=auth(world["440"]))
+    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    assert len(first.json()["items"]) == 2
+    with session_scope(engine) as session:
+        campaign_id = session.scalar(select(col(Campaign.id)).where(col(Campaign.name) == "C"))
+        assert campaign_id is not None
+        clock.advance(seconds=1)
+        cancel_campaign(session, campaign_id, actor="t", now=clock())
+    after = client.get(url("440"), headers=auth(world["440"]))
+    assert after.json()["items"] == [] and after.headers["etag"] != first.headers["etag"]

@@ -11,6 +11,7 @@ centre polling over a slow link downloads a playlist only when it changed.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import date
 from typing import Annotated, Final
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from api.deps import CallerDep, ClockDep, EngineDep, ReadSessionDep, SessionDep, SettingsDep
+from broadcast.cache import PlaylistCache, broadcast_version
 from broadcast.formats import to_m3u8, to_xspf
 from broadcast.playlist import Playlist, district_playlist, get_area
 from broadcast.plays import (
@@ -32,6 +34,7 @@ from broadcast.plays import (
     utc_bounds,
 )
 from loa.apikeys import Caller, Role
+from loa.clock import Clock
 from loa.errors import Forbidden, InvalidInput, UnsupportedMediaType
 from loa.models import Area
 from loa.settings import Settings
@@ -83,17 +86,41 @@ def _base_url(request: Request, settings: Settings) -> str:
     return settings.public_url or str(request.base_url)
 
 
-def _playlist(
-    request: Request, session: Session, caller: Caller, settings: Settings, code: str, day: str
-) -> Playlist:
+# Each format: how the playlist becomes bytes, and their media type.
+FORMATS: Final[dict[str, tuple[Callable[[Playlist], bytes], str]]] = {
+    "json": (lambda p: p.model_dump_json().encode(), "application/json"),
+    "m3u8": (lambda p: to_m3u8(p).encode(), "audio/x-mpegurl; charset=utf-8"),
+    "xspf": (to_xspf, "application/xspf+xml"),
+}
+
+
+def _serve(
+    request: Request,
+    session: Session,
+    caller: Caller,
+    settings: Settings,
+    clock: Clock,
+    code: str,
+    day: str,
+    fmt: str,
+) -> Response:
+    """The playlist in `fmt`, from the process's cache while the broadcast data is unchanged
+    (broadcast/cache.py), with its strong ETag; 304 when the client has it."""
     area = allowed_area(session, caller, code)
-    return district_playlist(
-        session, area.code, _day(day), settings=settings, base_url=_base_url(request, settings)
-    )
+    local_day = _day(day)
+    base_url = _base_url(request, settings)
+    serialise, media_type = FORMATS[fmt]
 
+    def make() -> tuple[bytes, str]:
+        playlist = district_playlist(
+            session, area.code, local_day, settings=settings, base_url=base_url
+        )
+        body = serialise(playlist)
+        return body, f'"{hashlib.sha256(body).hexdigest()}"'
 
-def _tagged(request: Request, body: bytes, media_type: str) -> Response:
-    etag = f'"{hashlib.sha256(body).hexdigest()}"'
+    cache: PlaylistCache = request.app.state.playlists
+    key = (fmt, area.code, local_day, base_url, broadcast_version(session))
+    body, etag = cache.get(key, clock(), make)
     headers = {"ETag": etag, "Cache-Control": PLAYLIST_CACHE}
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
@@ -118,13 +145,13 @@ def playlist_json(
     caller: CallerDep,
     session: ReadSessionDep,
     settings: SettingsDep,
+    clock: ClockDep,
     code: AreaCode,
     date: DateQuery,
 ) -> Response:
     """The day's playlist of the communes under the area: items in play order, and the
     overflow (what does not fit its slot)."""
-    playlist = _playlist(request, session, caller, settings, code, date)
-    return _tagged(request, playlist.model_dump_json().encode(), "application/json")
+    return _serve(request, session, caller, settings, clock, code, date, "json")
 
 
 @router.get("/api/v1/districts/{code}/playlist.m3u8", responses={304: {}})
@@ -133,12 +160,12 @@ def playlist_m3u8(
     caller: CallerDep,
     session: ReadSessionDep,
     settings: SettingsDep,
+    clock: ClockDep,
     code: AreaCode,
     date: DateQuery,
 ) -> Response:
     """The same playlist as extended M3U (UTF-8)."""
-    playlist = _playlist(request, session, caller, settings, code, date)
-    return _tagged(request, to_m3u8(playlist).encode(), "audio/x-mpegurl; charset=utf-8")
+    return _serve(request, session, caller, settings, clock, code, date, "m3u8")
 
 
 @router.get("/api/v1/districts/{code}/playlist.xspf", responses={304: {}})
@@ -147,12 +174,12 @@ def playlist_xspf(
     caller: CallerDep,
     session: ReadSessionDep,
     settings: SettingsDep,
+    clock: ClockDep,
     code: AreaCode,
     date: DateQuery,
 ) -> Response:
     """The same playlist as XSPF 1."""
-    playlist = _playlist(request, session, caller, settings, code, date)
-    return _tagged(request, to_xspf(playlist), "application/xspf+xml")
+    return _serve(request, session, caller, settings, clock, code, date, "xspf")
 
 
 class PlaysAnswer(BaseModel):

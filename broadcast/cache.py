@@ -1,0 +1,60 @@
+"""Serialised playlists kept in the API process, so that a pull that finds nothing new costs a key
+check and one small query instead of the playlist's join and its serialisation.
+
+A cached body is used only while the broadcast data it was made from is unchanged: its key holds
+a version read on every pull (the newest campaign change and the broadcast items' count and
+highest id: launching, pausing, resuming, cancelling or completing a campaign, and writing
+items, all move it). Area names are not in the version (renaming a commune is rare and harmless
+for a while): an entry also expires after `max_age` seconds. Each process has its own cache; the
+version makes them agree without talking to each other.
+
+Hand-written (a dict in insertion order) rather than cachetools: an LRU with an age is a dozen
+lines, and the key already carries the invalidation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from loa.models import BroadcastItem, Campaign
+
+MAX_ENTRIES: Final = 4096
+
+
+def broadcast_version(session: Session) -> tuple[Any, ...]:
+    """What a playlist depends on that can change, in one row of aggregates."""
+    campaigns = select(func.max(col(Campaign.updated_at)), func.count()).select_from(Campaign)
+    items = select(func.max(col(BroadcastItem.id)), func.count()).select_from(BroadcastItem)
+    return (*session.execute(campaigns).one(), *session.execute(items).one())
+
+
+class PlaylistCache:
+    def __init__(self, *, max_age: float, max_entries: int = MAX_ENTRIES) -> None:
+        self._max_age = max_age
+        self._max_entries = max_entries
+        self._entries: OrderedDict[Hashable, tuple[datetime, tuple[bytes, str]]] = OrderedDict()
+        self._lock = threading.Lock()  # FastAPI runs the routes in a thread pool
+
+    def get(
+        self, key: Hashable, now: datetime, make: Callable[[], tuple[bytes, str]]
+    ) -> tuple[bytes, str]:
+        """The (body, etag) cached under `key`, or made now and kept."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None and (now - found[0]).total_seconds() < self._max_age:
+                self._entries.move_to_end(key)
+                return found[1]
+        value = make()  # outside the lock: two pulls of a new key may both make it, harmlessly
+        with self._lock:
+            self._entries[key] = (now, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return value
