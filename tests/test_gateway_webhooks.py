@@ -132,7 +132,13 @@ def test_a_signed_report_moves_its_messages_forward_once(
 ) -> None:
     one, two = sent[PHONES[0]], sent[PHONES[1]]
     assert _state(engine, one) == ("sent", 1)
-    body = _reports(_item(one, "DELIVRD", smsId="sms-1"), _item(two, "UNDELIV", errorCode="2"))
+    # The id the stub gave message one (messages are sent side by side, in any order).
+    with session_scope(engine) as session:
+        sms_id = session.scalar(
+            select(col(OutboxMessage.provider_id)).where(col(OutboxMessage.id) == one)
+        )
+    assert sms_id is not None and sms_id.startswith("sms-")
+    body = _reports(_item(one, "DELIVRD", smsId=sms_id), _item(two, "UNDELIV", errorCode="2"))
     answer = client.post(PATH, content=body, headers=_signed(body))
     assert answer.status_code == 200, answer.text
     assert [r["effect"] for r in answer.json()["results"]] == ["moved", "moved"]
@@ -144,7 +150,7 @@ def test_a_signed_report_moves_its_messages_forward_once(
             .where(col(DeliveryEvent.message_id) == one)
             .order_by(col(DeliveryEvent.id).desc())
         ).first()
-    assert tuple(event or ()) == ("gateway:vn", "sms-1")
+    assert tuple(event or ()) == ("gateway:vn", sms_id)
     # A replay, and a late `sent` after `delivered`: nothing moves, no event is written.
     late = _reports(_item(one, "DELIVRD"), _item(one, "ENROUTE"))
     answer = client.post(PATH, content=late, headers=_signed(late))
