@@ -520,19 +520,17 @@ class PushTrigger:
         emergencies: bool,
         playlists: bool,
     ) -> None:
-        memory = self._memory
+        memory, sleep = self._memory, self._sleep
         if emergencies:
             push_emergencies(
-                engine, config, now=now, settings=self._settings, clock=self._clock,
-                sleep=self._sleep,
-            )  # fmt: skip
+                engine, config, now=now, settings=self._settings, clock=self._clock, sleep=sleep
+            )
             memory.emergency_key = key
         if playlists:
             memory.next_round = now + timedelta(seconds=self._settings.loudspeaker_push_seconds)
             done = push_playlists(
-                engine, config, now=now, settings=self._settings, clock=self._clock,
-                sleep=self._sleep,
-            )  # fmt: skip
+                engine, config, now=now, settings=self._settings, clock=self._clock, sleep=sleep
+            )
             memory.retry = any(r.outcome in RETRIED for r in done)
             memory.round_key = fingerprint
 

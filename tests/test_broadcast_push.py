@@ -36,11 +36,8 @@ PUBLIC_URL = "http://loa.example.vn"
 
 
 def _write_endpoints(path: Path, receivers: dict[str, Receiver]) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {"endpoints": {code: {"url": r.url, "secret": r.secret} for code, r in receivers.items()}}
-        )
-    )
+    entries = {code: {"url": r.url, "secret": r.secret} for code, r in receivers.items()}
+    path.write_text(yaml.safe_dump({"endpoints": entries}))
     return path
 
 
@@ -275,8 +272,9 @@ def test_loa_loudspeaker_push(
     assert len(district.accepted) == 2
 
     district.script = [(400, {}, "unknown tenant")]
-    refused = run_loa("loudspeaker", "push", "--area", "440", "--date", "2026-05-09", env=env,
-                      check=False)  # fmt: skip
+    refused = run_loa(
+        "loudspeaker", "push", "--area", "440", "--date", "2026-05-09", env=env, check=False
+    )
     assert refused.returncode == 1
     assert "440 2026-05-09 permanent (1 attempt)" in refused.stdout
     assert "unknown tenant" in refused.stdout
