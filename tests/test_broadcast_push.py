@@ -22,6 +22,7 @@ from loa.db import session_scope
 from loa.models import BroadcastPush
 from loa.settings import Settings
 from scheduler.lifecycle import pause_campaign, resume_campaign
+from scheduler.service import SchedulerService
 from scheduler.tick import run_tick
 from tests.broadcasting import add_audio, launch_broadcast, loudspeaker_wave
 from tests.builders import add_areas
@@ -289,3 +290,17 @@ def test_loa_loudspeaker_push(
             select(col(BroadcastPush.outcome)).order_by(col(BroadcastPush.id))
         ).all()
     assert outcomes == ["accepted", "accepted", "accepted", "permanent"]
+
+
+def test_the_scheduler_service_pushes_in_the_background(
+    engine: Engine, world: dict[str, Any], clock: FakeClock
+) -> None:
+    launch_broadcast(engine, world["settings"], clock(), loudspeaker_wave(world["sha"]))
+    world["district"].now = clock  # the service signs on its clock, as it decides on it
+    service = SchedulerService(engine, world["settings"], clock)
+    try:
+        assert service.tick() is not None
+    finally:
+        service.shutdown()  # waits for the push round the tick handed to its thread
+    assert [p["date"] for p in world["district"].accepted] == ["2026-05-09"]
+    assert _pushes(engine) == [("playlist", "440", MAY_9, "accepted", 1)]
