@@ -304,3 +304,27 @@ def test_the_scheduler_service_pushes_in_the_background(
         service.shutdown()  # waits for the push round the tick handed to its thread
     assert [p["date"] for p in world["district"].accepted] == ["2026-05-09"]
     assert _pushes(engine) == [("playlist", "440", MAY_9, "accepted", 1)]
+
+
+def test_an_unchanged_round_renders_no_playlist(
+    engine: Engine, world: dict[str, Any], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import broadcast.playlist
+    import broadcast.push
+
+    rendered: list[tuple[str, date]] = []
+    real = broadcast.playlist.district_playlist
+
+    def counted(session: Any, code: str, day: date, **kwargs: Any) -> Any:
+        rendered.append((code, day))
+        return real(session, code, day, **kwargs)
+
+    monkeypatch.setattr(broadcast.push, "district_playlist", counted)
+    launch_broadcast(engine, world["settings"], clock(), loudspeaker_wave(world["sha"]))
+    _tick(engine, world, clock())
+    # A new process's first round renders each pushed area's two days once ...
+    assert sorted(rendered) == [("40", MAY_8), ("40", MAY_9), ("440", MAY_8), ("440", MAY_9)]
+    # ... and later rounds with the same version key, days and endpoints render none.
+    _tick(engine, world, clock() + timedelta(seconds=61))
+    _tick(engine, world, clock() + timedelta(seconds=125))
+    assert len(rendered) == 4
