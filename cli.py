@@ -744,6 +744,45 @@ def loudspeaker_ping(area_code: str, attempts: int) -> None:
     click.echo("accepted")
 
 
+@loudspeaker.command("push")
+@click.option(
+    "--area",
+    "areas",
+    multiple=True,
+    help="Push this area's playlist (repeatable; default: every area with an endpoint of its own).",
+)
+@click.option(
+    "--date",
+    "day",
+    callback=lambda ctx, param, value: _iso_date(ctx, param, value),
+    help="Local date, YYYY-MM-DD (default: today and tomorrow in LOA_DEFAULT_TIMEZONE).",
+)
+def loudspeaker_push(areas: tuple[str, ...], day: date | None) -> None:
+    """Push playlists to their controllers now, changed or not; one line per area and day with
+    the outcome. Exits non-zero when a push was not accepted."""
+    from broadcast.push import describe, push_playlists
+    from channels.loudspeaker_config import load_endpoints
+
+    settings = _settings()
+    config = load_endpoints(settings.loudspeaker_endpoints_file)
+    engine = _open_database(settings)
+    results = push_playlists(
+        engine,
+        config,
+        now=system_clock(),
+        settings=settings,
+        clock=system_clock,
+        areas=list(areas) or None,
+        days=None if day is None else [day],
+        force=True,
+    )
+    for line in describe(results):
+        click.echo(line)
+    failed = [r for r in results if r.outcome not in ("accepted", "unchanged")]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(results)} pushes not accepted")
+
+
 # --- broadcasts: playlists and plays ----------------------------------------------------------
 
 

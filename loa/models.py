@@ -468,3 +468,29 @@ class BroadcastPlay(SQLModel, table=True):
     result: str = Field(max_length=16)  # played | skipped | failed
     reported_by: str = Field(max_length=100)
     received_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class BroadcastPush(SQLModel, table=True):
+    """A push of a district's playlist for a day (kind `playlist`) or of one emergency item
+    (kind `emergency`, with its item) to a loudspeaker controller, and what became of it. The
+    latest playlist row of (area, day) says what the controller last took: a round pushes again
+    only when the playlist's hash differs, or when the last push may be retried (transient,
+    ambiguous). Retrying the same content updates that row (attempts add up)."""
+
+    __tablename__ = "broadcast_push"
+    __table_args__ = (
+        Index("ix_broadcast_push_area_day", "area_code", "local_date", "kind", "id"),
+        Index("ix_broadcast_push_item", "item_id"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    kind: str = Field(max_length=16)  # playlist | emergency
+    area_code: str = Field(max_length=16)  # the playlist's area; the endpoint's for an emergency
+    local_date: date
+    etag: str = Field(max_length=64)  # sha256 of the playlist JSON (as the API's ETag) / the item
+    item_id: int | None = Field(default=None, sa_type=BigId)  # the emergency item
+    request_id: str = Field(max_length=64)
+    outcome: str = Field(max_length=16)  # accepted | transient | permanent | ambiguous
+    attempts: int
+    reason: str | None = Field(default=None, max_length=1000)
+    pushed_at: datetime = Field(sa_type=UTCDateTime)

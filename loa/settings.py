@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     loudspeaker_retry_max_seconds: float = Field(default=60.0, ge=0)
     # Pushes in flight at once when an emergency goes to every endpoint.
     loudspeaker_concurrency: int = Field(default=16, ge=1, le=256)
+    # How often at most the scheduler pushes changed playlists (broadcast/push.py); emergencies
+    # go at once whatever this says.
+    loudspeaker_push_seconds: float = Field(default=60.0, gt=0)
 
     log_level: str = "INFO"
 

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -25,6 +26,9 @@ from scheduler.dispatch import dispatch_once, new_worker_id
 from scheduler.leader import Leadership, leadership_for
 from scheduler.reconcile import reconcile_unknown
 from scheduler.tick import TickReport, run_tick
+
+if TYPE_CHECKING:
+    from broadcast.push import PushTrigger
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,13 @@ class SchedulerService:
         # for running jobs, so a job that then touched its jobs would wait for ever.
         self._ticking = threading.Lock()
         self._stopping = False
+        self._loudspeaker_push: PushTrigger | None = None
+        if settings.loudspeaker_endpoints_file is not None:
+            # Imported here: broadcast/ imports the scheduler's modules.
+            from broadcast.push import PushTrigger
+
+            # In the background: a controller that does not answer must not hold up the tick.
+            self._loudspeaker_push = PushTrigger(settings, clock, background=True)
 
     def tick(self) -> TickReport | None:
         """One tick if this process is the leader; None when another scheduler is active."""
@@ -68,7 +79,12 @@ class SchedulerService:
     def _tick(self) -> TickReport | None:
         if not self._leadership.try_acquire():
             return None
-        return run_tick(self._engine, now=self._clock(), settings=self._settings)
+        return run_tick(
+            self._engine,
+            now=self._clock(),
+            settings=self._settings,
+            loudspeaker_push=self._loudspeaker_push,
+        )
 
     def _job(self) -> None:
         """What the tick job and every wake-up run."""
@@ -123,6 +139,8 @@ class SchedulerService:
             self._stopping = True
         if self._aps.running:
             self._aps.shutdown(wait=True)
+        if self._loudspeaker_push is not None:
+            self._loudspeaker_push.close()
         self._leadership.release()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, exists, select, update
@@ -35,6 +36,9 @@ from scheduler.outbox import end_planned_messages
 from scheduler.series import SeriesReport, make_due_occurrences
 from scheduler.windows import next_open
 
+if TYPE_CHECKING:  # broadcast/ imports the scheduler's modules
+    from broadcast.push import PushTrigger
+
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = (MessageStatus.PLANNED, MessageStatus.CLAIMED, MessageStatus.SENDING)
@@ -55,7 +59,15 @@ class TickReport:
     campaigns_completed: list[int] = field(default_factory=list)
 
 
-def run_tick(engine: Engine, *, now: datetime, settings: Settings) -> TickReport:
+def run_tick(
+    engine: Engine,
+    *,
+    now: datetime,
+    settings: Settings,
+    loudspeaker_push: PushTrigger | None = None,
+) -> TickReport:
+    """`loudspeaker_push` (when endpoints are configured) pushes changed playlists and new
+    emergencies to loudspeaker controllers, after this tick's own work (broadcast/push.py)."""
     report = TickReport(series=make_due_occurrences(engine, now=now, settings=settings))
     late_after = timedelta(minutes=settings.late_after_minutes)
     with session_scope(engine) as session:
@@ -109,6 +121,8 @@ def run_tick(engine: Engine, *, now: datetime, settings: Settings) -> TickReport
         report.deferred = defer_closed_waves(session, now=now, settings=settings)
     report.swept = _sweep_cancelled(engine, now=now)
     _close_finished(engine, now=now, report=report)
+    if loudspeaker_push is not None:
+        loudspeaker_push.after_tick(engine, now=now)
     return report
 
 

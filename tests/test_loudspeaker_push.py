@@ -77,11 +77,13 @@ class Receiver:
     delay: float = 0.0  # seconds each request is held (for the concurrency bound)
     in_flight: list[int] | None = None  # shared [current, highest] across receivers
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The receiver's clock, which the timestamps are checked against (a test may inject one).
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         try:
             request_id = verify_push(
-                headers, body, self.secret, datetime.now(UTC), self.nonces, timedelta(minutes=5)
+                headers, body, self.secret, self.now(), self.nonces, timedelta(minutes=5)
             )
         except PushReplayed:
             self.seen.append(Seen(headers, body, "duplicate"))
