@@ -2,11 +2,10 @@
 check and one small query instead of the playlist's join and its serialisation.
 
 A cached body is used only while the broadcast data it was made from is unchanged: its key holds
-a version read on every pull (the newest campaign change and the broadcast items' count and
-highest id: launching, pausing, resuming, cancelling or completing a campaign, and writing
-items, all move it). Area names are not in the version (renaming a commune is rare and harmless
-for a while): an entry also expires after `max_age` seconds. Each process has its own cache; the
-version makes them agree without talking to each other.
+a version read on every pull (broadcast.playlist.broadcast_version). Area names are not in the
+version (renaming a commune is rare and harmless for a while): an entry also expires after
+`max_age` seconds. Each process has its own cache; the version makes them agree without talking
+to each other.
 
 Hand-written (a dict in insertion order) rather than cachetools: an LRU with an age is a dozen
 lines, and the key already carries the invalidation.
@@ -18,21 +17,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from datetime import datetime
-from typing import Any, Final
-
-from sqlalchemy import func, select
-from sqlmodel import Session, col
-
-from loa.models import BroadcastItem, Campaign
+from typing import Final
 
 MAX_ENTRIES: Final = 4096
-
-
-def broadcast_version(session: Session) -> tuple[Any, ...]:
-    """What a playlist depends on that can change, in one row of aggregates."""
-    campaigns = select(func.max(col(Campaign.updated_at)), func.count()).select_from(Campaign)
-    items = select(func.max(col(BroadcastItem.id)), func.count()).select_from(BroadcastItem)
-    return (*session.execute(campaigns).one(), *session.execute(items).one())
 
 
 class PlaylistCache:

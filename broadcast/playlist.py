@@ -25,7 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, func, select
 from sqlmodel import Session, col
 
 from broadcast.items import communes_under
@@ -251,3 +251,14 @@ def audio_in_area(session: Session, sha256: str, area_path: str) -> bool:
         .limit(1)
     )
     return found is not None
+
+
+def broadcast_version(session: Session) -> tuple[Any, ...]:
+    """Moves whenever a playlist's content may have: every lifecycle transition (launch, pause,
+    resume, cancel, completion) stamps its campaign's updated_at, and items are only ever added.
+    Two aggregates: over the campaign table (small) and the item table's primary key (one index
+    probe). The API's playlist cache and the pushes to controllers both key on it."""
+    return (
+        session.scalar(select(func.max(col(Campaign.updated_at)))),
+        session.scalar(select(func.max(col(BroadcastItem.id)))),
+    )

@@ -46,10 +46,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
-from broadcast.playlist import PLAYING_CAMPAIGNS, Playlist, audio_url, district_playlist
+from broadcast.playlist import (
+    PLAYING_CAMPAIGNS,
+    Playlist,
+    audio_url,
+    broadcast_version,
+    district_playlist,
+)
 from channels.base import Outcome
 from channels.loudspeaker_config import EndpointConfig, area_chain, load_endpoints
 from channels.loudspeaker_push import (
@@ -125,15 +131,6 @@ def push_document(playlist: Playlist) -> dict[str, Any]:
         data["commune_codes"] = data.pop("communes")
         items.append(data)
     return {"district": playlist.area, "date": playlist.date.isoformat(), "items": items}
-
-
-def version_key(session: Session) -> tuple[Any, ...]:
-    """Moves whenever a playlist's content may have (see the module's docstring). Two aggregates
-    over the campaign table (small) and the item table's primary key (one index probe)."""
-    return (
-        session.scalar(select(func.max(col(Campaign.updated_at)))),
-        session.scalar(select(func.max(col(BroadcastItem.id)))),
-    )
 
 
 def _base_url(settings: Settings) -> str:
@@ -471,7 +468,7 @@ class PushTrigger:
         try:
             config = load_endpoints(self._settings.loudspeaker_endpoints_file)
             with session_scope(engine) as session:
-                key = version_key(session)
+                key = broadcast_version(session)
         except LoaError as exc:  # e.g. the endpoints file was edited into a broken state
             memory.busy.release()
             if exc.message != memory.last_error:

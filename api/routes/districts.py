@@ -22,9 +22,9 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from api.deps import CallerDep, ClockDep, EngineDep, ReadSessionDep, SessionDep, SettingsDep
-from broadcast.cache import PlaylistCache, broadcast_version
+from broadcast.cache import PlaylistCache
 from broadcast.formats import to_m3u8, to_xspf
-from broadcast.playlist import Playlist, district_playlist, get_area
+from broadcast.playlist import Playlist, broadcast_version, district_playlist, get_area
 from broadcast.plays import (
     PlayCounts,
     PlayReport,
