@@ -12,7 +12,7 @@ from collections.abc import Callable
 from channels.base import Channel
 from channels.console import ConsoleChannel
 from channels.simulated import SimulatedChannel
-from loa.errors import InvalidInput, NotBuilt
+from loa.errors import InvalidInput
 from loa.settings import Settings
 
 # Channels a wave may name, and the adapters that are built.
@@ -72,7 +72,13 @@ def check_channel(wave_channel: str, settings: Settings) -> None:
     here rather than discovered as "down" at the first send. Builds nothing: for plan time, and
     for a worker before it claims anything."""
     if wave_channel != "sms":
-        raise NotBuilt(f"channel {wave_channel!r} has no adapter yet; only 'sms' can be sent")
+        # Loudspeaker waves never reach a message adapter: their items are played from district
+        # playlists and pushed to controllers (broadcast/).
+        raise InvalidInput(
+            f"channel {wave_channel!r} is not sent through a message adapter; only 'sms' is "
+            "(loudspeaker waves are played from district playlists: loa playlist show)",
+            field="channel",
+        )
     for name in sms_adapters(settings):
         _check_adapter(name, settings)
 

@@ -192,6 +192,13 @@ def test_an_unknown_adapter_name_is_refused_with_the_known_ones() -> None:
     assert "twillio" in refused.value.message and "twilio" in refused.value.message
 
 
+def test_a_loudspeaker_wave_has_no_message_adapter() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        check_channel("loudspeaker", _settings())
+    assert "not sent through a message adapter" in refused.value.message
+    assert refused.value.field == "channel"
+
+
 def test_the_cli_worker_refuses_to_start_without_credentials(tmp_path: Path) -> None:
     env = loa_env(
         f"sqlite:///{tmp_path / 'loa.db'}",
