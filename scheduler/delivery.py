@@ -94,26 +94,16 @@ def apply_delivery_report(
         raise ValueError("a delivery report needs the message id or the provider's id")
     if status not in _MOVES_FROM:
         raise ValueError(f"a delivery report cannot set {status!r}")
+    found = select(
+        OutboxMessage.id, OutboxMessage.provider_id, OutboxMessage.channel, OutboxMessage.adapter
+    )
     if message_id is not None:
-        row = session.exec(
-            select(
-                OutboxMessage.id,
-                OutboxMessage.provider_id,
-                OutboxMessage.channel,
-                OutboxMessage.adapter,
-            ).where(OutboxMessage.id == message_id)
-        ).first()
+        found = found.where(OutboxMessage.id == message_id)
     else:
-        row = session.exec(
-            select(
-                OutboxMessage.id,
-                OutboxMessage.provider_id,
-                OutboxMessage.channel,
-                OutboxMessage.adapter,
-            )
-            .where(OutboxMessage.provider_id == provider_id)
-            .order_by(col(OutboxMessage.id))
-        ).first()
+        found = found.where(OutboxMessage.provider_id == provider_id).order_by(
+            col(OutboxMessage.id)
+        )
+    row = session.exec(found).first()
     if row is None or row[2] != channel:
         return ReportResult(ReportEffect.UNKNOWN_MESSAGE, message_id)
     found_id, recorded_id, _, recorded_adapter = row
