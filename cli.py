@@ -464,8 +464,9 @@ def suppression_import(file: Path, reason: str, report: Path | None, dry_run: bo
 @click.argument("text")
 def suppression_inbound(from_phone: str, text: str) -> None:
     """Record an SMS received elsewhere: if TEXT is an opt-out keyword (LOA_OPT_OUT_KEYWORDS),
-    the sender is suppressed and any consent to advertising withdrawn."""
-    from audience.optout import InboundKind
+    the sender is suppressed and any consent to advertising withdrawn; if it is an opt-in
+    keyword (LOA_OPT_IN_KEYWORDS), the sender's consent is recorded."""
+    from audience.keywords import InboundKind
     from audience.suppression import apply_inbound
 
     settings = _settings()
@@ -477,11 +478,16 @@ def suppression_inbound(from_phone: str, text: str) -> None:
             text,
             now=system_clock(),
             keywords=settings.opt_out_keywords,
+            opt_in_keywords=settings.opt_in_keywords,
             actor=_actor(),
         )
     if result.kind == InboundKind.OPT_OUT:
         withdrawn = "; consent to advertising withdrawn" if result.consent_withdrawn else ""
         click.echo(f"{result.phone} opted out ({result.keyword}): suppressed{withdrawn}")
+    elif result.kind == InboundKind.OPT_IN:
+        lifted = "; their earlier opt-out is lifted" if result.opt_out_lifted else ""
+        still = "; still on the suppression list for another reason" if result.suppressed else ""
+        click.echo(f"{result.phone} agreed ({result.keyword}): consent recorded{lifted}{still}")
     elif result.kind == InboundKind.MENTIONS_KEYWORD:
         click.echo(
             f"not an opt-out: the text mentions {result.keyword} inside a longer message; "
@@ -489,7 +495,7 @@ def suppression_inbound(from_phone: str, text: str) -> None:
             "--reason opt_out"
         )
     else:
-        click.echo("not an opt-out: nothing recorded")
+        click.echo("not a keyword: nothing recorded")
 
 
 @main.group()

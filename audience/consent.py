@@ -5,8 +5,10 @@ without one it is written as suppressed with error code `no_consent` when the wa
 suppressed the same way when a worker claims it if the consent was withdrawn meanwhile.
 
 Consent is withdrawn by deleting its row (`remove_consent`), and also when the person sends an
-opt-out keyword (audience/suppression.py apply_inbound). A suppression always wins over a consent:
-recording a consent never takes a number off the suppression list.
+opt-out keyword (audience/suppression.py apply_inbound). A suppression wins over a consent:
+recording one by hand or by import never takes a number off the suppression list. The one
+exception is the person's own opt-in keyword by SMS (LOA_OPT_IN_KEYWORDS, e.g. DKQC), which lifts
+the opt-out that the same number sent earlier, and nothing else.
 """
 
 from __future__ import annotations

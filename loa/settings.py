@@ -87,8 +87,12 @@ class Settings(BaseSettings):
     # converted with the prefix table and marked so; false rejects them with the reason instead.
     convert_old_numbers: bool = True
     # Inbound SMS bodies that mean "stop sending me messages", comma-separated; compared without
-    # case, diacritics or surrounding punctuation ("Từ chối." is TU CHOI). See audience/optout.py.
+    # case, diacritics or surrounding punctuation ("Từ chối." is TU CHOI). See audience/keywords.py.
     opt_out_keywords: str = "TU CHOI,TUCHOI,HUY,STOP,DUNG"
+    # Inbound SMS bodies that mean "I agree to receive advertising" (the reply to the one consent
+    # request, labelled DKQC, that Decree 91/2020 allows): the sender's consent is recorded, and an
+    # opt-out the same number sent earlier is lifted. Same comparison; none may be an opt-out.
+    opt_in_keywords: str = "DKQC,DK QC,DONG Y"
     # Decree 91/2020/ND-CP content rules for advertising (qc), checked when a campaign is planned,
     # approved and launched: the text starts with `qc_label`; it tells how to refuse further
     # adverts by naming one of `qc_refusal_keywords` (comma-separated; each must be an opt-out
@@ -200,13 +204,13 @@ class Settings(BaseSettings):
             raise ValueError(exc.message) from None
         return value
 
-    @field_validator("opt_out_keywords")
+    @field_validator("opt_out_keywords", "opt_in_keywords")
     @classmethod
-    def _keywords_parse(cls, value: str) -> str:
-        from audience.optout import parse_keywords
+    def _keywords_parse(cls, value: str, info: ValidationInfo) -> str:
+        from audience.keywords import parse_keywords
 
         try:
-            parse_keywords(value)
+            parse_keywords(value, info.field_name or "")
         except LoaError as exc:
             raise ValueError(exc.message) from None
         return value
@@ -235,7 +239,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refusal_keywords_opt_out(self) -> Settings:
-        from audience.optout import parse_keywords
+        from audience.keywords import parse_keywords
 
         try:
             refusal = parse_keywords(self.qc_refusal_keywords)
@@ -246,6 +250,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"qc_refusal_keywords: {', '.join(unknown)} is not among LOA_OPT_OUT_KEYWORDS, "
                 "so a reply that follows the advert's instructions would not opt out"
+            )
+        if both := set(parse_keywords(self.opt_in_keywords, "opt_in_keywords")) & set(honoured):
+            raise ValueError(
+                f"opt_in_keywords: {', '.join(sorted(both))} is also an opt-out keyword; "
+                "one reply cannot both refuse and agree"
             )
         return self
 

@@ -23,7 +23,7 @@ from api.app import create_app
 from channels.base import Channel, Outcome, SendResult
 from channels.twilio import TwilioChannel, config_from_settings
 from loa.db import session_scope
-from loa.models import DeliveryEvent, OutboxMessage, Recipient, Suppression
+from loa.models import Consent, DeliveryEvent, OutboxMessage, Recipient, Suppression
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once, record_results
 from tests.builders import add_areas, add_recipient, launch_and_fire
@@ -309,6 +309,19 @@ def test_an_inbound_opt_out_suppresses_and_answers_empty_twiml(
             session.execute(select(col(Suppression.phone), col(Suppression.reason))).all()
         )
     assert listed == {"+84912000001": "opt_out"}
+
+
+def test_an_inbound_consent_keyword_records_consent(client: TestClient, engine: Engine) -> None:
+    form = {
+        "MessageSid": "SM" + "2" * 32,
+        "From": "+84912000004",
+        "To": "+15005550006",
+        "Body": "DKQC",
+    }
+    assert _post(client, INBOUND_URL, form).status_code == 200
+    with session_scope(engine) as session:
+        consent = session.get(Consent, "+84912000004")
+    assert consent is not None and consent.source == "keyword"
 
 
 def test_without_an_auth_token_every_webhook_is_refused(

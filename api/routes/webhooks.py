@@ -1,4 +1,5 @@
-"""Twilio's webhooks: delivery reports (`StatusCallback`) and inbound SMS (opt-out keywords).
+"""Twilio's webhooks: delivery reports (`StatusCallback`) and inbound SMS (opt-out and opt-in
+keywords).
 
 Both are signed by Twilio with the account's auth token over the URL it called and every form
 parameter (X-Twilio-Signature). The URL checked is LOA_PUBLIC_URL + the path + the query, since
@@ -157,8 +158,8 @@ async def twilio_status(
 async def twilio_inbound(
     request: Request, settings: SettingsDep, engine: EngineDep, clock: ClockDep
 ) -> Response:
-    """An SMS sent to Loa's number: an opt-out keyword suppresses the sender. Answers empty
-    TwiML (Loa sends no automatic reply)."""
+    """An SMS sent to Loa's number: an opt-out keyword suppresses the sender; an opt-in keyword
+    records their consent to advertising. Answers empty TwiML (Loa sends no automatic reply)."""
     params = await _signed_params(request, settings)
     sender = _required(request, params, "From")
     if "Body" not in params:
@@ -172,6 +173,7 @@ async def twilio_inbound(
                 params["Body"],
                 now=clock(),
                 keywords=settings.opt_out_keywords,
+                opt_in_keywords=settings.opt_in_keywords,
                 actor="twilio:inbound",
             )
         log.info("inbound SMS from %s: %s", result.phone, result.kind)
