@@ -192,11 +192,21 @@ async def pull(base: str, keys: dict[str, str], requests: int, concurrency: int)
     return latencies
 
 
-def run_wrk(base: str, keys: dict[str, str], tmp: Path, concurrency: int, seconds: int) -> str:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): the server's cost per pull,
+    which, unlike latency, another load on the machine hardly changes."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    base: str, keys: dict[str, str], tmp: Path, concurrency: int, seconds: int, server_pid: int
+) -> str:
     """Pull for `seconds` with wrk (one thread, `concurrency` connections); the summary line."""
     keys_file = tmp / "keys.txt"
     keys_file.write_text("".join(f"{code} {key}\n" for code, key in keys.items()))
     script = Path(__file__).with_name("playlists.lua")
+    cpu_before = cpu_seconds(server_pid)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(script), base],
         env={**os.environ, "LOA_BENCH_KEYS": str(keys_file), "LOA_BENCH_DATE": DAY},
@@ -204,6 +214,7 @@ def run_wrk(base: str, keys: dict[str, str], tmp: Path, concurrency: int, second
         text=True,
         check=True,
     ).stdout
+    cpu = cpu_seconds(server_pid) - cpu_before
     line = next(row for row in out.splitlines() if row.startswith("LOA "))
     figures = dict(part.split("=") for part in line.split()[1:])
     ms = {k: int(figures[k]) / 1000 for k in ("p50", "p90", "p99", "max")}
@@ -211,7 +222,8 @@ def run_wrk(base: str, keys: dict[str, str], tmp: Path, concurrency: int, second
         f"{figures['requests']} pulls in {seconds} s, {concurrency} connections (wrk): "
         f"{int(figures['requests']) / seconds:.0f}/s, p50 {ms['p50']:.1f} ms, "
         f"p90 {ms['p90']:.1f} ms, p99 {ms['p99']:.1f} ms, max {ms['max']:.1f} ms, "
-        f"errors {figures['errors']}; load average {os.getloadavg()[0]:.1f}"
+        f"errors {figures['errors']}; server CPU {cpu * 1000 / int(figures['requests']):.2f} ms "
+        f"a pull; load average {os.getloadavg()[0]:.1f}"
     )
 
 
@@ -272,7 +284,7 @@ def main() -> None:
             # Warm-up: every district once (connection pools, the statement cache).
             asyncio.run(pull(base, keys, args.districts, args.concurrency))
             if args.client == "wrk":
-                print(run_wrk(base, keys, Path(tmp), args.concurrency, args.seconds))
+                print(run_wrk(base, keys, Path(tmp), args.concurrency, args.seconds, server.pid))
                 return
             started = time.perf_counter()
             latencies = asyncio.run(pull(base, keys, args.requests, args.concurrency))
