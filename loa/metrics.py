@@ -1,0 +1,101 @@
+"""This process's own Prometheus metrics: what it answered over HTTP, what its dispatcher sent,
+what delivery reports it received. Counted in memory where the thing happens; GET /metrics
+serves them with the cluster-wide figures read from the database (api/metrics.py).
+
+Module-level on purpose: a counter counts for the whole process, whichever thread or request
+increments it, and Prometheus adds up the processes. Each process has its own, so every HELP
+says "this process". They live in their own registry, not prometheus_client's global one, so
+that /metrics shows exactly what is declared here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from channels.base import SendResult
+
+PROCESS = CollectorRegistry()
+ProcessCollector(registry=PROCESS)
+PlatformCollector(registry=PROCESS)
+GCCollector(registry=PROCESS)
+
+HTTP_REQUESTS = Counter(
+    "loa_http_requests",
+    "HTTP requests answered by this process, by route template (not the raw path) and status.",
+    ["method", "route", "status"],
+    registry=PROCESS,
+)
+HTTP_DURATION = Histogram(
+    "loa_http_request_duration_seconds",
+    "Time this process took to answer HTTP requests (to the last byte), by route template.",
+    ["method", "route"],
+    registry=PROCESS,
+)
+SEND_ATTEMPTS = Counter(
+    "loa_send_attempts",
+    "Send attempts recorded by this process's dispatcher, by adapter and result (accepted, "
+    "transient, permanent, ambiguous). Other processes count their own.",
+    ["adapter", "result"],
+    registry=PROCESS,
+)
+SEND_ERRORS = Counter(
+    "loa_send_errors",
+    "Send results with an error code recorded by this process's dispatcher, by adapter and "
+    "error code (the provider's, or Loa's own such as 'template'). Other processes count "
+    "their own.",
+    ["adapter", "error_code"],
+    registry=PROCESS,
+)
+DELIVERY_REPORTS = Counter(
+    "loa_delivery_reports",
+    "Delivery reports (webhooks) received by this process, by adapter, reported status and "
+    "effect (moved, unchanged, unknown_message, mismatch).",
+    ["adapter", "status", "effect"],
+    registry=PROCESS,
+)
+WEBHOOK_LAG = Histogram(
+    "loa_webhook_lag_seconds",
+    "Delay from a message's sending to a delivery report that moved it (report received minus "
+    "the message's sent_at), for reports received by this process.",
+    ["adapter"],
+    buckets=(
+        1,
+        5,
+        15,
+        30,
+        60,
+        120,
+        300,
+        600,
+        1800,
+        3600,
+        3 * 3600,
+        12 * 3600,
+        24 * 3600,
+        72 * 3600,
+    ),
+    registry=PROCESS,
+)
+
+# Results of messages that never reached an adapter (their template failed to render).
+NO_ADAPTER = "none"
+
+
+def count_send_results(adapter: str, results: Iterable[SendResult]) -> None:
+    for result in results:
+        SEND_ATTEMPTS.labels(adapter, result.outcome.value).inc()
+        if result.error_code:
+            SEND_ERRORS.labels(adapter, result.error_code).inc()
+
+
+def count_delivery_report(
+    adapter: str, status: str, effect: str, lag_seconds: float | None
+) -> None:
+    DELIVERY_REPORTS.labels(adapter, status, effect).inc()
+    if lag_seconds is not None:
+        WEBHOOK_LAG.labels(adapter).observe(max(lag_seconds, 0.0))
