@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TextIO
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from loa.settings import Settings
@@ -29,6 +30,8 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> loggi
                 ["levelname", "name", "message"],
                 rename_fields={"levelname": "level", "name": "logger"},
                 timestamp=True,
+                # uvicorn adds its message again with terminal colour codes.
+                reserved_attrs=[*RESERVED_ATTRS, "color_message"],
                 # Vietnamese names and texts stay readable in the collector.
                 json_ensure_ascii=False,
             )

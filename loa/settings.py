@@ -201,7 +201,7 @@ class Settings(BaseSettings):
     heartbeat_forget_days: int = Field(default=7, ge=1)
     # The due-queue depth is counted up to this many messages per channel (then reported as
     # "at least"), so that /health and /metrics stay cheap while a million-message wave sends.
-    queue_count_limit: int = Field(default=100_000, ge=1)
+    queue_count_limit: int = Field(default=10_000, ge=1)
     # When set, GET /metrics needs `Authorization: Bearer <token>`. Unset (the embedded default),
     # /metrics is open like /health: set it when the API is reachable beyond a trusted network.
     metrics_token: SecretStr = SecretStr("")

@@ -133,9 +133,7 @@ def test_a_heartbeat_is_written_at_most_every_n_seconds_and_seen_until_stale(
     with TestClient(create_app(ops_settings, engine, clock=clock)) as client:
         workers = _health(client)["workers"]
         assert workers["by_kind"]["worker"] == 1
-        assert [w["id"] for w in workers["list"] if w["kind"] == "worker"] == [
-            "host-a:101:abcdef"
-        ]
+        assert [w["id"] for w in workers["list"] if w["kind"] == "worker"] == ["host-a:101:abcdef"]
         # 60 s after the last beat it still counts; a moment later it does not.
         clock.advance(seconds=60)
         assert _health(client)["workers"]["by_kind"]["worker"] == 1
