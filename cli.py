@@ -155,9 +155,18 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None]) ->
 
 
 @main.command()
-def worker() -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve this worker's own Prometheus metrics (its send attempts and errors) on this "
+    "port of LOA_HOST (default: LOA_WORKER_METRICS_PORT; none when unset). LOA_METRICS_TOKEN "
+    "applies.",
+)
+def worker(metrics_port: int | None) -> None:
     """Run a dispatch worker: claim due messages and send them. Run as many as you like."""
     from channels.registry import channel_lookup, check_channel
+    from loa.metrics import serve_process_metrics
     from scheduler.service import DispatchWorker
 
     settings = _settings()
@@ -165,7 +174,20 @@ def worker() -> None:
     configure_logging(settings)
     engine = _open_database(settings)
     dispatcher = DispatchWorker(engine, settings, system_clock, channel_lookup(settings))
-    _run_until_signalled(dispatcher.start, dispatcher.stop)
+    port = metrics_port if metrics_port is not None else settings.worker_metrics_port
+    if not port:
+        _run_until_signalled(dispatcher.start, dispatcher.stop)
+        return
+    bound, stop_metrics = serve_process_metrics(
+        settings.host, port, settings.metrics_token.get_secret_value()
+    )
+    click.echo(f"worker metrics at http://{settings.host}:{bound}/metrics", err=True)
+
+    def stop() -> None:
+        dispatcher.stop()
+        stop_metrics()
+
+    _run_until_signalled(dispatcher.start, stop)
 
 
 @main.command("scheduler")

@@ -10,9 +10,14 @@ that /metrics shows exactly what is declared here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hmac
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -99,3 +104,39 @@ def count_delivery_report(
     DELIVERY_REPORTS.labels(adapter, status, effect).inc()
     if lag_seconds is not None:
         WEBHOOK_LAG.labels(adapter).observe(max(lag_seconds, 0.0))
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Whether an Authorization header carries `Bearer <token>`. Constant time: the comparison
+    must not tell a guesser how much of the token was right."""
+    return hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode())
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # one line per scrape is noise
+        pass
+
+
+def serve_process_metrics(host: str, port: int, token: str) -> tuple[int, Callable[[], None]]:
+    """Serve this process's metrics at http://host:port/ from a thread (for `loa worker`, which
+    has no API): with a token, only to `Authorization: Bearer <token>`. Returns the port (port 0:
+    a free one) and how to stop."""
+    app = make_wsgi_app(PROCESS)
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if token and not bearer_matches(environ.get("HTTP_AUTHORIZATION"), token):
+            start_response(
+                "401 Unauthorized",
+                [("Content-Type", "text/plain; charset=utf-8"), ("WWW-Authenticate", "Bearer")],
+            )
+            return [b"metrics need 'Authorization: Bearer <token>' (LOA_METRICS_TOKEN)\n"]
+        return app(environ, start_response)  # type: ignore[no-any-return]
+
+    server = make_server(host, port, guarded, ThreadingWSGIServer, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return server.server_port, stop

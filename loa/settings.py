@@ -205,6 +205,9 @@ class Settings(BaseSettings):
     # When set, GET /metrics needs `Authorization: Bearer <token>`. Unset (the embedded default),
     # /metrics is open like /health: set it when the API is reachable beyond a trusted network.
     metrics_token: SecretStr = SecretStr("")
+    # `loa worker` serves no API, so its own counters (send attempts and errors by adapter) are
+    # served on this port of `host` when set (0: not served; `loa worker --metrics-port`).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("window_qc", "window_info", "window_care", "cap_qc", "cap_info", "cap_care")
     @classmethod

@@ -7,11 +7,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
+import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,6 +37,7 @@ from scheduler.lifecycle import pause_campaign
 from scheduler.service import DispatchWorker, SchedulerService
 from scheduler.tick import run_tick
 from tests.builders import add_areas, add_recipient, launch
+from tests.clirun import LOA, loa_env
 from tests.conftest import FakeClock
 
 FIRE_AT = datetime(2026, 5, 8, 0, 30, tzinfo=UTC)  # 07:30 in Hà Tĩnh: the info window is open
@@ -419,16 +424,22 @@ def test_send_attempts_and_errors_are_counted_by_adapter(
 
 
 @pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    """The root logger as `loa` configures it with LOA_LOG_FORMAT=json, writing to a buffer."""
+def restored_logging() -> Iterator[None]:
+    """The root logger is put back as pytest had it after the test configures it."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
-    stream = io.StringIO()
-    configure_logging(Settings(log_format="json", log_level="DEBUG"), stream=stream)
     try:
-        yield stream
+        yield
     finally:
         root.handlers[:], root.level = saved
+
+
+@pytest.fixture
+def json_log(restored_logging: None) -> io.StringIO:
+    """The root logger as `loa` configures it with LOA_LOG_FORMAT=json, writing to a buffer."""
+    stream = io.StringIO()
+    configure_logging(Settings(log_format="json", log_level="DEBUG"), stream=stream)
+    return stream
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -486,7 +497,7 @@ def test_json_log_lines_carry_the_ids_of_messages_waves_and_workers(
     )
 
 
-def test_text_is_the_default_log_format(json_log: io.StringIO) -> None:
+def test_text_is_the_default_log_format(restored_logging: None) -> None:
     stream = io.StringIO()
     configure_logging(Settings(), stream=stream)
     logging.getLogger("scheduler.tick").info("wave %d fired", 7, extra={"wave_id": 7})
@@ -516,3 +527,51 @@ def test_without_the_database_health_is_503_and_metrics_says_so(tmp_path: Any) -
     assert samples[("loa_database_up", ())] == 0
     assert not any(name.startswith("loa_queue") for name, _ in samples)
     engine.dispose()
+
+
+# --- `loa worker` as a user runs it --------------------------------------------------------
+
+
+def test_loa_worker_beats_logs_json_and_serves_its_own_metrics(
+    db_url: str, tmp_path: Path, engine: Engine
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = loa_env(db_url, tmp_path, LOA_LOG_FORMAT="json", LOA_METRICS_TOKEN="worker-scrape-token")
+    worker = subprocess.Popen(
+        [LOA, "worker", "--metrics-port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        answer = None
+        for _ in range(300):  # a bounded wait for the process to start listening
+            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+            try:
+                answer = httpx.get(url, timeout=2)
+                break
+            except httpx.TransportError:
+                threading.Event().wait(0.1)
+        assert answer is not None and answer.status_code == 401
+        scraped = httpx.get(url, headers={"Authorization": "Bearer worker-scrape-token"})
+        assert scraped.status_code == 200
+        families = {f.name for f in text_string_to_metric_families(scraped.text)}
+        assert {"loa_send_attempts", "loa_send_errors", "process_cpu_seconds"} <= families
+        with session_scope(engine) as session:
+            rows = session.scalars(select(Worker)).all()
+        assert [(w.kind, w.stopped_at) for w in rows] == [("worker", None)]
+    finally:
+        worker.terminate()
+        _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, stderr
+    with session_scope(engine) as session:
+        row = session.scalars(select(Worker)).one()
+    assert row.stopped_at is not None
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    started = [line for line in lines if "dispatch loop" in line["message"]]
+    assert started and started[0]["worker_id"].startswith(row.id + "/")
+    assert started[0]["level"] == "INFO" and started[0]["logger"] == "scheduler.service"
