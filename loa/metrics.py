@@ -59,31 +59,20 @@ SEND_ERRORS = Counter(
 DELIVERY_REPORTS = Counter(
     "loa_delivery_reports",
     "Delivery reports (webhooks) received by this process, by adapter, reported status and "
-    "effect (moved, unchanged, unknown_message, mismatch).",
+    "effect (moved, unchanged, unknown_message, mismatch; ignored: a status the adapter's "
+    "mapping ignores, with status 'none').",
     ["adapter", "status", "effect"],
     registry=PROCESS,
 )
+# Seconds to days: a report may come a minute after the send, or a day later from a phone that
+# was off.
+LAG_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 10800, 43200, 86400, 259200)
 WEBHOOK_LAG = Histogram(
     "loa_webhook_lag_seconds",
     "Delay from a message's sending to a delivery report that moved it (report received minus "
     "the message's sent_at), for reports received by this process.",
     ["adapter"],
-    buckets=(
-        1,
-        5,
-        15,
-        30,
-        60,
-        120,
-        300,
-        600,
-        1800,
-        3600,
-        3 * 3600,
-        12 * 3600,
-        24 * 3600,
-        72 * 3600,
-    ),
+    buckets=LAG_BUCKETS,
     registry=PROCESS,
 )
 

@@ -195,7 +195,9 @@ class Settings(BaseSettings):
     # API of `loa serve`) writes a heartbeat row at most this often ...
     heartbeat_seconds: float = Field(default=10, gt=0)
     # ... and counts as seen (a worker, the scheduler leader) while its latest heartbeat is at
-    # most this old. No scheduler leader seen within it: /health says `degraded`.
+    # most this old. No scheduler leader seen within it: /health says `degraded`. A scheduler
+    # beats at each tick, so this must exceed the longest tick (expanding a million recipients
+    # takes about 6 s on PostgreSQL, docs/benchmarks.md).
     heartbeat_stale_seconds: float = Field(default=60, gt=0)
     # Rows of processes not seen for this long are deleted when a process starts.
     heartbeat_forget_days: int = Field(default=7, ge=1)

@@ -91,8 +91,8 @@ def record_stop(session: Session, *, worker_id: str, now: datetime) -> None:
 
 def forget_old(session: Session, *, before: datetime) -> int:
     """Delete the rows of processes last seen before `before` (one range of ix_worker_seen_at)."""
-    removed: int = session.execute(delete(Worker).where(col(Worker.seen_at) < before)).rowcount  # type: ignore[attr-defined]
-    return removed
+    result = session.execute(delete(Worker).where(col(Worker.seen_at) < before))
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def processes_seen(session: Session, *, now: datetime, within_seconds: float) -> list[SeenProcess]:

@@ -207,6 +207,18 @@ def test_the_leader_is_shown_with_its_standby_and_none_when_not_seen(
         second.shutdown()
 
 
+def test_a_new_leader_clears_the_flag_a_dead_leader_left(engine: Engine, clock: FakeClock) -> None:
+    dead = _heartbeat(engine, clock, "host-a:1:aaaaaa", WorkerKind.SCHEDULER)
+    dead.beat(is_leader=True)  # then its machine vanishes: its row still says leader
+    clock.advance(seconds=15)
+    new = _heartbeat(engine, clock, "host-b:2:bbbbbb", WorkerKind.SCHEDULER)
+    assert new.beat(is_leader=False) is True
+    assert new.beat(is_leader=True) is True  # a change of leadership is written at once
+    with session_scope(engine) as session:
+        flags = dict(session.execute(select(col(Worker.id), col(Worker.is_leader))).all())
+    assert flags == {"host-a:1:aaaaaa": False, "host-b:2:bbbbbb": True}
+
+
 def test_a_worker_process_beats_from_its_loop_and_says_when_it_stops(
     engine: Engine, ops_settings: Settings, clock: FakeClock
 ) -> None:
