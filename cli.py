@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import logging
 import signal
 import sys
 import threading
@@ -26,6 +25,7 @@ from loa.apikeys import Role
 from loa.clock import system_clock
 from loa.db import check_database, make_engine, redacted, session_scope
 from loa.errors import LoaError
+from loa.logs import configure_logging
 from loa.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,16 +80,6 @@ def _print_table(rows: list[list[str]], *, right_from: int | None = None) -> Non
         click.echo("  ".join(cells).rstrip())
 
 
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Both log every routine step at INFO (each scheduler tick, each migration context).
-    for noisy in ("apscheduler", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 @click.group(cls=LoaGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Loa: public-information campaigns by SMS and commune loudspeaker.
@@ -141,7 +131,7 @@ def serve(host: str | None, port: int | None, no_worker: bool, no_scheduler: boo
         from channels.registry import check_channel
 
         check_channel("sms", settings)  # a worker that could not send refuses to start
-    _setup_logging(settings)
+    configure_logging(settings)
     engine = _open_database(settings)
     app = create_app(settings, engine, with_worker=not no_worker, with_scheduler=not no_scheduler)
     uvicorn.run(
@@ -149,6 +139,9 @@ def serve(host: str | None, port: int | None, no_worker: bool, no_scheduler: boo
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        # uvicorn's own records (start-up, access log) go through the handler configured
+        # above, so that with LOA_LOG_FORMAT=json every line is JSON.
+        log_config=None,
     )
 
 
@@ -162,17 +155,39 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None]) ->
 
 
 @main.command()
-def worker() -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve this worker's own Prometheus metrics (its send attempts and errors) on this "
+    "port of LOA_HOST (default: LOA_WORKER_METRICS_PORT; none when unset). LOA_METRICS_TOKEN "
+    "applies.",
+)
+def worker(metrics_port: int | None) -> None:
     """Run a dispatch worker: claim due messages and send them. Run as many as you like."""
     from channels.registry import channel_lookup, check_channel
+    from loa.metrics import serve_process_metrics
     from scheduler.service import DispatchWorker
 
     settings = _settings()
     check_channel("sms", settings)  # a worker that could not send refuses to start
-    _setup_logging(settings)
+    configure_logging(settings)
     engine = _open_database(settings)
     dispatcher = DispatchWorker(engine, settings, system_clock, channel_lookup(settings))
-    _run_until_signalled(dispatcher.start, dispatcher.stop)
+    port = metrics_port if metrics_port is not None else settings.worker_metrics_port
+    if not port:
+        _run_until_signalled(dispatcher.start, dispatcher.stop)
+        return
+    bound, stop_metrics = serve_process_metrics(
+        settings.host, port, settings.metrics_token.get_secret_value()
+    )
+    click.echo(f"worker metrics at http://{settings.host}:{bound}/metrics", err=True)
+
+    def stop() -> None:
+        dispatcher.stop()
+        stop_metrics()
+
+    _run_until_signalled(dispatcher.start, stop)
 
 
 @main.command("scheduler")
@@ -181,7 +196,7 @@ def scheduler_command() -> None:
     from scheduler.service import SchedulerService
 
     settings = _settings()
-    _setup_logging(settings)
+    configure_logging(settings)
     engine = _open_database(settings)
     service = SchedulerService(engine, settings, system_clock)
     _run_until_signalled(service.start, service.shutdown)

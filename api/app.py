@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.metrics import RequestMetrics, metrics_registry
 from api.routes import (
     audio,
     campaigns,
@@ -21,6 +24,7 @@ from api.routes import (
     districts,
     gateway_webhooks,
     health,
+    metrics,
     recipients,
     segments,
     suppressions,
@@ -32,7 +36,10 @@ from channels.gateway_config import load_gateways
 from channels.registry import channel_lookup
 from loa.clock import Clock, system_clock
 from loa.errors import InvalidInput, LoaError, NotAuthenticated
+from loa.models import WorkerKind
 from loa.settings import Settings
+from scheduler.dispatch import new_worker_id
+from scheduler.heartbeat import Heartbeat
 from scheduler.service import DispatchWorker, SchedulerService
 
 
@@ -95,13 +102,32 @@ def create_app(
             scheduler.start()
         if worker:
             worker.start()
+        # The API process is seen too: a node behind the load balancer that stops answering
+        # drops out of /health's list on every other node.
+        heartbeat = Heartbeat(
+            engine,
+            worker_id=new_worker_id(),
+            kind=WorkerKind.SERVE,
+            clock=clock,
+            every_seconds=settings.heartbeat_seconds,
+            forget_after_days=settings.heartbeat_forget_days,
+        )
+
+        async def beat() -> None:
+            while True:
+                await run_in_threadpool(heartbeat.beat)
+                await asyncio.sleep(settings.heartbeat_seconds)
+
+        beating = asyncio.create_task(beat())
         try:
             yield
         finally:
+            beating.cancel()
             if worker:
                 worker.stop()
             if scheduler:
                 scheduler.shutdown()
+            await run_in_threadpool(heartbeat.stop)
 
     app = FastAPI(title="Loa", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -131,7 +157,11 @@ def create_app(
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
         return _error(exc.status_code, code, str(exc.detail), None, exc.headers)
 
+    # What /metrics serves: this process's counters and the cluster's figures from the database.
+    app.state.metrics = metrics_registry(engine=engine, clock=clock, settings=settings)
+    app.add_middleware(RequestMetrics)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(campaigns.router)
     app.include_router(segments.router)
     app.include_router(suppressions.router)

@@ -494,3 +494,29 @@ class BroadcastPush(SQLModel, table=True):
     attempts: int
     reason: str | None = Field(default=None, max_length=1000)
     pushed_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class WorkerKind(StrEnum):
+    WORKER = "worker"  # a dispatch worker (`loa worker`, or the one inside `loa serve`)
+    SCHEDULER = "scheduler"  # the active scheduler or a standby
+    SERVE = "serve"  # the API of `loa serve`
+
+
+class Worker(SQLModel, table=True):
+    """Each long-running Loa process as last seen: its heartbeat (scheduler/heartbeat.py), for
+    /health and /metrics. One row per process and kind; a process that stops says so, one that
+    dies simply stops being seen."""
+
+    __tablename__ = "worker"
+    # "Seen within the last N seconds" and the pruning of old rows are range scans of this.
+    __table_args__ = (Index("ix_worker_seen_at", "seen_at"),)
+
+    id: str = Field(primary_key=True, max_length=64)  # the worker id (see new_worker_id)
+    kind: str = Field(max_length=16)
+    host: str = Field(max_length=255)
+    pid: int
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    seen_at: datetime = Field(sa_type=UTCDateTime)
+    stopped_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # A scheduler that held the leadership at its latest heartbeat.
+    is_leader: bool = False

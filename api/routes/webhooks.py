@@ -31,7 +31,7 @@ from loa.db import session_scope
 from loa.errors import Forbidden, InvalidInput, LoaError
 from loa.models import MessageStatus
 from loa.settings import Settings
-from scheduler.delivery import apply_delivery_report
+from scheduler.delivery import IGNORED, apply_delivery_report, observe_report
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +122,22 @@ async def twilio_status(
         raise _refuse(request, InvalidInput(f"ErrorCode {raw_code!r} is not a number"))
     status = TWILIO_STATUSES[reported]
     if status is None:
-        return {"effect": "ignored", "status": reported}
+        observe_report(
+            None, adapter="twilio", status=None, reported=reported, provider_id=sid, now=clock()
+        )
+        return {"effect": IGNORED, "status": reported}
     verdict = classify_error(int(raw_code), None) if raw_code else None
     if verdict is not None and verdict.alert:
-        log.error("twilio: %s; message %s (%s)", verdict.alert, message_id, sid)
+        log.error(
+            "twilio: %s; message %s (%s)",
+            verdict.alert,
+            message_id,
+            sid,
+            extra={"message_id": message_id, "provider_id": sid, "adapter": "twilio"},
+        )
 
     def apply() -> dict[str, Any]:
+        now = clock()
         with session_scope(engine) as session:
             result = apply_delivery_report(
                 session,
@@ -139,16 +149,11 @@ async def twilio_status(
                 error_code=raw_code,
                 problem=verdict.problem if verdict else None,
                 detail=f"twilio: {reported}" + (f" (error {raw_code})" if raw_code else ""),
-                now=clock(),
+                now=now,
             )
-        if result.effect in ("unknown_message", "mismatch"):
-            log.warning(
-                "twilio report %s for %s (message %s) ignored: %s",
-                reported,
-                sid,
-                message_id,
-                result.effect,
-            )
+        observe_report(
+            result, adapter="twilio", status=status, reported=reported, provider_id=sid, now=now
+        )
         return {"effect": result.effect, "message_id": result.message_id, "status": result.status}
 
     return await run_in_threadpool(apply)
