@@ -41,7 +41,15 @@ if TYPE_CHECKING:  # broadcast/ imports the scheduler's modules
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT = (MessageStatus.PLANNED, MessageStatus.CLAIMED, MessageStatus.SENDING)
+# A wave is not finished while any of its messages may still go out: waiting, on its way, or
+# `unknown` (reconciliation may find the channel never got it and plan it again; a wave closed
+# before that would leave the re-planned message where no worker looks).
+NOT_FINISHED = (
+    MessageStatus.PLANNED,
+    MessageStatus.CLAIMED,
+    MessageStatus.SENDING,
+    MessageStatus.UNKNOWN,
+)
 
 
 @dataclass
@@ -205,7 +213,8 @@ def _close_finished(engine: Engine, *, now: datetime, report: TickReport) -> Non
     with session_scope(engine) as session:
         in_flight = exists(
             select(1).where(
-                col(OutboxMessage.wave_id) == col(Wave.id), col(OutboxMessage.status).in_(IN_FLIGHT)
+                col(OutboxMessage.wave_id) == col(Wave.id),
+                col(OutboxMessage.status).in_(NOT_FINISHED),
             )
         )
         report.waves_done = list(
