@@ -14,7 +14,9 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.routes import (
+    apikeys,
     audio,
+    audit,
     campaigns,
     consents,
     deliveries,
@@ -143,4 +145,6 @@ def create_app(
     app.include_router(deliveries.router)
     app.include_router(gateway_webhooks.router)
     app.include_router(districts.router)
+    app.include_router(audit.router)
+    app.include_router(apikeys.router)
     return app

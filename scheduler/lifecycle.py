@@ -39,6 +39,7 @@ from loa.models import (
     WaveKind,
     WaveStatus,
 )
+from loa.paging import DEFAULT_PAGE, Key, keyset_page
 from loa.settings import Settings
 from scheduler.outbox import end_planned_messages
 from scheduler.spec import CampaignSpec, WaveSpec
@@ -230,6 +231,46 @@ def get_campaign(session: Session, campaign_id: int, *, for_update: bool = False
     if campaign is None:
         raise NotFound(f"no campaign with id {campaign_id}")
     return campaign
+
+
+def list_campaigns(
+    session: Session,
+    *,
+    status: str | None = None,
+    after: str | None = None,
+    limit: int = DEFAULT_PAGE,
+) -> tuple[list[Campaign], str | None]:
+    """One keyset page of campaigns, newest first (of one status, if given), and the cursor of
+    the next page."""
+    statement = select(Campaign)
+    if status is not None:
+        if status not in set(CampaignStatus):
+            raise InvalidInput(
+                f"status {status!r} is not one of {', '.join(CampaignStatus)}", field="status"
+            )
+        statement = statement.where(col(Campaign.status) == status)
+    return keyset_page(
+        session, statement, [Key(col(Campaign.id), descending=True)], after=after, limit=limit
+    )
+
+
+def page_waves(
+    session: Session,
+    campaign_id: int,
+    *,
+    occurrences: bool = False,
+    after: str | None = None,
+    limit: int = DEFAULT_PAGE,
+) -> tuple[list[Wave], str | None]:
+    """One keyset page of a campaign's waves in the spec's order: the spec's own waves, and with
+    `occurrences` also the ones the scheduler made of recurring and relative waves (after their
+    parent). NotFound for an unknown campaign."""
+    get_campaign(session, campaign_id)
+    statement = select(Wave).where(col(Wave.campaign_id) == campaign_id)
+    if not occurrences:
+        statement = statement.where(col(Wave.parent_id).is_(None))
+    order = [Key(col(Wave.position)), Key(col(Wave.id))]
+    return keyset_page(session, statement, order, after=after, limit=limit)
 
 
 def list_waves(session: Session, campaign_id: int) -> Sequence[Wave]:

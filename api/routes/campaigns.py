@@ -6,21 +6,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import select
-from sqlmodel import col
 
-from api.deps import ClockDep, SessionDep, SettingsDep, require_roles
+from api.deps import ClockDep, ReadSessionDep, SessionDep, SettingsDep, require_roles
+from api.paging import After, Limit, Page
 from loa.apikeys import Caller, Role
 from loa.errors import InvalidInput
 from loa.models import Campaign
+from loa.paging import DEFAULT_PAGE
 from scheduler.lifecycle import (
     approve_campaign,
     cancel_campaign,
     create_campaign,
     get_campaign,
     launch_campaign,
+    list_campaigns,
     pause_campaign,
     resume_campaign,
 )
@@ -142,9 +143,16 @@ def plan(
 
 
 @router.get("")
-def list_campaigns(_caller: Reader, session: SessionDep) -> list[CampaignPublic]:
-    campaigns = session.scalars(select(Campaign).order_by(col(Campaign.id).desc()).limit(200))
-    return [_public(c) for c in campaigns]
+def read_campaigns(
+    _caller: Reader,
+    session: ReadSessionDep,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    after: After = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> Page[CampaignPublic]:
+    """Campaigns, newest first; `status` filters."""
+    rows, next_after = list_campaigns(session, status=status, after=after, limit=limit)
+    return Page(items=[_public(c) for c in rows], next_after=next_after)
 
 
 @router.get("/{campaign_id}")
