@@ -928,6 +928,30 @@ def campaign_create(spec_file: Path) -> None:
     )
 
 
+@campaign.command("edit")
+@click.argument("campaign_id", type=int)
+@click.argument("spec_file", type=click.Path(path_type=Path, dir_okay=False))
+def campaign_edit(campaign_id: int, spec_file: Path) -> None:
+    """Replace a draft campaign's spec (name, waves, templates) with a YAML spec, checked whole."""
+    from scheduler.lifecycle import edit_campaign
+    from scheduler.spec import load_spec
+
+    settings = _settings()
+    spec = load_spec(spec_file)
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        edited = edit_campaign(
+            session,
+            campaign_id,
+            spec=spec,
+            actor=_actor(),
+            now=system_clock(),
+            settings=settings,
+            source=str(spec_file),
+        )
+    click.echo(f"campaign {edited.id} ({edited.name!r}) now has {len(spec.waves)} wave(s)")
+
+
 @campaign.command("approve")
 @click.argument("campaign_id", type=int)
 def campaign_approve(campaign_id: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,15 +18,16 @@ from sqlmodel import col
 from api.app import create_app
 from audience.suppression import add_suppression
 from loa.apikeys import Role, create_key
-from loa.db import session_scope
+from loa.db import make_engine, session_scope
 from loa.errors import InvalidInput
 from loa.models import AuditEntry, BroadcastItem
 from loa.paging import MAX_PAGE, Key, decode_cursor, encode_cursor
 from loa.settings import Settings
-from scheduler.lifecycle import create_campaign
+from scheduler.lifecycle import create_campaign, get_campaign, list_waves
 from scheduler.spec import validate_spec
 from tests.broadcasting import add_audio, launch_broadcast, loudspeaker_wave
 from tests.builders import add_areas, add_recipient
+from tests.clirun import loa_env, run_loa
 from tests.conftest import FakeClock
 
 API = "/api/v1"
@@ -213,6 +215,45 @@ def test_a_campaigns_waves_carry_their_templates(
     missing = client.get(f"{API}/campaigns/999/waves", headers=keys["planner"])
     assert missing.status_code == 404
     assert client.get(url, headers=keys["district"]).status_code == 403
+
+
+def test_a_draft_is_edited_whole_and_its_editor_may_not_approve_it(
+    client: TestClient,
+    keys: dict[str, dict[str, str]],
+    engine: Engine,
+    settings: Settings,
+    clock: FakeClock,
+) -> None:
+    settings.four_eyes_approval = True
+    campaign_id = _draft(engine, settings, clock, "C")
+    url = f"{API}/campaigns/{campaign_id}"
+    with session_scope(engine) as session:
+        spec = get_campaign(session, campaign_id).spec
+    spec = {**spec, "name": "C2", "waves": [{**spec["waves"][0], "template": "Moi: {{ name }}"}]}
+    edited = client.put(url, json=spec, headers=keys["admin"])
+    assert edited.status_code == 200, edited.text
+    assert (edited.json()["name"], edited.json()["status"]) == ("C2", "draft")
+    waves = client.get(f"{url}/waves", headers=keys["planner"]).json()["items"]
+    assert [(w["name"], w["template"]) for w in waves] == [("Lễ ra quân", "Moi: {{ name }}")]
+
+    broken = {**spec, "waves": [{**spec["waves"][0], "template": "{{ name "}]}
+    refused = client.put(url, json=broken, headers=keys["planner"])
+    assert refused.status_code == 422 and "field template" in refused.json()["error"]["message"]
+    assert client.get(url, headers=keys["planner"]).json()["name"] == "C2"  # nothing changed
+
+    # Four-eyes: the admin wrote part of it, so another key approves.
+    mine = client.post(f"{url}/approve", headers=keys["admin"])
+    assert mine.status_code == 409 and "was edited by key:" in mine.json()["error"]["message"]
+    assert client.post(f"{url}/approve", headers=keys["approver"]).status_code == 200
+    late = client.put(url, json=spec, headers=keys["planner"])
+    assert late.status_code == 409 and "sent as approved" in late.json()["error"]["message"]
+
+    with session_scope(engine) as session:
+        entry = session.scalars(
+            select(AuditEntry).where(col(AuditEntry.action) == "campaign.edit")
+        ).one()
+    assert (entry.before or {})["name"] == "C" and (entry.after or {})["name"] == "C2"
+    assert (entry.after or {})["spec"]["waves"][0]["template"] == "Moi: {{ name }}"
 
 
 # --- recipients -------------------------------------------------------------------------------
@@ -464,6 +505,29 @@ def test_the_plays_page_and_the_audit_entry_of_a_report(
         ).all()
     district_prefix = district["Authorization"].split("_")[1]
     # One entry for the report that stored plays; the repeat changed nothing.
-    assert [(e.actor, e.entity, e.entity_id, e.after["stored"]) for e in entries] == [
+    assert [(e.actor, e.entity, e.entity_id, (e.after or {})["stored"]) for e in entries] == [
         (f"key:{district_prefix}", "area", "440", 3)
     ]
+
+
+def test_loa_campaign_edit_replaces_a_drafts_spec(db_url: str, tmp_path: Path) -> None:
+    env = loa_env(db_url, tmp_path)
+    engine = make_engine(Settings(database_url=db_url, data_dir=tmp_path))
+    with session_scope(engine) as session:
+        add_areas(session)
+    spec = tmp_path / "c.yaml"
+    wave = (
+        "  - name: Nhắc\n    channel: sms\n    at: '2030-05-08 07:30'\n"
+        "    audience: {areas: ['42']}\n"
+    )
+    spec.write_text(f"name: C\nwaves:\n{wave}    template: 'x'\n", encoding="utf-8")
+    run_loa("campaign", "create", str(spec), env=env)
+    spec.write_text(f"name: C2\nwaves:\n{wave}    template: 'y'\n{wave}", encoding="utf-8")
+    refused = run_loa("campaign", "edit", "1", str(spec), env=env, check=False)
+    assert refused.returncode == 1 and "an sms wave needs a template" in refused.stderr
+    spec.write_text(f"name: C2\nwaves:\n{wave}    template: 'y'\n", encoding="utf-8")
+    edited = run_loa("campaign", "edit", "1", str(spec), env=env)
+    assert edited.stdout.strip() == "campaign 1 ('C2') now has 1 wave(s)"
+    with session_scope(engine) as session:
+        assert [w.body for w in list_waves(session, 1)] == ["y"]
+    engine.dispose()

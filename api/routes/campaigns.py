@@ -1,5 +1,6 @@
-"""Campaigns over HTTP: create from a spec, the lifecycle verbs, and reading. Each route calls the
-same lifecycle function as the CLI, with the API key's actor, the app's clock and the settings."""
+"""Campaigns over HTTP: create from a spec, edit a draft, the lifecycle verbs, and reading. Each
+route calls the same lifecycle function as the CLI, with the API key's actor, the app's clock and
+the settings."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from scheduler.lifecycle import (
     approve_campaign,
     cancel_campaign,
     create_campaign,
+    edit_campaign,
     get_campaign,
     launch_campaign,
     list_campaigns,
@@ -76,6 +78,31 @@ def create(
         raise InvalidInput(f"{SOURCE}: send the spec as JSON, with Content-Type: application/json")
     campaign = create_campaign(
         session,
+        spec=validate_spec(raw, source=SOURCE),
+        actor=caller.actor,
+        now=clock(),
+        settings=settings,
+        source=SOURCE,
+    )
+    return _public(campaign)
+
+
+@router.put("/{campaign_id}")
+def edit(
+    campaign_id: int,
+    caller: Planner,
+    raw: Annotated[Any, Body(description="The whole new spec, as for creating.")],
+    session: SessionDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+) -> CampaignPublic:
+    """Replace a draft's spec (name, waves and their templates), validated whole; 409 once it
+    is approved (what was approved is what is sent)."""
+    if isinstance(raw, bytes):
+        raise InvalidInput(f"{SOURCE}: send the spec as JSON, with Content-Type: application/json")
+    campaign = edit_campaign(
+        session,
+        campaign_id,
         spec=validate_spec(raw, source=SOURCE),
         actor=caller.actor,
         now=clock(),
