@@ -5,8 +5,8 @@ Each filter is an indexed lookup except the name: the phone is unique, the area 
 ix_recipient_area_id and the tag through ix_recipient_tag_tag, both in id order, so a page stops
 after `limit` rows (bench/list_pages.py measures each). A name prefix alone is checked on rows
 in id order until a page is full: fast for common names, a walk of the whole table for a rare
-one (0.45 s over a million recipients). Narrow it with an area or a tag: an index on names would
-cost every import of a million rows more than it saves here.
+one (0.5 s over a million recipients). Narrow it with an area or a tag. (An index on names
+would be one more for every import of a million rows to keep up, for this search alone.)
 """
 
 from __future__ import annotations

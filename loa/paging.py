@@ -6,6 +6,9 @@ sort key of the page's last row, handed to the client as an opaque cursor (`next
 sends back as `after`. The key must be unique (end it with the primary key) and its columns NOT
 NULL, so that "after" always means exactly one place.
 
+Pages carry no total: a count is a scan of everything that matches (83 ms on every page of a
+list of a million numbers, bench/list_pages.py), and "is there more" is what `next_after` says.
+
 The delivery log (stats/deliveries.py) pages the same way on the bare message id; it predates
 this module and keeps its integer cursor for its clients.
 """

@@ -232,16 +232,15 @@ def edit_campaign(
     source: str = "spec",
 ) -> Campaign:
     """Replace a draft's spec (its name, zone and waves, templates included), checked whole as at
-    creation. Only a draft: what was approved is what is sent. The audit entry keeps both specs,
-    and with four-eyes approval on, an editor may not approve the campaign either."""
+    creation; the waves are made anew (new ids). Only a draft: what was approved is what is sent.
+    The audit entry keeps both specs, and with four-eyes approval on, an editor may not approve
+    the campaign either."""
     campaign = get_campaign(session, campaign_id, for_update=True)
     _refuse_unless(
         campaign,
         allowed_from={CampaignStatus.DRAFT},
         action="edit",
-        hint=" (an approved campaign is sent as approved; cancel it and create another)"
-        if campaign.status != CampaignStatus.DRAFT
-        else "",
+        hint=" (an approved campaign is sent as approved; cancel it and create another)",
     )
     zone, audio = _check_spec(session, spec, settings, source)
     before = {"name": campaign.name, "timezone": campaign.timezone, "spec": campaign.spec}

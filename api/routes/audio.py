@@ -7,7 +7,7 @@ name comes from `?filename=`. The MP3s are served for culture centres on slow li
 If-Range, so an interrupted download resumes where it stopped.
 
 Reading needs an API key. A district key reads only the audio of its own area's playlists
-(any day): the file, and its record; the province's roles read all.
+(any day): the file, its record, and in the list; the province's roles read all.
 """
 
 from __future__ import annotations
