@@ -26,6 +26,7 @@ from loa.clock import system_clock
 from loa.db import check_database, make_engine, redacted, session_scope
 from loa.errors import LoaError
 from loa.logs import configure_logging
+from loa.paging import DEFAULT_PAGE, MAX_PAGE
 from loa.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,6 +79,26 @@ def _print_table(rows: list[list[str]], *, right_from: int | None = None) -> Non
             for i, cell in enumerate(row)
         ]
         click.echo("  ".join(cells).rstrip())
+
+
+# Every list that can be long is read a keyset page at a time (loa/paging.py), as over the API.
+_limit_option = click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_PAGE),
+    default=DEFAULT_PAGE,
+    show_default=True,
+    help="Rows per page.",
+)
+_after_option = click.option(
+    "--after", default=None, metavar="CURSOR", help="Start after this page (printed under it)."
+)
+
+
+def _echo_page_end(shown: int, next_after: str | None) -> None:
+    if next_after is None:
+        click.echo(f"{shown} shown; that is the end of the list")
+    else:
+        click.echo(f"{shown} shown; more with: --after {next_after}")
 
 
 @click.group(cls=LoaGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -423,20 +444,20 @@ def suppression_remove(phone: str, opt_out_withdrawn: bool, note: str | None) ->
 
 @suppression.command("list")
 @click.option("--reason", default=None, help="Only this reason.")
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--offset", type=int, default=0, show_default=True)
-def suppression_list(reason: str | None, limit: int, offset: int) -> None:
-    """The suppression list, newest first."""
+@_limit_option
+@_after_option
+def suppression_list(reason: str | None, limit: int, after: str | None) -> None:
+    """The suppression list, newest first, a page at a time."""
     from audience.suppression import list_suppressions
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
-        total, rows = list_suppressions(session, reason=reason, offset=offset, limit=limit)
+        rows, next_after = list_suppressions(session, reason=reason, after=after, limit=limit)
     table = [["phone", "reason", "since (UTC)", "note"]]
     table += [[r.phone, r.reason, f"{r.created_at:%Y-%m-%d %H:%M}", r.note or ""] for r in rows]
     if rows:
         _print_table(table)
-    click.echo(f"{len(rows)} of {total} shown")
+    _echo_page_end(len(rows), next_after)
 
 
 @suppression.command("import")
@@ -552,20 +573,20 @@ def consent_remove(phone: str) -> None:
 
 
 @consent.command("list")
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--offset", type=int, default=0, show_default=True)
-def consent_list(limit: int, offset: int) -> None:
-    """Recorded consents, newest first."""
+@_limit_option
+@_after_option
+def consent_list(limit: int, after: str | None) -> None:
+    """Recorded consents, newest first, a page at a time."""
     from audience.consent import list_consents
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
-        total, rows = list_consents(session, offset=offset, limit=limit)
+        rows, next_after = list_consents(session, after=after, limit=limit)
     table = [["phone", "source", "given (UTC)", "note"]]
     table += [[r.phone, r.source, f"{r.given_at:%Y-%m-%d %H:%M}", r.note or ""] for r in rows]
     if rows:
         _print_table(table)
-    click.echo(f"{len(rows)} of {total} shown")
+    _echo_page_end(len(rows), next_after)
 
 
 @consent.command("import")
@@ -667,17 +688,17 @@ def audio_add(
 
 
 @audio.command("list")
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--offset", type=int, default=0, show_default=True)
-def audio_list(limit: int, offset: int) -> None:
-    """Stored audio, newest first."""
+@_limit_option
+@_after_option
+def audio_list(limit: int, after: str | None) -> None:
+    """Stored audio, newest first, a page at a time."""
     from audio.store import list_assets
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
-        assets = list_assets(session, limit=limit, offset=offset)
+        assets, next_after = list_assets(session, after=after, limit=limit)
     if not assets:
-        click.echo("no audio stored")
+        click.echo("no audio stored" if after is None else "no more audio")
         return
     rows = [["sha256", "name", "seconds", "LUFS", "dBTP", "bytes"]]
     rows += [
@@ -692,6 +713,7 @@ def audio_list(limit: int, offset: int) -> None:
         for a in assets
     ]
     _print_table(rows, right_from=2)
+    _echo_page_end(len(assets), next_after)
 
 
 @audio.command("show")
@@ -925,6 +947,30 @@ def campaign_create(spec_file: Path) -> None:
     click.echo(
         f"created campaign {created.id} ({created.name!r}) as draft with {len(spec.waves)} wave(s)"
     )
+
+
+@campaign.command("edit")
+@click.argument("campaign_id", type=int)
+@click.argument("spec_file", type=click.Path(path_type=Path, dir_okay=False))
+def campaign_edit(campaign_id: int, spec_file: Path) -> None:
+    """Replace a draft campaign's spec (name, waves, templates) with a YAML spec, checked whole."""
+    from scheduler.lifecycle import edit_campaign
+    from scheduler.spec import load_spec
+
+    settings = _settings()
+    spec = load_spec(spec_file)
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        edited = edit_campaign(
+            session,
+            campaign_id,
+            spec=spec,
+            actor=_actor(),
+            now=system_clock(),
+            settings=settings,
+            source=str(spec_file),
+        )
+    click.echo(f"campaign {edited.id} ({edited.name!r}) now has {len(spec.waves)} wave(s)")
 
 
 @campaign.command("approve")
@@ -1167,14 +1213,16 @@ def apikey_create(role: str, area: str | None, name: str | None, expires_days: i
 
 
 @apikey.command("list")
-def apikey_list() -> None:
-    """Every API key with its role, area and dates (never the secret)."""
+@_limit_option
+@_after_option
+def apikey_list(limit: int, after: str | None) -> None:
+    """API keys with their role, area and dates (never the secret), a page at a time."""
     from loa.apikeys import list_keys
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
-        keys = list_keys(session)
-    if not keys:
+        keys, next_after = list_keys(session, after=after, limit=limit)
+    if not keys and after is None:
         click.echo("no API keys yet; create one with: loa apikey create --role ROLE")
         return
 
@@ -1195,8 +1243,10 @@ def apikey_list() -> None:
                 when(key.last_used_at),
             ]
         )
-    _print_table(rows)
-    click.echo("(times in UTC)")
+    if keys:
+        _print_table(rows)
+        click.echo("(times in UTC)")
+    _echo_page_end(len(keys), next_after)
 
 
 @apikey.command("revoke")
@@ -1434,14 +1484,17 @@ def segments_update(
 
 
 @segments.command("list")
-def segments_list() -> None:
-    """Every saved segment with its description and filter."""
+@_limit_option
+@_after_option
+def segments_list(limit: int, after: str | None) -> None:
+    """Saved segments by name, with their description and filter, a page at a time."""
     from audience.segments import list_segments
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
         rows = [["name", "description", "updated (UTC)", "filter"]]
-        for segment in list_segments(session):
+        page, next_after = list_segments(session, after=after, limit=limit)
+        for segment in page:
             rows.append(
                 [
                     segment.name,
@@ -1450,10 +1503,12 @@ def segments_list() -> None:
                     json.dumps(segment.filter, ensure_ascii=False),
                 ]
             )
-    if len(rows) == 1:
+    if len(rows) == 1 and after is None:
         click.echo("no segments yet; create one with: loa segments create NAME --filter FILE.json")
         return
-    _print_table(rows)
+    if len(rows) > 1:
+        _print_table(rows)
+    _echo_page_end(len(page), next_after)
 
 
 @segments.command("show")

@@ -17,7 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.metrics import RequestMetrics, metrics_registry
 from api.routes import (
+    apikeys,
     audio,
+    audit,
     campaigns,
     consents,
     deliveries,
@@ -173,4 +175,6 @@ def create_app(
     app.include_router(deliveries.router)
     app.include_router(gateway_webhooks.router)
     app.include_router(districts.router)
+    app.include_router(audit.router)
+    app.include_router(apikeys.router)
     return app

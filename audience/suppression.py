@@ -15,7 +15,7 @@ Rules that keep an opted-out person out:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -44,6 +44,7 @@ from loa import audit
 from loa.db import upsert_insert
 from loa.errors import Conflict, InvalidInput, NotFound
 from loa.models import Consent, OutboxMessage, Recipient, Suppression
+from loa.paging import DEFAULT_PAGE, Key, keyset_page
 
 SUPPRESSION: Final = SQLModel.metadata.tables[Suppression.__tablename__]
 REASON_HEADERS: Final = frozenset({"reason", "ly_do"})
@@ -169,24 +170,27 @@ def remove_suppression(
     return row
 
 
+# Newest first: an index on (created_at, phone) scanned backwards (migration 0014).
+SUPPRESSION_ORDER: Final = (
+    Key(col(Suppression.created_at), descending=True),
+    Key(col(Suppression.phone), descending=True),
+)
+
+
 def list_suppressions(
     session: Session,
     *,
     reason: str | None = None,
-    offset: int = 0,
-    limit: int = 100,
-) -> tuple[int, Sequence[Suppression]]:
-    """The total and one page of the list, newest first (optionally of one reason)."""
-    where = [col(Suppression.reason) == parse_reason(reason)] if reason else []
-    total = session.scalar(select(func.count()).select_from(Suppression).where(*where)) or 0
-    rows = session.scalars(
-        select(Suppression)
-        .where(*where)
-        .order_by(col(Suppression.created_at).desc(), col(Suppression.phone))
-        .offset(offset)
-        .limit(limit)
-    ).all()
-    return total, rows
+    after: str | None = None,
+    limit: int = DEFAULT_PAGE,
+) -> tuple[list[Suppression], str | None]:
+    """One keyset page of the list, newest first (optionally of one reason), and the cursor of
+    the next page. No total: counting a do-not-contact list of millions on every page would cost
+    more than the page."""
+    statement = select(Suppression)
+    if reason:
+        statement = statement.where(col(Suppression.reason) == parse_reason(reason))
+    return keyset_page(session, statement, SUPPRESSION_ORDER, after=after, limit=limit)
 
 
 def import_suppressions(

@@ -155,6 +155,8 @@ class Suppression(SQLModel, table=True):
     """Numbers that must never receive a message, checked at expansion and again at send time."""
 
     __tablename__ = "suppression"
+    # The list's pages, newest first (loa/paging.py).
+    __table_args__ = (Index("ix_suppression_created", "created_at", "phone"),)
 
     phone: str = Field(primary_key=True, max_length=20)
     reason: str = Field(max_length=32)  # opt_out | do_not_contact | invalid | manual
@@ -167,6 +169,7 @@ class Consent(SQLModel, table=True):
     a row here a `qc` message is not sent, unless the settings say consent is not required."""
 
     __tablename__ = "consent"
+    __table_args__ = (Index("ix_consent_given", "given_at", "phone"),)  # pages, newest first
 
     phone: str = Field(primary_key=True, max_length=20)
     source: str = Field(max_length=32)  # import | keyword | manual

@@ -86,8 +86,8 @@ def test_add_and_remove_by_hand_with_audit_and_the_opt_out_guard(
         remove_suppression(
             session, "0912000002", actor="a", now=clock(), opt_out_withdrawn=True, note="DKQC"
         )
-        total, rows = list_suppressions(session)
-    assert (total, rows) == (0, [])
+        rows, next_after = list_suppressions(session)
+    assert (rows, next_after) == ([], None)
     assert _audit(engine) == [
         ("suppression.add", "+84912000001"),
         ("suppression.add", "+84912000002"),
