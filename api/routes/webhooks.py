@@ -25,6 +25,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from api.deps import ClockDep, EngineDep, SettingsDep
+from audience.segments import mask_phone
 from audience.suppression import apply_inbound
 from channels.twilio import MESSAGE_PARAM, classify_error, public_url
 from loa.db import session_scope
@@ -181,7 +182,8 @@ async def twilio_inbound(
                 opt_in_keywords=settings.opt_in_keywords,
                 actor="twilio:inbound",
             )
-        log.info("inbound SMS from %s: %s", result.phone, result.kind)
+        # Masked: logs are kept and read more widely than the suppression list.
+        log.info("inbound SMS from %s: %s", mask_phone(result.phone), result.kind)
 
     try:
         await run_in_threadpool(apply)
