@@ -1,0 +1,535 @@
+"""The statistics rollup (migration 0011's triggers) against a direct GROUP BY over the outbox and
+the plays, after each step of a campaign's life driven through the real service functions; and
+query_stats over it. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+import pytest
+from sqlalchemy import Engine, inspect, select, text
+from sqlmodel import col
+
+from broadcast.plays import PlayReport, record_plays
+from channels.base import Capabilities, Outcome, OutgoingMessage, SendResult
+from loa.db import session_scope
+from loa.errors import InvalidInput
+from loa.models import (
+    Area,
+    BroadcastItem,
+    BroadcastPlay,
+    MessageStatus,
+    OutboxMessage,
+    Recipient,
+    Suppression,
+    Wave,
+)
+from loa.settings import Settings
+from scheduler.delivery import apply_delivery_report
+from scheduler.dispatch import dispatch_once
+from scheduler.lifecycle import cancel_campaign
+from scheduler.reconcile import reconcile_unknown
+from scheduler.tick import run_tick
+from stats.campaign import campaign_stats
+from stats.rollup import StatsRow, query_stats
+from tests.broadcasting import add_audio, launch_broadcast, loudspeaker_wave
+from tests.builders import add_areas, add_recipient, launch
+from tests.conftest import FakeClock
+
+FIRE_AT = datetime(2026, 5, 8, 1, 30, tzinfo=UTC)  # 08:30 in Vietnam, 21:30 on 7 May in New York
+# Long enough for two UCS-2 segments when the name has Vietnamese diacritics, one in GSM-7.
+TEMPLATE = "BHXH tinh: {{ name }} oi, thang 5 la Thang van dong BHXH toan dan. Tham gia ngay."
+PRICES = {"scripted": {"viettel": {"*": 500}, "*": {"*": 300}}}
+# phone -> (commune, carrier, name): the last digit says what the channel answers.
+PEOPLE = {
+    "+84912000001": ("18301", "Viettel", "Nguyễn Văn An"),  # accepted, then delivered
+    "+84912000002": ("18301", "Mobifone", "Tran Van Binh"),  # refused: 21211
+    "+84912000003": ("18302", "Viettel", "Le Van Cuong"),  # ambiguous -> unknown -> reconciled
+    "+84912000004": ("18302", "Vinaphone", "Pham Thi Dung"),  # transient; cancelled later
+    "+84912000005": ("18301", "Viettel", "Hoang Van Em"),  # accepted, then undelivered: 30003
+    "+84912000006": ("18301", "Viettel", "Vu Thi Giang"),  # opts out after the expansion
+    "+84912000007": ("16801", "Viettel", "Do Van Hung"),  # accepted; province 40, no district
+    "+84912000008": ("18302", "Viettel", "Ngo Thi Khanh"),  # suppressed before the expansion
+}
+
+
+class ScriptedChannel:
+    """Answers by the number's last digit (see PEOPLE), and can say which messages it has."""
+
+    name = "scripted"
+    capabilities = Capabilities(
+        max_batch=None, status_callbacks=True, lookup=True, max_body_chars=1600
+    )
+
+    def __init__(self) -> None:
+        self.received: dict[int, str] = {}
+
+    def send_batch(self, messages: Sequence[OutgoingMessage], *, now: datetime) -> list[SendResult]:
+        answers = []
+        for m in messages:
+            kind = m.to[-1]
+            if kind in "157":
+                self.received[m.message_id] = f"p-{m.to}"
+                answers.append(SendResult(m.message_id, Outcome.ACCEPTED, provider_id=f"p-{m.to}"))
+            elif kind == "2":
+                answers.append(SendResult(m.message_id, Outcome.PERMANENT, error_code="21211"))
+            elif kind == "3":
+                self.received[m.message_id] = f"p-{m.to}"
+                answers.append(SendResult(m.message_id, Outcome.AMBIGUOUS, detail="timeout"))
+            else:
+                answers.append(SendResult(m.message_id, Outcome.TRANSIENT, error_code="20429"))
+        return answers
+
+    def lookup(self, message_ids: Sequence[int]) -> dict[int, str | None]:
+        return {m: self.received.get(m) for m in message_ids}
+
+
+# --- the rollup against the outbox ----------------------------------------------------------
+
+
+def _hour(instant: datetime) -> int:
+    return int(instant.timestamp() // 3600)
+
+
+def direct_rollup(engine: Engine) -> dict[tuple[Any, ...], tuple[int, int]]:
+    """What the rollup must hold, computed the slow way: every outbox row and play read."""
+    counts: Counter[tuple[Any, ...]] = Counter()
+    segments: Counter[tuple[Any, ...]] = Counter()
+    with session_scope(engine) as session:
+        for m in session.scalars(select(OutboxMessage)):
+            key = (
+                m.wave_id,
+                m.channel,
+                m.area_code or "",
+                m.carrier or "",
+                m.adapter or "",
+                m.status,
+                m.error_code or "",
+                _hour(m.created_at),
+            )
+            counts[key] += 1
+            segments[key] += m.segments or 0
+        for p in session.scalars(select(BroadcastPlay)):
+            key = (
+                p.wave_id,
+                "loudspeaker",
+                p.commune_code,
+                "",
+                "",
+                p.result,
+                "",
+                _hour(p.started_at),
+            )
+            counts[key] += 1
+    return {k: (counts[k], segments[k]) for k in counts}
+
+
+def stored_rollup(engine: Engine) -> dict[tuple[Any, ...], tuple[int, int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM stats_rollup")).mappings().all()
+    assert all(r["n"] >= 0 and r["segments"] >= 0 for r in rows), rows
+    return {
+        (
+            r["wave_id"],
+            r["channel"],
+            r["area_code"],
+            r["carrier"],
+            r["adapter"],
+            r["status"],
+            r["error_code"],
+            r["hour"],
+        ): (r["n"], r["segments"])
+        for r in rows
+        if r["n"] or r["segments"]
+    }
+
+
+def assert_exact(engine: Engine) -> None:
+    assert stored_rollup(engine) == direct_rollup(engine)
+
+
+def _statuses(engine: Engine, wave: str = "A") -> dict[str, str]:
+    """phone -> status of the messages of the wave of that name."""
+    with session_scope(engine) as session:
+        rows = session.execute(
+            select(col(Recipient.phone), col(OutboxMessage.status))
+            .join(Recipient, col(Recipient.id) == col(OutboxMessage.recipient_id))
+            .join(Wave, col(Wave.id) == col(OutboxMessage.wave_id))
+            .where(col(Wave.name) == wave)
+        ).all()
+    return {phone: status for phone, status in rows}
+
+
+def _wave(name: str, areas: list[str], at: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "channel": "sms",
+        "at": at,
+        "audience": {"areas": areas},
+        "template": TEMPLATE,
+    }
+
+
+@pytest.fixture
+def priced(settings: Settings) -> Settings:
+    return settings.model_copy(update={"sms_prices": PRICES})
+
+
+@pytest.fixture
+def lived(engine: Engine, priced: Settings, clock: FakeClock) -> dict[str, int]:
+    """A campaign taken through every way a message moves, the rollup checked after each step;
+    and a loudspeaker campaign with reported plays. Returns the campaign ids."""
+    settings = priced
+    with session_scope(engine) as session:
+        add_areas(session)
+        for phone, (commune, carrier, name) in PEOPLE.items():
+            add_recipient(session, phone, now=clock(), area=commune, name=name).carrier = carrier
+        session.add(Suppression(phone="+84912000008", reason="opt_out", created_at=clock()))
+    ids = {
+        "sms": launch(
+            engine,
+            {"name": "SMS", "waves": [_wave("A", ["42", "40"], "2026-05-08 08:30")]},
+            settings,
+            clock(),
+        )
+    }
+    # A second campaign whose wave fires when the service has been down too long: it expires.
+    ids["late"] = launch(
+        engine,
+        {"name": "Late", "waves": [_wave("L", ["40"], "2026-05-08 09:00")]},
+        settings,
+        clock(),
+    )
+
+    clock.now = FIRE_AT
+    run_tick(engine, now=clock(), settings=settings)  # expansion (one suppressed already)
+    assert_exact(engine)
+
+    with session_scope(engine) as session:  # an opt-out after the expansion
+        session.add(Suppression(phone="+84912000006", reason="opt_out", created_at=clock()))
+    channel = ScriptedChannel()
+    while dispatch_once(
+        engine, worker_id="w", clock=clock, settings=settings, channel_for=lambda _: channel
+    ):
+        pass
+    assert_exact(engine)
+    assert _statuses(engine)["+84912000003"] == MessageStatus.UNKNOWN
+
+    with session_scope(engine) as session:  # delivery reports (webhooks)
+        apply_delivery_report(
+            session,
+            channel="sms",
+            provider_id="p-+84912000001",
+            status=MessageStatus.DELIVERED,
+            now=clock(),
+        )
+        apply_delivery_report(
+            session,
+            channel="sms",
+            provider_id="p-+84912000005",
+            status=MessageStatus.UNDELIVERED,
+            error_code="30003",
+            now=clock(),
+        )
+    assert_exact(engine)
+
+    clock.advance(seconds=settings.lease_seconds + 1)
+    assert (
+        reconcile_unknown(
+            engine, channel_for=lambda _: channel, now=clock(), settings=settings
+        ).sent
+        == 1
+    )
+    assert_exact(engine)
+
+    with session_scope(engine) as session:  # the retried message is still planned: cancelled
+        assert cancel_campaign(session, ids["sms"], actor="a", now=clock()).messages_cancelled == 1
+    assert_exact(engine)
+
+    clock.now = FIRE_AT + timedelta(hours=4)  # the late wave (09:00) fires 3.5 h after its time
+    run_tick(engine, now=clock(), settings=settings)
+    assert_exact(engine)
+
+    ids["broadcast"] = _plays(engine, settings, clock)
+    assert_exact(engine)
+    return ids
+
+
+def _plays(engine: Engine, settings: Settings, clock: FakeClock) -> int:
+    """A loudspeaker campaign for 9 May; both communes of district 440 report its first slot
+    (one played, one skipped), and 18301 its second. Returns the campaign id."""
+    with session_scope(engine) as session:
+        audio = add_audio(session, "bhxh", duration_ms=30_000, now=clock())
+    campaign_id = launch_broadcast(engine, settings, clock(), loudspeaker_wave(audio), name="Loa")
+    with session_scope(engine) as session:
+        first, second = session.scalars(
+            select(BroadcastItem).order_by(col(BroadcastItem.starts_at))
+        ).all()[:2]
+        area = session.get(Area, "440")
+        assert area is not None and first.id is not None and second.id is not None
+
+        def play(
+            item: BroadcastItem, commune: str, result: Literal["played", "skipped"]
+        ) -> PlayReport:
+            return PlayReport(
+                item=item.id or 0,
+                commune=commune,
+                started_at=item.starts_at,
+                ended_at=item.starts_at + timedelta(seconds=30),
+                result=result,
+            )
+
+        clock.now = second.starts_at + timedelta(hours=1)
+        reports = [
+            play(first, "18301", "played"),
+            play(first, "18302", "skipped"),
+            play(second, "18301", "played"),
+        ]
+        record_plays(session, area, reports, actor="district", now=clock())
+        # The same report again adds nothing.
+        assert record_plays(session, area, reports[:1], actor="district", now=clock()).stored == 0
+    return campaign_id
+
+
+def test_the_rollup_follows_every_change_and_the_backfill_matches(
+    engine: Engine, lived: dict[str, int]
+) -> None:
+    assert _statuses(engine) == {
+        "+84912000001": "delivered",
+        "+84912000002": "failed",
+        "+84912000003": "sent",
+        "+84912000004": "cancelled",
+        "+84912000005": "undelivered",
+        "+84912000006": "suppressed",
+        "+84912000007": "sent",
+        "+84912000008": "suppressed",
+    }
+    assert _statuses(engine, "L") == {"+84912000007": "expired"}
+    # The migration's backfill computes what the triggers kept.
+    kept = stored_rollup(engine)
+    from alembic import command
+
+    from loa import schema
+
+    config = schema._alembic_config()
+    for target, down in (("0010", True), ("head", False)):
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(config, target)
+    assert stored_rollup(engine) == kept
+    assert_exact(engine)
+
+
+def test_the_triggers_are_there_at_head(engine: Engine) -> None:
+    """A later migration that rebuilds the outbox on SQLite (batch mode copies the table) would
+    drop them silently."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            names = conn.scalars(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")).all()
+        else:
+            names = conn.scalars(
+                text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            ).all()
+    assert {
+        "stats_rollup_outbox_insert",
+        "stats_rollup_outbox_update",
+        "stats_rollup_outbox_delete",
+        "stats_rollup_play_insert",
+        "stats_rollup_play_delete",
+    } <= set(names)
+    assert "stats_rollup" in inspect(engine).get_table_names()
+
+
+# --- query_stats --------------------------------------------------------------------------------
+
+
+def _query(engine: Engine, settings: Settings, **kwargs: Any) -> list[StatsRow]:
+    kwargs.setdefault("timezone", "Asia/Ho_Chi_Minh")
+    kwargs.setdefault("group_by", [])
+    with session_scope(engine) as session:
+        return query_stats(session, prices=settings, **kwargs)
+
+
+def _measures(row: StatsRow) -> dict[str, Any]:
+    return row.model_dump(exclude={"key"})
+
+
+def test_totals_and_what_each_measure_counts(
+    engine: Engine, priced: Settings, lived: dict[str, int]
+) -> None:
+    (everything,) = _query(engine, priced)
+    assert everything.key == {}
+    # 8 messages of the first campaign + 1 (expired) of the late one.
+    assert _measures(everything) == {
+        "targeted": 9,
+        "pending": 0,
+        "sent": 4,  # sent (2: accepted, reconciled) + delivered + undelivered
+        "delivered": 1,
+        "failed": 2,  # refused + undelivered
+        "expired": 1,
+        "suppressed": 2,  # at expansion, at send time
+        "cancelled": 1,
+        "unknown": 0,
+        # Handed to the provider: 2 segments for the Vietnamese name, 1 each for 5 others (the
+        # cancelled retry was handed over once).
+        "segments": 7,
+        # Viettel 500 per segment (2 + 1 + 1 + 1), others 300 (Mobifone, Vinaphone).
+        "cost": 3100.0,
+        "delivery_rate": 0.25,
+        "plays": 2,
+    }
+
+
+def test_by_area_levels_with_names(engine: Engine, priced: Settings, lived: dict[str, int]) -> None:
+    rows = _query(engine, priced, group_by=["province", "district"], channel="sms")
+    by_key = {(r.key["province"], r.key["district"]): r for r in rows}
+    assert set(by_key) == {("42", "440"), ("40", None)}  # 16801 sits right under its province
+    assert by_key[("42", "440")].key == {
+        "province": "42",
+        "province_name": "Tỉnh Hà Tĩnh",
+        "district": "440",
+        "district_name": "Huyện Đức Thọ",
+    }
+    assert (by_key[("42", "440")].targeted, by_key[("40", None)].targeted) == (7, 2)
+    communes = _query(engine, priced, group_by=["commune"], area_code="440")
+    assert [(r.key["commune"], r.key["commune_name"], r.targeted, r.plays) for r in communes] == [
+        ("18301", "Xã Đức Đồng", 4, 2),
+        ("18302", "Xã Đức Lạng", 3, 0),
+    ]
+    assert _query(engine, priced, group_by=["commune"], area_code="40")[0].key["commune"] == "16801"
+
+
+def test_by_campaign_wave_error_code_carrier_adapter(
+    engine: Engine, priced: Settings, lived: dict[str, int]
+) -> None:
+    rows = _query(engine, priced, group_by=["campaign", "wave"])
+    assert [
+        (r.key["campaign"], r.key["campaign_name"], r.key["wave_name"], r.targeted, r.plays)
+        for r in rows
+    ] == [
+        (lived["sms"], "SMS", "A", 8, 0),
+        (lived["late"], "Late", "L", 1, 0),
+        (lived["broadcast"], "Loa", "Phát thanh sáng chiều", 0, 2),
+    ]
+    errors = _query(engine, priced, group_by=["error_code"], campaign_id=lived["sms"])
+    # The cancelled message keeps the code of its last (transient) try.
+    assert {r.key["error_code"]: (r.failed, r.cancelled) for r in errors} == {
+        "20429": (0, 1),
+        "21211": (1, 0),
+        "30003": (1, 0),
+        None: (0, 0),
+    }
+    carriers = _query(engine, priced, group_by=["carrier"], channel="sms")
+    assert {r.key["carrier"]: (r.targeted, r.cost) for r in carriers} == {
+        "Mobifone": (1, 300.0),
+        "Viettel": (7, 2500.0),
+        "Vinaphone": (1, 300.0),
+    }
+    adapters = _query(engine, priced, group_by=["adapter"], channel="sms")
+    assert {r.key["adapter"]: r.segments for r in adapters} == {"scripted": 7, None: 0}
+
+
+def test_occurrences_count_under_their_wave_and_a_wave_filter_includes_them(
+    engine: Engine, priced: Settings, clock: FakeClock
+) -> None:
+    with session_scope(engine) as session:
+        add_areas(session)
+        add_recipient(session, "+84912000001", now=clock())
+    recurring = {
+        "name": "Nhắc",
+        "channel": "sms",
+        "recurring": {"from": "2026-05-08", "to": "2026-05-09", "times": ["09:00"]},
+        "audience": {"areas": ["42"]},
+        "template": "x",
+    }
+    campaign_id = launch(engine, {"name": "R", "waves": [recurring]}, priced, clock())
+    for day in (8, 9):
+        clock.now = datetime(2026, 5, day, 2, 0, tzinfo=UTC)
+        run_tick(engine, now=clock(), settings=priced)
+    assert_exact(engine)
+    rows = _query(engine, priced, group_by=["wave", "day"])
+    spec_wave = rows[0].key["wave"]
+    # The first occurrence's message expired when the second came due.
+    assert [(r.key["wave"], r.key["day"], r.expired, r.pending) for r in rows] == [
+        (spec_wave, "2026-05-08", 1, 0),
+        (spec_wave, "2026-05-09", 0, 1),
+    ]
+    assert isinstance(spec_wave, int)
+    assert _query(engine, priced, wave_id=spec_wave)[0].targeted == 2
+    assert (
+        _query(engine, priced, campaign_id=campaign_id, day_from=date(2026, 5, 9))[0].targeted == 1
+    )
+
+
+def test_days_are_local_days_of_the_zone_asked(
+    engine: Engine, priced: Settings, lived: dict[str, int]
+) -> None:
+    def days(zone: str, **kwargs: Any) -> dict[Any, tuple[int, int]]:
+        rows = _query(engine, priced, group_by=["day"], timezone=zone, **kwargs)
+        return {r.key["day"]: (r.targeted, r.plays) for r in rows}
+
+    # Messages at 01:30 and 05:30 UTC on 8 May; plays at 23:00 UTC on 8 May and 10:30 on 9 May.
+    assert days("Asia/Ho_Chi_Minh") == {"2026-05-08": (9, 0), "2026-05-09": (0, 2)}
+    assert days("UTC") == {"2026-05-08": (9, 1), "2026-05-09": (0, 1)}
+    # New York is on summer time (UTC-4) in May: the first campaign's messages are on the 7th.
+    assert days("America/New_York") == {
+        "2026-05-07": (8, 0),
+        "2026-05-08": (1, 1),
+        "2026-05-09": (0, 1),
+    }
+    assert days("America/New_York", day_from=date(2026, 5, 8), day_to=date(2026, 5, 8)) == {
+        "2026-05-08": (1, 1)
+    }
+    assert days("Asia/Ho_Chi_Minh", day_from=date(2026, 5, 9)) == {"2026-05-09": (0, 2)}
+    assert days("Asia/Ho_Chi_Minh", day_to=date(2026, 5, 7)) == {}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"group_by": ["county"]}, "group_by"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"day_from": date(2026, 5, 9), "day_to": date(2026, 5, 8)}, "day_from"),
+        ({"area_code": "99999"}, "area_code"),
+    ],
+)
+def test_bad_arguments_name_their_field(
+    engine: Engine, settings: Settings, kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        _query(engine, settings, **kwargs)
+    assert raised.value.field == field
+
+
+def test_campaign_stats_reads_the_rollup(
+    engine: Engine, priced: Settings, lived: dict[str, int]
+) -> None:
+    with session_scope(engine) as session:
+        stats = campaign_stats(session, lived["sms"])
+    expected = {
+        "delivered": 1,
+        "failed": 1,
+        "sent": 2,
+        "cancelled": 1,
+        "undelivered": 1,
+        "suppressed": 2,
+    }
+    assert stats.total == 8
+    assert stats.by_status == {s.value: expected.get(s.value, 0) for s in MessageStatus}
+    assert stats.waves[0].by_status == stats.by_status
+
+
+def test_offset_stretches_find_the_hour_summer_time_starts() -> None:
+    from stats.rollup import _stretches
+
+    march = _hour(datetime(2026, 3, 1, tzinfo=UTC))
+    april = _hour(datetime(2026, 4, 1, tzinfo=UTC))
+    # 2 a.m. EST on 8 March 2026 = 07:00 UTC: -300 minutes before, -240 after.
+    assert _stretches("America/New_York", march, april) == [
+        (_hour(datetime(2026, 3, 8, 7, tzinfo=UTC)), -300),
+        (april, -240),
+    ]
+    assert _stretches("Asia/Ho_Chi_Minh", march, april) == [(april, 420)]
