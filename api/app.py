@@ -23,6 +23,7 @@ from api.routes import (
     health,
     recipients,
     segments,
+    stats,
     suppressions,
     waves,
     webhooks,
@@ -143,4 +144,5 @@ def create_app(
     app.include_router(deliveries.router)
     app.include_router(gateway_webhooks.router)
     app.include_router(districts.router)
+    app.include_router(stats.router)
     return app

@@ -27,6 +27,8 @@ whole bucket counts on the day its first minute falls on.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -383,13 +385,38 @@ def _areas(base: Any, group_by: tuple[str, ...]) -> tuple[list[ColumnElement[Any
 # --- rows ---------------------------------------------------------------------------------------
 
 
+NAMED: Final = ("campaign", "wave", *AREA_GROUPS)  # groups shown with a name beside the code
+MEASURES: Final = (*STATUS_MEASURES, "segments", "cost", "delivery_rate", "plays")
+
+
+def key_columns(group_by: Sequence[str]) -> list[str]:
+    """The entries of a StatsRow's key for `group_by`, in order: each group, with its name after
+    it where it has one (district, district_name)."""
+    columns: list[str] = []
+    for group in dict.fromkeys(group_by):
+        columns += [group, f"{group}_name"] if group in NAMED else [group]
+    return columns
+
+
+def stats_csv(rows: Sequence[StatsRow], group_by: Sequence[str]) -> str:
+    """The rows as CSV text with a header: the key's columns, then the measures."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    columns = key_columns(group_by)
+    writer.writerow([*columns, *MEASURES])
+    for row in rows:
+        measures = [getattr(row, m) for m in MEASURES]
+        writer.writerow(
+            [row.key.get(c) for c in columns] + ["" if v is None else v for v in measures]
+        )
+    return text.getvalue()
+
+
 def _fold(rows: Sequence[Any], query: _Query, prices: Settings) -> list[StatsRow]:
     """The statement's rows as StatsRows: priced, and summed over the pricing keys that were
     not asked for."""
-    names = [*query.group_by]
-    for level in AREA_GROUPS:
-        if level in names:
-            names.insert(names.index(level) + 1, f"{level}_name")
+    # Campaign and wave names are added after (_named): the statement has ids only.
+    names = [c for c in key_columns(query.group_by) if c not in ("campaign_name", "wave_name")]
     folded: dict[tuple[Any, ...], StatsRow] = {}
     for row in rows:
         key = tuple(_key_value(name, row[name]) for name in names)
