@@ -519,3 +519,20 @@ class StatsRollup(SQLModel, table=True):
     hour: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     n: int = Field(sa_type=BigInteger)
     segments: int = Field(sa_type=BigInteger)
+
+
+class StatsRollupWave(SQLModel, table=True):
+    """StatsRollup without the area, kept by the same triggers: a few rows per wave where the
+    full rollup has hundreds (one per commune), for every question that needs no area."""
+
+    __tablename__ = "stats_rollup_wave"
+
+    wave_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    channel: str = Field(primary_key=True, max_length=32)
+    carrier: str = Field(primary_key=True, max_length=32)
+    adapter: str = Field(primary_key=True, max_length=64)
+    status: str = Field(primary_key=True, max_length=16)
+    error_code: str = Field(primary_key=True, max_length=32)
+    hour: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    n: int = Field(sa_type=BigInteger)
+    segments: int = Field(sa_type=BigInteger)

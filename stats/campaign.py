@@ -1,9 +1,10 @@
 """Counts by status for one campaign and each of its waves (a recurring or relative wave with
 all its occurrences together).
 
-Counts come from the statistics rollup (stats_rollup, kept by database triggers with every
-change of a message): a few rows per wave, where grouping the outbox read every message of the
-campaign. Its rows on channel 'loudspeaker' are plays, not messages, and are left out.
+Counts come from the statistics rollup without areas (stats_rollup_wave, kept by database
+triggers with every change of a message): a few rows per wave, where grouping the outbox read
+every message of the campaign. Its rows on channel 'loudspeaker' are plays, not messages, and
+are left out.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from loa.models import MessageStatus, StatsRollup, Wave
+from loa.models import MessageStatus, StatsRollupWave, Wave
 from scheduler.lifecycle import get_campaign
 from stats.rollup import LOUDSPEAKER
 
@@ -58,12 +59,14 @@ def campaign_stats(session: Session, campaign_id: int) -> CampaignStats:
         if wave.parent_id is not None:
             occurrences[wave.parent_id] = occurrences.get(wave.parent_id, 0) + 1
     counts = session.execute(
-        select(col(StatsRollup.wave_id), col(StatsRollup.status), func.sum(StatsRollup.n))
-        .where(
-            col(StatsRollup.wave_id).in_(list(spec_wave)),
-            col(StatsRollup.channel) != LOUDSPEAKER,
+        select(
+            col(StatsRollupWave.wave_id), col(StatsRollupWave.status), func.sum(StatsRollupWave.n)
         )
-        .group_by(col(StatsRollup.wave_id), col(StatsRollup.status))
+        .where(
+            col(StatsRollupWave.wave_id).in_(list(spec_wave)),
+            col(StatsRollupWave.channel) != LOUDSPEAKER,
+        )
+        .group_by(col(StatsRollupWave.wave_id), col(StatsRollupWave.status))
     ).all()
     per_wave: dict[int, dict[str, int]] = {w.id: _zero() for w in waves if w.id is not None}
     for wave_id, status, n in counts:

@@ -37,12 +37,12 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, case, func, or_, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from loa.errors import InvalidInput
-from loa.models import Area, AreaLevel, Campaign, MessageStatus, StatsRollup, Wave
+from loa.models import Area, AreaLevel, Campaign, MessageStatus, StatsRollup, StatsRollupWave, Wave
 from loa.settings import Settings
 from scheduler.pricing import segment_price
 
@@ -73,11 +73,16 @@ STATUS_MEASURES: Final[dict[str, tuple[str, ...]]] = {
     "cancelled": (_S.CANCELLED,),
     "unknown": (_S.UNKNOWN,),
 }
-COUNTS: Final = (*STATUS_MEASURES, "segments", "plays")
+# status -> the measures that count it
+_MEASURES_OF: Final = {
+    status: tuple(m for m, statuses in STATUS_MEASURES.items() if status in statuses)
+    for status in STATUS_MEASURES["targeted"]
+}
 MINUTES_PER_DAY: Final = 24 * 60
 EPOCH: Final = date(1970, 1, 1)
 
 R = StatsRollup.__table__  # type: ignore[attr-defined]
+R_WAVE = StatsRollupWave.__table__  # type: ignore[attr-defined]
 
 
 class StatsRow(BaseModel):
@@ -183,11 +188,17 @@ def _aggregate(
     channel: str | None,
     area_code: str | None,
 ) -> Select[Any]:
-    """Two levels: the rollup rows summed per wave-level key (and commune, when an area level is
-    asked), then, only for area levels, those few rows joined with the area table and summed
-    again. Joining areas after the first sum joins hundreds of rows, not the whole rollup."""
+    """The rollup summed per key asked for, channel and status (the measures are made from the
+    statuses in Python: a dozen conditional sums per row cost more than the scan).
+
+    Without an area to group or filter by, the rollup without areas answers (a few rows per
+    wave). With one, two levels: the full rollup summed per commune and the rest of the key,
+    then, only then, those rows joined with the area table and summed per area level: the join
+    sees hundreds of rows, not the whole rollup."""
+    by_area = bool(set(AREA_GROUPS) & set(query.group_by)) or area_code is not None
+    table = R if by_area else R_WAVE
     wave = aliased(Wave)
-    # The wave table only when something needs it: a by-day or by-carrier query reads the
+    # The wave table only when something needs it: a by-day or by-carrier question reads the
     # rollup alone.
     needs_wave = (
         campaign_id is not None
@@ -195,39 +206,31 @@ def _aggregate(
         or query.priced
         or bool({"campaign", "wave"} & set(query.group_by))
     )
-    source = R.join(wave, wave.id == R.c.wave_id) if needs_wave else R
-    where = _filters(session, query, wave, campaign_id, wave_id, channel, area_code)
-    keys = _base_keys(session, query, wave, source, where)
-    measures = [func.sum(_measure(name)).label(name) for name in COUNTS]
-    inner = (
-        select(*keys.values(), *measures).select_from(source).where(*where).group_by(*keys.values())
-    )
+    source = table.join(wave, wave.id == table.c.wave_id) if needs_wave else table
+    where = _filters(session, query, table, wave, campaign_id, wave_id, channel, area_code)
+    keys = _base_keys(session, query, table, wave, source, where)
+    keys["channel"] = table.c.channel.label("channel")
+    keys["status"] = table.c.status.label("status")
+    sums = [func.sum(table.c.n).label("n"), func.sum(table.c.segments).label("segments")]
+    inner = select(*keys.values(), *sums).select_from(source).where(*where).group_by(*keys.values())
     if not set(AREA_GROUPS) & set(query.group_by):
         return inner
     base = inner.subquery("base")
     area_columns, joined = _areas(base, query.group_by)
     outer_keys = [base.c[k] for k in keys if k != "area_code"] + area_columns
     return (
-        select(*outer_keys, *(func.sum(base.c[m]).label(m) for m in COUNTS))
+        select(
+            *outer_keys, func.sum(base.c.n).label("n"), func.sum(base.c.segments).label("segments")
+        )
         .select_from(joined)
         .group_by(*outer_keys)
     )
 
 
-def _measure(name: str) -> ColumnElement[int]:
-    """What one rollup row adds to a measure."""
-    is_play = R.c.channel == LOUDSPEAKER
-    if name == "segments":
-        return R.c.segments  # type: ignore[no-any-return]
-    if name == "plays":
-        return case((and_(is_play, R.c.status == "played"), R.c.n), else_=0)
-    statuses = STATUS_MEASURES[name]
-    return case((and_(~is_play, R.c.status.in_(statuses)), R.c.n), else_=0)
-
-
 def _filters(
     session: Session,
     query: _Query,
+    table: Any,
     wave: Any,
     campaign_id: int | None,
     wave_id: int | None,
@@ -235,20 +238,20 @@ def _filters(
     area_code: str | None,
 ) -> list[ColumnElement[bool]]:
     # Keys whose messages all moved on are left with zeros: skip them.
-    where: list[ColumnElement[bool]] = [or_(R.c.n != 0, R.c.segments != 0)]
+    where: list[ColumnElement[bool]] = [or_(table.c.n != 0, table.c.segments != 0)]
     if campaign_id is not None:
         where.append(wave.campaign_id == campaign_id)
     if wave_id is not None:
         where.append(or_(wave.id == wave_id, wave.parent_id == wave_id))
     if channel is not None:
-        where.append(R.c.channel == channel)
+        where.append(table.c.channel == channel)
     if area_code is not None:
-        where.append(R.c.area_code.in_(_codes_under(session, area_code)))
+        where.append(table.c.area_code.in_(_codes_under(session, area_code)))
     first, end = query.hours
     if first is not None:
-        where.append(R.c.hour >= first)
+        where.append(table.c.hour >= first)
     if end is not None:
-        where.append(R.c.hour < end)
+        where.append(table.c.hour < end)
     return where
 
 
@@ -261,7 +264,12 @@ def _codes_under(session: Session, area_code: str) -> Select[Any]:
 
 
 def _base_keys(
-    session: Session, query: _Query, wave: Any, source: Any, where: list[ColumnElement[bool]]
+    session: Session,
+    query: _Query,
+    table: Any,
+    wave: Any,
+    source: Any,
+    where: list[ColumnElement[bool]],
 ) -> dict[str, ColumnElement[Any]]:
     """The first level's grouping columns, by name."""
     wanted = set(query.group_by)
@@ -271,16 +279,15 @@ def _base_keys(
         "campaign": lambda: wave.campaign_id,
         # An occurrence of a recurring or relative wave counts under the wave of the spec.
         "wave": lambda: func.coalesce(wave.parent_id, wave.id),
-        "channel": lambda: R.c.channel,
-        "day": lambda: _day(session, query, source, where),
-        "carrier": lambda: R.c.carrier,
-        "error_code": lambda: R.c.error_code,
-        "adapter": lambda: R.c.adapter,
+        "day": lambda: _day(session, query, table, source, where),
+        "carrier": lambda: table.c.carrier,
+        "error_code": lambda: table.c.error_code,
+        "adapter": lambda: table.c.adapter,
         "message_class": lambda: wave.message_class,
     }
     keys = {name: make().label(name) for name, make in available.items() if name in wanted}
     if wanted & set(AREA_GROUPS):
-        keys["area_code"] = R.c.area_code.label("area_code")
+        keys["area_code"] = table.c.area_code.label("area_code")
     return keys
 
 
@@ -288,26 +295,28 @@ def _base_keys(
 
 
 def _day(
-    session: Session, query: _Query, source: Any, where: list[ColumnElement[bool]]
+    session: Session, query: _Query, table: Any, source: Any, where: list[ColumnElement[bool]]
 ) -> ColumnElement[int]:
     """The local day of each rollup row, as days since 1970-01-01: (UTC minute + the zone's
     offset then) // minutes a day. Minutes, not seconds: hour * 3600 overflows a 32-bit integer
     in 2038."""
-    minute = R.c.hour * 60
+    minute = table.c.hour * 60
     if not _offset_changes(query.zone.key):
         fixed = _offset_minutes(query.zone, _FROM_2000)
         return (minute + fixed) // MINUTES_PER_DAY  # type: ignore[no-any-return]
     first, end = query.hours
     if first is None or end is None:
         # Only the zones that change offset pay for finding the span the data covers.
-        span = select(func.min(R.c.hour), func.max(R.c.hour)).select_from(source).where(*where)
+        span = (
+            select(func.min(table.c.hour), func.max(table.c.hour)).select_from(source).where(*where)
+        )
         low, high = session.execute(span).one()
         first = first if first is not None else (low or 0)
         end = end if end is not None else (high or 0) + 1
     stretches = _stretches(query.zone.key, first, max(end, first + 1))
     offset: Any = stretches[-1][1]
     if len(stretches) > 1:
-        offset = case(*((R.c.hour < until, off) for until, off in stretches[:-1]), else_=offset)
+        offset = case(*((table.c.hour < until, off) for until, off in stretches[:-1]), else_=offset)
     return (minute + offset) // MINUTES_PER_DAY  # type: ignore[no-any-return]
 
 
@@ -413,8 +422,8 @@ def stats_csv(rows: Sequence[StatsRow], group_by: Sequence[str]) -> str:
 
 
 def _fold(rows: Sequence[Any], query: _Query, prices: Settings) -> list[StatsRow]:
-    """The statement's rows as StatsRows: priced, and summed over the pricing keys that were
-    not asked for."""
+    """The statement's rows (per key, channel and status) as StatsRows: each status counted in
+    its measures, priced, and summed over what was not asked for (status, the pricing keys)."""
     # Campaign and wave names are added after (_named): the statement has ids only.
     names = [c for c in key_columns(query.group_by) if c not in ("campaign_name", "wave_name")]
     folded: dict[tuple[Any, ...], StatsRow] = {}
@@ -423,9 +432,14 @@ def _fold(rows: Sequence[Any], query: _Query, prices: Settings) -> list[StatsRow
         out = folded.get(key)
         if out is None:
             out = folded[key] = StatsRow(key=dict(zip(names, key, strict=True)))
-        for measure in COUNTS:
-            setattr(out, measure, getattr(out, measure) + int(row[measure] or 0))
-        out.cost += int(row["segments"] or 0) * (_price(row, prices) or 0.0)
+        n, segments = int(row["n"] or 0), int(row["segments"] or 0)
+        if row["channel"] == LOUDSPEAKER:
+            out.plays += n if row["status"] == "played" else 0
+            continue
+        for measure in _MEASURES_OF.get(row["status"], ()):
+            setattr(out, measure, getattr(out, measure) + n)
+        out.segments += segments
+        out.cost += segments * (_price(row, prices) or 0.0)
     result = sorted(folded.values(), key=lambda r: [_sortable(v) for v in r.key.values()])
     for out in result:
         out.cost = round(out.cost, 2)

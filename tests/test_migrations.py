@@ -31,6 +31,7 @@ EXPECTED_TABLES = {
     "segment",
     "audio_asset",
     "stats_rollup",
+    "stats_rollup_wave",
 }
 
 
