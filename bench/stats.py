@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,14 +53,20 @@ from loa.models import Campaign, Wave
 from loa.settings import Settings
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
-CARRIERS = "CASE WHEN h.u < 500 THEN 'Viettel' WHEN h.u < 750 THEN 'Vinaphone' WHEN h.u < 950 THEN 'Mobifone' ELSE 'Vietnamobile' END"
+CARRIERS = (
+    "CASE WHEN h.u < 500 THEN 'Viettel' WHEN h.u < 750 THEN 'Vinaphone' "
+    "WHEN h.u < 950 THEN 'Mobifone' ELSE 'Vietnamobile' END"
+)
 ADAPTERS = {
     "Viettel": "gateway:viettel",
     "Vinaphone": "gateway:vnpt",
     "Mobifone": "gateway:mobifone",
     "Vietnamobile": "twilio",
 }
-PRICES = '{"*": {"viettel": {"*": 350}, "vinaphone": {"*": 370}, "mobifone": {"*": 360}, "*": {"*": 900}}}'
+PRICES = (
+    '{"*": {"viettel": {"*": 350}, "vinaphone": {"*": 370}, "mobifone": {"*": 360}, '
+    '"*": {"*": 900}}}'
+)
 
 
 # --- seeding ------------------------------------------------------------------------------------
@@ -76,7 +83,8 @@ def _seed_areas(engine: Engine, districts: int, communes: int) -> None:
         conn.execute(
             text(
                 "INSERT INTO area (code, name, level, parent_code, path) "
-                "SELECT (400 + d)::text, 'Huyện ' || d, 'district', '42', '/42/' || (400 + d) || '/' "
+                "SELECT (400 + d)::text, 'Huyện ' || d, 'district', '42', "
+                "'/42/' || (400 + d) || '/' "
                 "FROM generate_series(1, :d) d"
             ),
             {"d": districts},
@@ -103,7 +111,8 @@ def _seed_recipients(engine: Engine, n: int, communes: int) -> None:
                 "SELECT '+8491' || lpad(i::text, 7, '0'), 'Nguyễn Văn ' || i, "
                 "(18001 + floor(power(h.v, 2) * :c))::text, " + CARRIERS + ", false, '{}', :t, :t "
                 "FROM generate_series(1::bigint, :n) i, "
-                "LATERAL (SELECT (i * 2654435761) % 1000 AS u, ((i * 40503) % 100003) / 100003.0 AS v) h"
+                "LATERAL (SELECT (i * 2654435761) % 1000 AS u, "
+                "((i * 40503) % 100003) / 100003.0 AS v) h"
             ),
             {"n": n, "c": communes, "t": T0},
         )
@@ -184,7 +193,7 @@ def _campaigns(engine: Engine) -> list[tuple[int, int, datetime, float]]:
                 if len(times) == 1:
                     sending.append((parent.id, share, times[0], pending))
                     continue
-                for k, at in enumerate(times):
+                for at in times:
                     child = Wave(
                         campaign_id=campaign.id,
                         position=position,
@@ -254,12 +263,14 @@ def _seed_outbox(engine: Engine, waves: list[tuple[int, int, datetime, float]], 
     statement = text(
         "INSERT INTO outbox (wave_id, recipient_id, channel, status, due_at, attempts, adapter, "
         "error_code, segments, area_code, carrier, provider_id, created_at, updated_at, sent_at) "
-        f"SELECT :wave, r.id, 'sms', s.status, :at, CASE WHEN {TRIED} THEN 1 + (h.u % 10 = 0)::int ELSE 0 END, "
+        f"SELECT :wave, r.id, 'sms', s.status, :at, "
+        f"CASE WHEN {TRIED} THEN 1 + (h.u % 10 = 0)::int ELSE 0 END, "
         f"CASE WHEN {TRIED} THEN {adapter} END, {ERROR}, "
         f"CASE WHEN {TRIED} THEN 1 + (h.u % 5 = 0)::int END, r.area_code, r.carrier, "
         f"CASE WHEN {TRIED} THEN 'p' || r.id || '-' || :wave END, :at, :at + interval '5 minutes', "
         f"CASE WHEN {TRIED} THEN :at + interval '1 minute' END "
-        "FROM recipient r, LATERAL (SELECT ((r.id * 2654435761 + :wave * 7919) % 1000)::int AS u) h, "
+        "FROM recipient r, "
+        "LATERAL (SELECT ((r.id * 2654435761 + :wave * 7919) % 1000)::int AS u) h, "
         f"LATERAL (SELECT {STATUS} AS status) s "
         "WHERE r.id > :low AND r.id <= :high AND (r.id + :wave * 37) % 1000 < :share"
     )
@@ -319,20 +330,23 @@ def _seed_events(engine: Engine, total: int) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "DROP INDEX ix_delivery_event_message, ix_delivery_event_wave_time, ix_delivery_event_provider_id"
+                "DROP INDEX ix_delivery_event_message, ix_delivery_event_wave_time, "
+                "ix_delivery_event_provider_id"
             )
         )
         for kind, status, where, code, at in history:
             conn.execute(
                 text(
-                    f"INSERT INTO delivery_event ({EVENT_COLUMNS}) SELECT o.id, o.wave_id, 'sms', '{kind}', "
+                    f"INSERT INTO delivery_event ({EVENT_COLUMNS}) "
+                    f"SELECT o.id, o.wave_id, 'sms', '{kind}', "
                     f"{status}, o.adapter, o.provider_id, {code}, {at} FROM outbox o WHERE {where}"
                 )
             )
         conn.execute(
             text(
                 f"INSERT INTO delivery_event ({EVENT_COLUMNS.replace('provider_id, ', '')}) "
-                "SELECT NULL, p.wave_id, 'loudspeaker', 'play', p.result, NULL, NULL, p.started_at FROM broadcast_play p"
+                "SELECT NULL, p.wave_id, 'loudspeaker', 'play', p.result, NULL, NULL, "
+                "p.started_at FROM broadcast_play p"
             )
         )
         have = conn.scalar(text("SELECT count(*) FROM delivery_event"))
@@ -342,10 +356,12 @@ def _seed_events(engine: Engine, total: int) -> None:
         # Retries: a 20429 status and its attempt for the first messages tried (each adds two).
         conn.execute(
             text(
-                f"INSERT INTO delivery_event ({EVENT_COLUMNS}) SELECT o.id, o.wave_id, 'sms', x.kind, x.status, "
+                f"INSERT INTO delivery_event ({EVENT_COLUMNS}) "
+                "SELECT o.id, o.wave_id, 'sms', x.kind, x.status, "
                 "o.adapter, NULL, x.code, o.created_at - interval '1 minute' * x.n "
                 "FROM (SELECT * FROM outbox WHERE adapter IS NOT NULL ORDER BY id LIMIT :pairs) o, "
-                "LATERAL (VALUES ('attempt', 'sending', NULL, 2), ('status', 'planned', '20429', 1)) "
+                "LATERAL (VALUES ('attempt', 'sending', NULL, 2), "
+                "('status', 'planned', '20429', 1)) "
                 "AS x(kind, status, code, n)"
             ),
             {"pairs": missing // 2},
@@ -353,8 +369,9 @@ def _seed_events(engine: Engine, total: int) -> None:
         if missing % 2:
             conn.execute(
                 text(
-                    f"INSERT INTO delivery_event ({EVENT_COLUMNS}) SELECT id, wave_id, 'sms', 'attempt', "
-                    "'sending', adapter, NULL, NULL, created_at FROM outbox WHERE adapter IS NOT NULL ORDER BY id DESC LIMIT 1"
+                    f"INSERT INTO delivery_event ({EVENT_COLUMNS}) "
+                    "SELECT id, wave_id, 'sms', 'attempt', 'sending', adapter, NULL, NULL, "
+                    "created_at FROM outbox WHERE adapter IS NOT NULL ORDER BY id DESC LIMIT 1"
                 )
             )
         conn.execute(
@@ -382,9 +399,11 @@ def _seed_plays(engine: Engine) -> None:
                 "result, reported_by, received_at) "
                 "SELECT s.n, :wave, a.code, s.at, s.at + interval '3 minutes', "
                 "CASE WHEN (s.n + a.code::int) % 20 = 0 THEN 'skipped' "
-                "WHEN (s.n + a.code::int) % 50 = 1 THEN 'failed' ELSE 'played' END, 'district', s.at "
+                "WHEN (s.n + a.code::int) % 50 = 1 THEN 'failed' ELSE 'played' END, "
+                "'district', s.at "
                 "FROM area a, LATERAL (SELECT n, :t + interval '1 day' * (n / 2) "
-                "+ CASE WHEN n % 2 = 0 THEN interval '-1 hour' ELSE interval '10 hours 30 minutes' END AS at "
+                "+ CASE WHEN n % 2 = 0 THEN interval '-1 hour' "
+                "ELSE interval '10 hours 30 minutes' END AS at "
                 "FROM generate_series(0, 59) n) s WHERE a.level = 'commune'"
             ),
             {"wave": wave_id, "t": T0},
@@ -392,7 +411,7 @@ def _seed_plays(engine: Engine) -> None:
 
 
 def seed(engine: Engine, args: argparse.Namespace) -> None:
-    steps = [
+    steps: list[tuple[str, Callable[[], object]]] = [
         ("areas", lambda: _seed_areas(engine, args.districts, args.communes)),
         ("recipients", lambda: _seed_recipients(engine, args.recipients, args.communes)),
         (
@@ -480,20 +499,23 @@ def export(base: str, headers: dict[str, str], server: int) -> str:
     rows = size = 0
     samples = []
     started = last = time.perf_counter()
-    with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
-        with client.stream("GET", "/api/v1/deliveries.csv") as response:
-            response.raise_for_status()
-            for chunk in response.iter_bytes():
-                rows += chunk.count(b"\n")
-                size += len(chunk)
-                if time.perf_counter() - last > 5:
-                    last = time.perf_counter()
-                    samples.append(_rss_kb(server, "VmRSS") // 1024)
+    with (
+        httpx.Client(base_url=base, headers=headers, timeout=600) as client,
+        client.stream("GET", "/api/v1/deliveries.csv") as response,
+    ):
+        response.raise_for_status()
+        for chunk in response.iter_bytes():
+            rows += chunk.count(b"\n")
+            size += len(chunk)
+            if time.perf_counter() - last > 5:
+                last = time.perf_counter()
+                samples.append(_rss_kb(server, "VmRSS") // 1024)
     wall = time.perf_counter() - started
     peak = _rss_kb(server, "VmHWM")
     return (
-        f"deliveries.csv: {rows - 1:,} rows, {size / 2**20:,.0f} MiB in {wall:.0f} s = {(rows - 1) / wall:,.0f} rows/s; "
-        f"server RSS {before // 1024} MB before, every 5 s during {samples}, peak (VmHWM) {peak // 1024} MB"
+        f"deliveries.csv: {rows - 1:,} rows, {size / 2**20:,.0f} MiB in {wall:.0f} s = "
+        f"{(rows - 1) / wall:,.0f} rows/s; server RSS {before // 1024} MB before, every 5 s "
+        f"during {samples}, peak (VmHWM) {peak // 1024} MB"
     )
 
 

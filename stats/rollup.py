@@ -37,14 +37,14 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, literal, or_, select, true
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from loa.errors import InvalidInput
 from loa.models import Area, AreaLevel, Campaign, MessageStatus, StatsRollup, StatsRollupWave, Wave
 from loa.settings import Settings
-from scheduler.pricing import segment_price
+from scheduler.pricing import ANY, PriceRule, price_rules
 
 GROUPS: Final = (
     "campaign",
@@ -112,7 +112,6 @@ class _Query:
     group_by: tuple[str, ...]
     zone: ZoneInfo
     hours: tuple[int | None, int | None]  # [first, end) UTC hours of the day range
-    priced: bool  # prices differ by adapter, carrier or class: group by them too
 
 
 def query_stats(
@@ -133,10 +132,10 @@ def query_stats(
     `area_code` an area at any level (the communes under it); days are local to `timezone`,
     both ends included. `prices`: the settings whose LOA_SMS_PRICES price the segments. Raises
     InvalidInput naming the field for an unknown group, time zone or area, or a reversed range."""
-    query = _check(group_by, day_from, day_to, timezone, prices)
-    stmt = _aggregate(session, query, campaign_id, wave_id, channel, area_code)
+    query = _check(group_by, day_from, day_to, timezone)
+    stmt = _aggregate(session, query, prices, campaign_id, wave_id, channel, area_code)
     rows = session.execute(stmt).mappings().all()
-    return _named(session, _fold(rows, query, prices), query.group_by)
+    return _named(session, _fold(rows, query), query.group_by)
 
 
 def _check(
@@ -144,7 +143,6 @@ def _check(
     day_from: date | None,
     day_to: date | None,
     timezone: str,
-    prices: Settings,
 ) -> _Query:
     unknown = [g for g in group_by if g not in GROUPS]
     if unknown:
@@ -167,7 +165,6 @@ def _check(
         group_by=tuple(dict.fromkeys(group_by)),  # a group named twice is grouped once
         zone=zone,
         hours=(first, end),
-        priced=bool(prices.sms_prices),
     )
 
 
@@ -183,13 +180,15 @@ def _midnight_hour(day: date, zone: ZoneInfo) -> int:
 def _aggregate(
     session: Session,
     query: _Query,
+    prices: Settings,
     campaign_id: int | None,
     wave_id: int | None,
     channel: str | None,
     area_code: str | None,
 ) -> Select[Any]:
     """The rollup summed per key asked for, channel and status (the measures are made from the
-    statuses in Python: a dozen conditional sums per row cost more than the scan).
+    statuses in Python: a dozen conditional sums per row cost more than the scan), with the
+    segments priced as they are summed.
 
     Without an area to group or filter by, the rollup without areas answers (a few rows per
     wave). With one, two levels: the full rollup summed per commune and the rest of the key,
@@ -200,38 +199,35 @@ def _aggregate(
     wave = aliased(Wave)
     # The wave table only when something needs it: a by-day or by-carrier question reads the
     # rollup alone.
-    needs_wave = (
-        campaign_id is not None
-        or wave_id is not None
-        or query.priced
-        or bool({"campaign", "wave"} & set(query.group_by))
+    rules = price_rules(prices)
+    needs_wave = bool({"campaign", "wave"} & set(query.group_by)) or any(
+        r.message_class != ANY for r in rules
     )
     source = table.join(wave, wave.id == table.c.wave_id) if needs_wave else table
-    where = _filters(session, query, table, wave, campaign_id, wave_id, channel, area_code)
+    where = _filters(session, query, table, campaign_id, wave_id, channel, area_code)
     keys = _base_keys(session, query, table, wave, source, where)
     keys["channel"] = table.c.channel.label("channel")
     keys["status"] = table.c.status.label("status")
-    sums = [func.sum(table.c.n).label("n"), func.sum(table.c.segments).label("segments")]
+    price = _price(rules, prices.sms_price_per_segment, table, wave)
+    sums = [
+        func.sum(table.c.n).label("n"),
+        func.sum(table.c.segments).label("segments"),
+        func.sum(table.c.segments * price).label("cost"),
+    ]
     inner = select(*keys.values(), *sums).select_from(source).where(*where).group_by(*keys.values())
     if not set(AREA_GROUPS) & set(query.group_by):
         return inner
     base = inner.subquery("base")
     area_columns, joined = _areas(base, query.group_by)
     outer_keys = [base.c[k] for k in keys if k != "area_code"] + area_columns
-    return (
-        select(
-            *outer_keys, func.sum(base.c.n).label("n"), func.sum(base.c.segments).label("segments")
-        )
-        .select_from(joined)
-        .group_by(*outer_keys)
-    )
+    outer_sums = [func.sum(base.c[m]).label(m) for m in ("n", "segments", "cost")]
+    return select(*outer_keys, *outer_sums).select_from(joined).group_by(*outer_keys)
 
 
 def _filters(
     session: Session,
     query: _Query,
     table: Any,
-    wave: Any,
     campaign_id: int | None,
     wave_id: int | None,
     channel: str | None,
@@ -239,10 +235,10 @@ def _filters(
 ) -> list[ColumnElement[bool]]:
     # Keys whose messages all moved on are left with zeros: skip them.
     where: list[ColumnElement[bool]] = [or_(table.c.n != 0, table.c.segments != 0)]
-    if campaign_id is not None:
-        where.append(wave.campaign_id == campaign_id)
-    if wave_id is not None:
-        where.append(or_(wave.id == wave_id, wave.parent_id == wave_id))
+    if campaign_id is not None or wave_id is not None:
+        # The waves first (a small query), then the rollup by its key's first column: the
+        # planner then reads those waves' rows through the primary key instead of the table.
+        where.append(table.c.wave_id.in_(_wave_ids(session, campaign_id, wave_id)))
     if channel is not None:
         where.append(table.c.channel == channel)
     if area_code is not None:
@@ -253,6 +249,16 @@ def _filters(
     if end is not None:
         where.append(table.c.hour < end)
     return where
+
+
+def _wave_ids(session: Session, campaign_id: int | None, wave_id: int | None) -> list[int]:
+    """The waves of the campaign and/or the wave: a wave of the spec with its occurrences."""
+    found = select(col(Wave.id))
+    if campaign_id is not None:
+        found = found.where(col(Wave.campaign_id) == campaign_id)
+    if wave_id is not None:
+        found = found.where(or_(col(Wave.id) == wave_id, col(Wave.parent_id) == wave_id))
+    return list(session.scalars(found))
 
 
 def _codes_under(session: Session, area_code: str) -> Select[Any]:
@@ -273,8 +279,6 @@ def _base_keys(
 ) -> dict[str, ColumnElement[Any]]:
     """The first level's grouping columns, by name."""
     wanted = set(query.group_by)
-    if query.priced:  # the price depends on these: keep them apart until priced
-        wanted |= {"adapter", "carrier", "message_class"}
     available: dict[str, Any] = {
         "campaign": lambda: wave.campaign_id,
         # An occurrence of a recurring or relative wave counts under the wave of the spec.
@@ -283,12 +287,31 @@ def _base_keys(
         "carrier": lambda: table.c.carrier,
         "error_code": lambda: table.c.error_code,
         "adapter": lambda: table.c.adapter,
-        "message_class": lambda: wave.message_class,
     }
     keys = {name: make().label(name) for name, make in available.items() if name in wanted}
     if wanted & set(AREA_GROUPS):
         keys["area_code"] = table.c.area_code.label("area_code")
     return keys
+
+
+def _price(rules: list[PriceRule], flat: float, table: Any, wave: Any) -> Any:
+    """The price of a segment of each rollup row as SQL: the first of the rules that matches
+    the row's adapter, carrier and wave class (scheduler/pricing.py orders them), else the flat
+    price (LOA_SMS_PRICE_PER_SEGMENT, 0 when none). One expression summed in the statement,
+    instead of keeping every adapter, carrier and class apart to price them afterwards."""
+    whens = []
+    for rule in rules:
+        tests = [
+            func.lower(column) == value
+            for column, value in (
+                (table.c.adapter, rule.adapter),
+                (table.c.carrier, rule.carrier),
+                (wave.message_class, rule.message_class),
+            )
+            if value != ANY
+        ]
+        whens.append((and_(true(), *tests), rule.price))
+    return case(*whens, else_=flat) if whens else literal(flat)
 
 
 # --- local days from UTC hours ----------------------------------------------------------------
@@ -421,9 +444,9 @@ def stats_csv(rows: Sequence[StatsRow], group_by: Sequence[str]) -> str:
     return text.getvalue()
 
 
-def _fold(rows: Sequence[Any], query: _Query, prices: Settings) -> list[StatsRow]:
+def _fold(rows: Sequence[Any], query: _Query) -> list[StatsRow]:
     """The statement's rows (per key, channel and status) as StatsRows: each status counted in
-    its measures, priced, and summed over what was not asked for (status, the pricing keys)."""
+    its measures, and summed over the statuses."""
     # Campaign and wave names are added after (_named): the statement has ids only.
     names = [c for c in key_columns(query.group_by) if c not in ("campaign_name", "wave_name")]
     folded: dict[tuple[Any, ...], StatsRow] = {}
@@ -439,7 +462,7 @@ def _fold(rows: Sequence[Any], query: _Query, prices: Settings) -> list[StatsRow
         for measure in _MEASURES_OF.get(row["status"], ()):
             setattr(out, measure, getattr(out, measure) + n)
         out.segments += segments
-        out.cost += segments * (_price(row, prices) or 0.0)
+        out.cost += float(row["cost"] or 0)
     result = sorted(folded.values(), key=lambda r: [_sortable(v) for v in r.key.values()])
     for out in result:
         out.cost = round(out.cost, 2)
@@ -457,19 +480,6 @@ def _key_value(name: str, value: Any) -> str | int | None:
 
 def _sortable(value: str | int | None) -> tuple[int, str | int]:
     return (1, "") if value is None else (0, value)
-
-
-def _price(row: Any, prices: Settings) -> float | None:
-    """The price of one segment of the row's messages (a flat price when LOA_SMS_PRICES is
-    empty: then the statement was not grouped by what prices depend on)."""
-    if not prices.sms_prices:
-        return prices.sms_price_per_segment or None
-    return segment_price(
-        prices,
-        adapter=row["adapter"] or "*",
-        carrier=row["carrier"] or None,
-        message_class=row["message_class"],
-    )
 
 
 def _named(session: Session, rows: list[StatsRow], group_by: tuple[str, ...]) -> list[StatsRow]:

@@ -120,6 +120,15 @@ def test_totals_and_what_each_measure_counts(
         "delivery_rate": 0.25,
         "plays": 2,
     }
+    # Prices by class too (the wave's class, read through the wave): the most specific rule
+    # wins, as scheduler/pricing.py decides; without prices, nothing costs anything.
+    by_class = priced.model_copy(
+        update={"sms_prices": {"scripted": {"*": {"qc": 1, "info": 200}}, "*": {"*": {"*": 7}}}}
+    )
+    assert _query(engine, by_class)[0].cost == 7 * 200
+    flat = priced.model_copy(update={"sms_prices": {}, "sms_price_per_segment": 0.5})
+    assert _query(engine, flat)[0].cost == 3.5
+    assert _query(engine, priced.model_copy(update={"sms_prices": {}}))[0].cost == 0
 
 
 def test_by_area_levels_with_names(engine: Engine, priced: Settings, lived: dict[str, int]) -> None:
