@@ -32,6 +32,7 @@ CSV, and its rate and the server's peak resident memory (VmHWM) are reported.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -39,7 +40,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,10 @@ from sqlalchemy import Engine, text
 
 from bench.common import LOA, recreate_database, worker_env
 from loa.apikeys import Role, create_key
-from loa.db import make_engine, session_scope
+from loa.db import make_engine, read_only, session_scope
 from loa.models import Campaign, Wave
 from loa.settings import Settings
+from stats.rollup import query_stats
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 CARRIERS = (
@@ -486,6 +488,26 @@ def ask(
     return latencies, len(response.json()["rows"])
 
 
+def _in_process(engine: Engine, params: dict[str, Any], times: int = 20) -> float:
+    """The median milliseconds of query_stats itself for the same question, in this process: the
+    server's share of a request without HTTP, the key check and JSON."""
+    settings = Settings(database_url=str(engine.url), sms_prices=json.loads(PRICES))
+    arguments: dict[str, Any] = {
+        "group_by": params["group_by"].split(","),
+        "campaign_id": params.get("campaign_id"),
+        "area_code": params.get("area_code"),
+        "day_from": date.fromisoformat(params["day_from"]) if "day_from" in params else None,
+        "day_to": date.fromisoformat(params["day_to"]) if "day_to" in params else None,
+    }
+    spent = []
+    for _ in range(times):
+        started = time.perf_counter()
+        with session_scope(read_only(engine)) as session:
+            query_stats(session, timezone="Asia/Ho_Chi_Minh", prices=settings, **arguments)
+        spent.append(time.perf_counter() - started)
+    return statistics.median(spent) * 1000
+
+
 def _rss_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -558,9 +580,11 @@ def measure(engine: Engine, url: str, tmp: str, requests: int, with_export: bool
             latencies.sort()
             p50 = statistics.median(latencies) * 1000
             p95 = latencies[int(len(latencies) * 0.95) - 1] * 1000
+            alone = _in_process(engine, params)
             print(
                 f"  {name:42s} {rows:5d} rows  p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  "
-                f"max {latencies[-1] * 1000:6.1f} ms  (load average {os.getloadavg()[0]:.1f})",
+                f"max {latencies[-1] * 1000:6.1f} ms  query alone {alone:5.1f} ms  "
+                f"(load average {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
         if with_export:

@@ -1,8 +1,10 @@
 """Delivery statistics from the rollup (stats_rollup, kept by database triggers: migration 0011).
 
 Nothing here reads the outbox or the delivery events: a query aggregates rollup rows (one per
-wave x channel x commune x carrier x adapter x status x error code x UTC hour), joined with the
-small wave and area tables, so it costs the same with ten million events as with ten.
+wave x channel x commune x carrier x adapter x status x error code x UTC hour; without the commune
+in stats_rollup_wave, which answers whatever needs no area), joined with the small wave and area
+tables. Its cost follows the number of rollup rows read, bounded by the waves, communes, carriers
+and statuses there are, not by the number of messages or events.
 
 What the measures count, from each message's current status (a message is in exactly one):
 - targeted:   every message of the waves (all statuses): the people the waves were for;
@@ -37,7 +39,18 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, and_, case, func, literal, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Select,
+    and_,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
@@ -197,9 +210,9 @@ def _aggregate(
     by_area = bool(set(AREA_GROUPS) & set(query.group_by)) or area_code is not None
     table = R if by_area else R_WAVE
     wave = aliased(Wave)
+    rules = price_rules(prices)
     # The wave table only when something needs it: a by-day or by-carrier question reads the
     # rollup alone.
-    rules = price_rules(prices)
     needs_wave = bool({"campaign", "wave"} & set(query.group_by)) or any(
         r.message_class != ANY for r in rules
     )
@@ -208,7 +221,7 @@ def _aggregate(
     keys = _base_keys(session, query, table, wave, source, where)
     keys["channel"] = table.c.channel.label("channel")
     keys["status"] = table.c.status.label("status")
-    price = _price(rules, prices.sms_price_per_segment, table, wave)
+    price = _price(session, rules, prices.sms_price_per_segment, table, wave)
     sums = [
         func.sum(table.c.n).label("n"),
         func.sum(table.c.segments).label("segments"),
@@ -294,24 +307,37 @@ def _base_keys(
     return keys
 
 
-def _price(rules: list[PriceRule], flat: float, table: Any, wave: Any) -> Any:
+def _price(session: Session, rules: list[PriceRule], flat: float, table: Any, wave: Any) -> Any:
     """The price of a segment of each rollup row as SQL: the first of the rules that matches
     the row's adapter, carrier and wave class (scheduler/pricing.py orders them), else the flat
     price (LOA_SMS_PRICE_PER_SEGMENT, 0 when none). One expression summed in the statement,
-    instead of keeping every adapter, carrier and class apart to price them afterwards."""
+    instead of keeping every adapter, carrier and class apart to price them afterwards.
+
+    Rules name carriers and adapters in lower case; the rollup keeps them as written. Rather than
+    lower() on every row, each rule is turned into the spellings the rollup holds (read from the
+    small rollup without areas), and a rule no stored spelling matches is left out. Prices are
+    floats: numeric arithmetic on every row costs more than the rest of the sum."""
+    spelt: dict[str, set[str]] = {"adapter": set(), "carrier": set()}
+    if rules:
+        for adapter, carrier in session.execute(
+            select(R_WAVE.c.adapter, R_WAVE.c.carrier).distinct()
+        ):
+            spelt["adapter"].add(adapter)
+            spelt["carrier"].add(carrier)
     whens = []
     for rule in rules:
-        tests = [
-            func.lower(column) == value
-            for column, value in (
-                (table.c.adapter, rule.adapter),
-                (table.c.carrier, rule.carrier),
-                (wave.message_class, rule.message_class),
-            )
-            if value != ANY
-        ]
-        whens.append((and_(true(), *tests), rule.price))
-    return case(*whens, else_=flat) if whens else literal(flat)
+        tests: list[ColumnElement[bool]] = []
+        named = {"adapter": rule.adapter, "carrier": rule.carrier}
+        spellings = {n: [v for v in spelt[n] if v.lower() == value] for n, value in named.items()}
+        if any(named[n] != ANY and not spellings[n] for n in named):
+            continue  # no message has that adapter or carrier
+        for name, value in named.items():
+            if value != ANY:
+                tests.append(table.c[name].in_(spellings[name]))
+        if rule.message_class != ANY:
+            tests.append(wave.message_class == rule.message_class)
+        whens.append((and_(true(), *tests), literal(rule.price, Float)))
+    return case(*whens, else_=literal(flat, Float)) if whens else literal(flat, Float)
 
 
 # --- local days from UTC hours ----------------------------------------------------------------
@@ -446,7 +472,7 @@ def stats_csv(rows: Sequence[StatsRow], group_by: Sequence[str]) -> str:
 
 def _fold(rows: Sequence[Any], query: _Query) -> list[StatsRow]:
     """The statement's rows (per key, channel and status) as StatsRows: each status counted in
-    its measures, and summed over the statuses."""
+    its measures, and summed over the statuses (and channels, when not asked for)."""
     # Campaign and wave names are added after (_named): the statement has ids only.
     names = [c for c in key_columns(query.group_by) if c not in ("campaign_name", "wave_name")]
     folded: dict[tuple[Any, ...], StatsRow] = {}
