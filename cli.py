@@ -1265,10 +1265,83 @@ def apikey_revoke(prefix: str) -> None:
 
 
 @main.command()
-@click.argument("campaign_id", type=int)
+@click.argument("campaign_id", type=int, required=False)
+@click.option(
+    "--group-by",
+    default=None,
+    help="Comma-separated: campaign, wave, channel, province, district, commune, day, carrier, "
+    "error_code, adapter. Without it (and with a CAMPAIGN_ID): the campaign's waves by status.",
+)
+@click.option("--campaign", "campaign_filter", type=int, default=None, help="Only this campaign.")
+@click.option("--wave", "wave_id", type=int, default=None, help="Only this wave (and occurrences).")
+@click.option("--channel", default=None)
+@click.option("--area", default=None, help="A province, district or commune code.")
+@click.option("--from", "day_from", callback=_iso_date, help="First local day, YYYY-MM-DD.")
+@click.option("--to", "day_to", callback=_iso_date, help="Last local day (included).")
+@click.option(
+    "--timezone", default=None, help="Days are local to it (default: LOA_DEFAULT_TIMEZONE)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def stats(campaign_id: int, as_json: bool) -> None:
-    """Messages of a campaign by status, per wave."""
+def stats(
+    campaign_id: int | None,
+    group_by: str | None,
+    campaign_filter: int | None,
+    wave_id: int | None,
+    channel: str | None,
+    area: str | None,
+    day_from: date | None,
+    day_to: date | None,
+    timezone: str | None,
+    as_json: bool,
+) -> None:
+    """Delivery statistics: `loa stats 3` shows campaign 3's waves by status; with --group-by
+    (or no campaign) the same figures as GET /api/v1/stats, grouped and filtered as asked."""
+    if campaign_id is not None and group_by is None:
+        _campaign_stats(campaign_id, as_json)
+        return
+    from stats.rollup import MEASURES, key_columns, query_stats
+
+    settings = _settings()
+    groups = [g.strip() for g in (group_by or "").split(",") if g.strip()]
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        rows = query_stats(
+            session,
+            group_by=groups,
+            campaign_id=campaign_filter if campaign_filter is not None else campaign_id,
+            wave_id=wave_id,
+            channel=channel,
+            area_code=area,
+            day_from=day_from,
+            day_to=day_to,
+            timezone=timezone or settings.default_timezone,
+            prices=settings,
+        )
+    if as_json:
+        click.echo(json.dumps([row.model_dump() for row in rows], ensure_ascii=False, indent=2))
+        return
+    columns = key_columns(groups)
+    table = [[*columns, *(m.replace("delivery_rate", "rate") for m in MEASURES)]]
+    for row in rows:
+        table.append(
+            [_cell(row.key.get(c)) for c in columns] + [_cell(getattr(row, m)) for m in MEASURES]
+        )
+    if not rows:
+        click.echo("no messages or plays match")
+        return
+    _print_table(table, right_from=len(columns))
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".") if value < 1 else f"{value:,.2f}"
+    return str(value)
+
+
+def _campaign_stats(campaign_id: int, as_json: bool) -> None:
+    """One campaign's messages by status, per wave of its spec."""
     from stats.campaign import campaign_stats
 
     engine = _open_database(_settings())

@@ -29,6 +29,7 @@ from api.routes import (
     metrics,
     recipients,
     segments,
+    stats,
     suppressions,
     waves,
     webhooks,
@@ -177,4 +178,5 @@ def create_app(
     app.include_router(districts.router)
     app.include_router(audit.router)
     app.include_router(apikeys.router)
+    app.include_router(stats.router)
     return app

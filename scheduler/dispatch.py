@@ -69,6 +69,7 @@ from scheduler.delivery import record_recipient_problems
 from scheduler.gate import sendable_wave_ids
 from scheduler.policy import CONSENT_CLASSES, NO_CONSENT
 from scheduler.ratelimit import Grant, give_back, take_tokens
+from templates.encoding import count_sms
 from templates.render import TemplateProblem, render
 
 log = logging.getLogger(__name__)
@@ -502,17 +503,18 @@ def begin_sending(
     worker_id: str,
     now: datetime,
     adapters: Mapping[str, str] | None = None,
+    segments: Mapping[int, int] | None = None,
 ) -> None:
     """claimed -> sending and one `attempt` event each: two statements for the whole batch.
     `adapters` maps each wave channel to the adapter the batch goes through, recorded on the
-    message and its event before the provider is called (None: the adapter is not recorded)."""
+    message and its event before the provider is called (None: the adapter is not recorded).
+    `segments` maps messages to the SMS segments of their rendered text, recorded with them:
+    what the statistics price (stats/rollup.py)."""
     if not ready:
         return
     ids = [m.id for m in ready]
-    mine = (
-        id_in(col(OutboxMessage.id), ids, session.connection()),
-        col(OutboxMessage.lease_owner) == worker_id,
-    )
+    bind = session.connection()
+    mine = (id_in(col(OutboxMessage.id), ids, bind), col(OutboxMessage.lease_owner) == worker_id)
     values: dict[str, Any] = {
         "status": MessageStatus.SENDING,
         "attempts": col(OutboxMessage.attempts) + 1,
@@ -522,6 +524,19 @@ def begin_sending(
         values["adapter"] = case(
             *((col(OutboxMessage.channel) == k, literal(v)) for k, v in adapters.items()),
             else_=None,
+        )
+    if segments:
+        # One branch per distinct count (a batch of one template has one to three), not per
+        # message: the batch stays one statement.
+        by_count: dict[int, list[int]] = {}
+        for message_id, count in segments.items():
+            by_count.setdefault(count, []).append(message_id)
+        values["segments"] = case(
+            *(
+                (id_in(col(OutboxMessage.id), group, bind), count)
+                for count, group in by_count.items()
+            ),
+            else_=col(OutboxMessage.segments),
         )
     session.execute(
         update(OutboxMessage)
@@ -850,6 +865,7 @@ def dispatch_once(
             worker_id=worker_id,
             now=grant.at if grant is not None else clock(),
             adapters={name: adapter for name, (_, adapter) in routes.items()},
+            segments={m.id: count_sms(body).segments for m, body in ready},
         )
         record_results(
             session,

@@ -30,6 +30,7 @@ leaves open are decided here:
 | audio: file, record                      | yes   | yes     | yes      | yes      | own area's |
 | playlists, play counts, plays, plays.csv | yes   | yes     | yes      | yes      | own area   |
 | plays: report                            | yes   | -       | -        | -        | own area   |
+| stats, stats.csv                         | yes   | yes     | yes      | yes      | own area   |
 | deliveries, deliveries.csv               | yes   | yes     | yes      | yes      | -          |
 | audit log; API keys                      | yes   | -       | -        | -        | -          |
 | /health, /metrics, /docs, /redoc, /openapi.json | public: no key needed, a bad key is ignored |
@@ -433,6 +434,13 @@ MATRIX: dict[tuple[str, str], Row] = {
         AREA, lambda w: Call("/api/v1/plays.csv", params={"district": "440"})
     ),
     # The delivery log.
+    # Statistics of area 440: the own district key's (its other-area key is refused).
+    ("GET", "/api/v1/stats"): Row(
+        AREA, lambda w: Call("/api/v1/stats", params={"area_code": "440", "group_by": "district"})
+    ),
+    ("GET", "/api/v1/stats.csv"): Row(
+        AREA, lambda w: Call("/api/v1/stats.csv", params={"area_code": "440", "group_by": "commune"})
+    ),
     ("GET", "/api/v1/deliveries"): Row(PROVINCE, lambda w: Call("/api/v1/deliveries")),
     ("GET", "/api/v1/deliveries.csv"): Row(PROVINCE, lambda w: Call("/api/v1/deliveries.csv")),
     # Administration.

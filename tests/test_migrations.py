@@ -30,6 +30,8 @@ EXPECTED_TABLES = {
     "consent",
     "segment",
     "audio_asset",
+    "stats_rollup",
+    "stats_rollup_wave",
     "worker",
 }
 
@@ -274,7 +276,7 @@ def test_0012_worker_table_downgrades_and_upgrades(empty_db_url: str, tmp_path: 
     assert "worker" in inspect(engine).get_table_names()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.downgrade(config, "0010")
+        command.downgrade(config, "0011")
     assert "worker" not in inspect(engine).get_table_names()
     schema.upgrade(engine)
     assert [i["name"] for i in inspect(engine).get_indexes("worker")] == ["ix_worker_seen_at"]
