@@ -22,8 +22,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.cluster import read_cluster
 from loa import metrics
 from loa.clock import Clock
+from loa.db import read_only, session_scope
 from loa.models import WorkerKind
 from loa.settings import Settings
+from stats.rollup import LOUDSPEAKER, STATUS_MEASURES, StatsRow, query_stats
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +129,71 @@ class ClusterCollector(Collector):
         yield from (due, age, seen, leader)
 
 
+class RollupCollector(Collector):
+    """Messages by channel and measure, failures by error code and loudspeaker plays, from the
+    statistics rollup (stats/rollup.py: the same measures as GET /api/v1/stats), whole-cluster
+    and as of the scrape. Two grouped reads of the per-wave rollup: its size follows the waves,
+    not the messages."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self._engine = engine
+        self._settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        def read(group_by: list[str]) -> list[StatsRow]:
+            return query_stats(
+                session,
+                group_by=group_by,
+                timezone=self._settings.default_timezone,
+                prices=self._settings,
+            )
+
+        try:
+            with session_scope(read_only(self._engine)) as session:
+                by_channel, by_error = read(["channel"]), read(["channel", "error_code"])
+        except SQLAlchemyError as exc:  # loa_database_up (ClusterCollector) says so
+            log.warning("/metrics could not read the statistics: %s", exc.__class__.__name__)
+            return
+        messages = GaugeMetricFamily(
+            "loa_messages",
+            "Messages by channel and measure, as GET /api/v1/stats counts them (targeted, "
+            "pending, sent, delivered, failed, expired, suppressed, cancelled, unknown). Whole "
+            "cluster; a message moves between measures as its status does, so the send rate is "
+            'the growth of measure="sent".',
+            labels=["channel", "measure"],
+        )
+        plays = GaugeMetricFamily(
+            "loa_loudspeaker_plays", "Loudspeaker plays reported by the culture centres."
+        )
+        errors = GaugeMetricFamily(
+            "loa_message_errors",
+            "Failed messages (failed, undelivered) by channel and the provider's error code "
+            "(or Loa's: no_consent, expired, ...). Whole cluster.",
+            labels=["channel", "error_code"],
+        )
+        total_plays = 0
+        for row in by_channel:
+            channel = str(row.key["channel"])
+            if channel == LOUDSPEAKER:
+                total_plays += row.plays
+                continue
+            for measure in STATUS_MEASURES:
+                messages.add_metric([channel, measure], getattr(row, measure))
+        plays.add_metric([], total_plays)
+        for row in by_error:
+            if row.failed and row.key["channel"] != LOUDSPEAKER:
+                code = str(row.key["error_code"] or "none")
+                errors.add_metric([str(row.key["channel"]), code], row.failed)
+        yield from (messages, errors, plays)
+
+
 def register_database_collectors(
     registry: CollectorRegistry, *, engine: Engine, clock: Clock, settings: Settings
 ) -> None:
     """Every metric read from the database at scrape time is registered here (one collector
     each, or one for several): add new cluster-wide figures as collectors in this function."""
     registry.register(ClusterCollector(engine, clock, settings))
+    registry.register(RollupCollector(engine, settings))
 
 
 def metrics_registry(*, engine: Engine, clock: Clock, settings: Settings) -> CollectorRegistry:

@@ -439,7 +439,8 @@ MATRIX: dict[tuple[str, str], Row] = {
         AREA, lambda w: Call("/api/v1/stats", params={"area_code": "440", "group_by": "district"})
     ),
     ("GET", "/api/v1/stats.csv"): Row(
-        AREA, lambda w: Call("/api/v1/stats.csv", params={"area_code": "440", "group_by": "commune"})
+        AREA,
+        lambda w: Call("/api/v1/stats.csv", params={"area_code": "440", "group_by": "commune"}),
     ),
     ("GET", "/api/v1/deliveries"): Row(PROVINCE, lambda w: Call("/api/v1/deliveries")),
     ("GET", "/api/v1/deliveries.csv"): Row(PROVINCE, lambda w: Call("/api/v1/deliveries.csv")),

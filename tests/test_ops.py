@@ -430,6 +430,15 @@ def test_send_attempts_and_errors_are_counted_by_adapter(
         assert "# HELP loa_send_attempts_total Send attempts recorded by this process's" in (
             help_text
         )
+        # The whole cluster's figures, from the statistics rollup: one sent, one failed with
+        # its code, one waiting for its retry.
+        measures = {
+            m: value("loa_messages", channel="sms", measure=m)
+            for m in ("targeted", "sent", "failed", "pending", "delivered")
+        }
+        assert measures == {"targeted": 3, "sent": 1, "failed": 1, "pending": 1, "delivered": 0}
+        assert value("loa_message_errors", channel="sms", error_code="21211") == 1
+        assert value("loa_loudspeaker_plays") == 0
 
 
 # --- JSON logs --------------------------------------------------------------------------------
