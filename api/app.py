@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.errors import ERROR_RESPONSES, LastResort, error_response
+from api.limits import BodySizeLimit
 from api.routes import (
     audio,
     campaigns,
@@ -31,23 +33,9 @@ from broadcast.cache import PlaylistCache
 from channels.gateway_config import load_gateways
 from channels.registry import channel_lookup
 from loa.clock import Clock, system_clock
-from loa.errors import InvalidInput, LoaError, NotAuthenticated
+from loa.errors import InvalidInput, LoaError, NotAuthenticated, TooLarge
 from loa.settings import Settings
 from scheduler.service import DispatchWorker, SchedulerService
-
-
-def _error(
-    status: int,
-    code: str,
-    message: str,
-    field: str | None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "field": field}},
-        status_code=status,
-        headers=headers,
-    )
 
 
 def _request_problems(errors: Sequence[Any]) -> tuple[str, str | None]:
@@ -67,9 +55,9 @@ def _request_problems(errors: Sequence[Any]) -> tuple[str, str | None]:
             problems.append("the request has no body; send it as JSON")
             continue
         where = ".".join(rest)
-        problems.append(
-            f"{source} {where}: {error['msg']}" if where else f"{source}: {error['msg']}"
-        )
+        # Pydantic's "Extra inputs are not permitted" does not say that the name is the problem.
+        what = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(f"{source} {where}: {what}" if where else f"{source}: {what}")
         if where:
             fields.append(where)
     return "; ".join(problems), fields[0] if fields else None
@@ -116,31 +104,42 @@ def create_app(
     async def _domain_error(_request: Request, exc: LoaError) -> JSONResponse:
         # The one place domain errors become HTTP: a stable code, the message, the field.
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthenticated) else None
-        return _error(exc.http_status, exc.code, exc.message, exc.field, headers)
+        return error_response(exc.http_status, exc.code, exc.message, exc.field, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own checks (malformed JSON, a path id that is not a number) answer in the same
         # shape as domain errors, so that a client reads one kind of error body.
         message, field = _request_problems(exc.errors())
-        return _error(422, InvalidInput.code, message, field)
+        return error_response(422, InvalidInput.code, message, field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # An unknown path or method: the same shape again.
-        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-        return _error(exc.status_code, code, str(exc.detail), None, exc.headers)
+        # An unknown path or method, a body over LOA_API_MAX_BODY_BYTES: the same shape again.
+        code = (
+            TooLarge.code
+            if exc.status_code == 413
+            else HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        )
+        return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
+
+    # The last added is the outermost: the last resort sees every error, the limit every body.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(LastResort)
 
     app.include_router(health.router)
-    app.include_router(campaigns.router)
-    app.include_router(segments.router)
-    app.include_router(suppressions.router)
-    app.include_router(consents.router)
-    app.include_router(recipients.router)
-    app.include_router(waves.router)
-    app.include_router(webhooks.router)
-    app.include_router(audio.router)
-    app.include_router(deliveries.router)
-    app.include_router(gateway_webhooks.router)
-    app.include_router(districts.router)
+    for router in (
+        campaigns.router,
+        segments.router,
+        suppressions.router,
+        consents.router,
+        recipients.router,
+        waves.router,
+        webhooks.router,
+        audio.router,
+        deliveries.router,
+        gateway_webhooks.router,
+        districts.router,
+    ):
+        app.include_router(router, responses=ERROR_RESPONSES)
     return app

@@ -10,7 +10,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from loa.db import BigId, JsonDoc, UTCDateTime
@@ -494,3 +494,25 @@ class BroadcastPush(SQLModel, table=True):
     attempts: int
     reason: str | None = Field(default=None, max_length=1000)
     pushed_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A request made with an Idempotency-Key header, and its response to replay
+    (loa/idempotency.py). Keys belong to the API key that sent them. A row without a status is
+    a request still in flight (only routes whose work commits on its own leave one committed);
+    it holds the key until it completes, fails (the row is removed) or is older than the lock
+    period."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (Index("ix_idempotency_key_expires", "expires_at"),)
+
+    api_key_id: int = Field(primary_key=True)
+    key: str = Field(primary_key=True, max_length=255)
+    # sha256 of method, path and query, and body; None while a streamed body is being read.
+    fingerprint: str | None = Field(default=None, max_length=64)
+    token: str | None = Field(default=None, max_length=32)  # the attempt in flight
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    status_code: int | None = None
+    headers: dict[str, str] | None = Field(default=None, sa_type=JsonDoc)
+    body: bytes | None = Field(default=None, sa_type=LargeBinary)

@@ -33,6 +33,7 @@ from api.deps import (
     SettingsDep,
     require_roles,
 )
+from api.idempotency import IdempotentRoute
 from api.upload import uploaded_file
 from audio.ingest import AddResult, Source, add_audio
 from audio.store import SHA256_PATTERN, asset_path, get_asset, list_assets
@@ -44,7 +45,7 @@ from loa.errors import Forbidden, NotFound, UnsupportedMediaType
 from loa.models import Area, AudioAsset
 from loa.settings import Settings
 
-router = APIRouter(prefix="/api/v1/audio", tags=["audio"])
+router = APIRouter(prefix="/api/v1/audio", tags=["audio"], route_class=IdempotentRoute)
 
 Uploader = Annotated[Caller, Depends(require_roles(Role.PLANNER, Role.ADMIN))]
 Sha256 = Annotated[str, PathParam(pattern=SHA256_PATTERN, description="64 lowercase hex digits")]

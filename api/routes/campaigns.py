@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from api.deps import ClockDep, SessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from loa.apikeys import Caller, Role
 from loa.errors import InvalidInput
 from loa.models import Campaign
@@ -28,7 +29,7 @@ from scheduler.plan import CampaignPlan, plan_campaign
 from scheduler.spec import validate_spec
 from stats.campaign import CampaignStats, campaign_stats
 
-router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
+router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"], route_class=IdempotentRoute)
 
 # Who may do what (district keys: none of it; they get their own area's playlists).
 Reader = Annotated[

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime, BaseModel
 
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from api.routes.suppressions import ListImportResult, import_result
 from api.upload import SOURCE, uploaded_file
 from audience.consent import add_consent, import_consents, list_consents, remove_consent
@@ -19,7 +20,7 @@ from loa.apikeys import Caller, Role
 from loa.db import session_scope
 from loa.models import Consent
 
-router = APIRouter(prefix="/api/v1/consents", tags=["consents"])
+router = APIRouter(prefix="/api/v1/consents", tags=["consents"], route_class=IdempotentRoute)
 
 Reader = Annotated[
     Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClockDep, EngineDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from api.upload import SOURCE, uploaded_file
 from audience.importer import ImportReport, audit_import, import_recipients, parse_column_mapping
 from loa.apikeys import Caller, Role
@@ -26,7 +27,7 @@ from loa.clock import Clock
 from loa.db import session_scope
 from loa.settings import Settings
 
-router = APIRouter(prefix="/api/v1/recipients", tags=["recipients"])
+router = APIRouter(prefix="/api/v1/recipients", tags=["recipients"], route_class=IdempotentRoute)
 
 Importer = Annotated[Caller, Depends(require_roles(Role.PLANNER, Role.ADMIN))]
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from api.deps import ClockDep, SessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from audience.segments import (
     SegmentCount,
     check_against_data,
@@ -28,7 +29,7 @@ from audience.segments import (
 from loa.apikeys import Caller, Role
 from loa.models import Segment
 
-router = APIRouter(prefix="/api/v1/segments", tags=["segments"])
+router = APIRouter(prefix="/api/v1/segments", tags=["segments"], route_class=IdempotentRoute)
 
 Reader = Annotated[
     Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from api.upload import SOURCE, uploaded_file
 from audience.importer import RowError
 from audience.phonelist import ListImportReport
@@ -26,7 +27,9 @@ from loa.apikeys import Caller, Role
 from loa.db import session_scope
 from loa.models import Suppression
 
-router = APIRouter(prefix="/api/v1/suppressions", tags=["suppressions"])
+router = APIRouter(
+    prefix="/api/v1/suppressions", tags=["suppressions"], route_class=IdempotentRoute
+)
 
 Reader = Annotated[
     Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))

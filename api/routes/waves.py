@@ -9,11 +9,14 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from channels.registry import channel_for
 from loa.apikeys import Caller, Role
 from scheduler.preview import SendTestReport, WavePreview, preview_wave, send_test
 
-router = APIRouter(prefix="/api/v1/campaigns/{campaign_id}/waves", tags=["waves"])
+router = APIRouter(
+    prefix="/api/v1/campaigns/{campaign_id}/waves", tags=["waves"], route_class=IdempotentRoute
+)
 
 Reader = Annotated[
     Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))
