@@ -201,8 +201,9 @@ def complete_in(
             body=response.body,
         )
         .on_conflict_do_nothing()
+        .returning(table.c.key)
     )
-    if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]
+    if session.execute(statement).scalar_one_or_none() is None:
         # Only a claim made apart by another route can be there (the lock keeps out the rest):
         # this request's work is rolled back with the transaction.
         raise _in_flight()
