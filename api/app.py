@@ -115,6 +115,17 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's answer to a JSON body that is not UTF-8 ("There was an error parsing the
+            # body"), said as for any other body that is not JSON.
+            bad = exc.__cause__
+            return error_response(
+                422,
+                InvalidInput.code,
+                f"the request body is not valid JSON: it is not UTF-8 (byte "
+                f"{bad.object[bad.start]:#04x} at position {bad.start})",
+                None,
+            )
         # An unknown path or method, a body over LOA_API_MAX_BODY_BYTES: the same shape again.
         code = (
             TooLarge.code

@@ -47,6 +47,7 @@ def error_response(
 ERROR_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
+        400: "The request could not be read",
         401: "No API key, or one that is unknown, revoked or expired",
         403: "The API key's role or area does not allow this",
         404: "Not found",

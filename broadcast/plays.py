@@ -22,7 +22,7 @@ from sqlalchemy import Engine, String, and_, cast, func, literal, or_, select, t
 from sqlmodel import Session, col
 
 from broadcast.items import communes_under
-from loa.db import session_scope, upsert_insert
+from loa.db import MAX_BIGINT, session_scope, upsert_insert
 from loa.errors import InvalidInput
 from loa.models import Area, BroadcastItem, BroadcastPlay, BroadcastTarget, DeliveryEvent
 
@@ -36,7 +36,7 @@ MAX_PLAYS = 10_000  # per report: a day of a large district is a few hundred
 class PlayReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    item: int = Field(ge=1)
+    item: int = Field(ge=1, le=MAX_BIGINT)
     commune: str = Field(min_length=1, max_length=16)
     started_at: AwareDatetime
     ended_at: AwareDatetime

@@ -40,7 +40,7 @@ from audio.store import SHA256_PATTERN, asset_path, get_asset, list_assets
 from broadcast.playlist import audio_in_area
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
-from loa.db import session_scope
+from loa.db import MAX_BIGINT, session_scope
 from loa.errors import Forbidden, NotFound, UnsupportedMediaType
 from loa.models import Area, AudioAsset
 from loa.settings import Settings
@@ -209,7 +209,7 @@ def list_audio(
     _caller: CallerDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
 ) -> list[AudioOut]:
     """Stored audio, newest first."""
     return [
@@ -230,12 +230,10 @@ class AudioFileResponse(FileResponse):
             return []  # Starlette sends the whole file for no ranges
 
 
-@router.api_route(
-    "/{sha256}.mp3",
-    methods=["GET", "HEAD"],  # HEAD: a client about to resume asks the size and ETag first
-    response_class=FileResponse,
-    responses={206: {}, 304: {}, 416: {}},
-)
+# HEAD: a client about to resume asks the size and ETag first. Two routes, not one with two
+# methods: the OpenAPI description needs an operation id of its own for each.
+@router.get("/{sha256}.mp3", response_class=FileResponse, responses={206: {}, 304: {}, 416: {}})
+@router.head("/{sha256}.mp3", response_class=FileResponse, responses={206: {}, 304: {}, 416: {}})
 def serve_file(
     request: Request,
     caller: CallerDep,

@@ -13,6 +13,7 @@ from sqlmodel import col
 
 from api.deps import ClockDep, SessionDep, SettingsDep, require_roles
 from api.idempotency import IdempotentRoute
+from api.params import Id
 from loa.apikeys import Caller, Role
 from loa.errors import InvalidInput
 from loa.models import Campaign
@@ -87,7 +88,7 @@ def create(
 
 @router.post("/{campaign_id}/approve")
 def approve(
-    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep, settings: SettingsDep
+    campaign_id: Id, caller: Approver, session: SessionDep, clock: ClockDep, settings: SettingsDep
 ) -> CampaignPublic:
     """Approve a draft (with four-eyes approval on, by another key than the author's)."""
     return _public(
@@ -97,7 +98,7 @@ def approve(
 
 @router.post("/{campaign_id}/launch")
 def launch(
-    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep, settings: SettingsDep
+    campaign_id: Id, caller: Approver, session: SessionDep, clock: ClockDep, settings: SettingsDep
 ) -> CampaignPublic:
     """Schedule an approved campaign's waves; the scheduler fires each at its time."""
     return _public(
@@ -107,7 +108,7 @@ def launch(
 
 @router.post("/{campaign_id}/pause")
 def pause(
-    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep
+    campaign_id: Id, caller: Approver, session: SessionDep, clock: ClockDep
 ) -> CampaignPublic:
     """Stop sending until resumed; takes effect at every worker's next claim."""
     return _public(pause_campaign(session, campaign_id, actor=caller.actor, now=clock()))
@@ -115,7 +116,7 @@ def pause(
 
 @router.post("/{campaign_id}/resume")
 def resume(
-    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep
+    campaign_id: Id, caller: Approver, session: SessionDep, clock: ClockDep
 ) -> CampaignPublic:
     """Continue a paused campaign (nothing already sent is sent again)."""
     return _public(resume_campaign(session, campaign_id, actor=caller.actor, now=clock()))
@@ -123,7 +124,7 @@ def resume(
 
 @router.post("/{campaign_id}/cancel")
 def cancel(
-    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep
+    campaign_id: Id, caller: Approver, session: SessionDep, clock: ClockDep
 ) -> CancelledCampaign:
     """End the campaign for good: messages not yet sent are cancelled, unfired waves closed."""
     result = cancel_campaign(session, campaign_id, actor=caller.actor, now=clock())
@@ -136,7 +137,7 @@ def cancel(
 
 @router.post("/{campaign_id}/plan")
 def plan(
-    campaign_id: int, _caller: Reader, session: SessionDep, settings: SettingsDep, clock: ClockDep
+    campaign_id: Id, _caller: Reader, session: SessionDep, settings: SettingsDep, clock: ClockDep
 ) -> CampaignPlan:
     """What each wave would send, from the data as it is now. Writes nothing."""
     return plan_campaign(session, campaign_id, now=clock(), settings=settings)
@@ -149,10 +150,10 @@ def list_campaigns(_caller: Reader, session: SessionDep) -> list[CampaignPublic]
 
 
 @router.get("/{campaign_id}")
-def read_campaign(campaign_id: int, _caller: Reader, session: SessionDep) -> CampaignPublic:
+def read_campaign(campaign_id: Id, _caller: Reader, session: SessionDep) -> CampaignPublic:
     return _public(get_campaign(session, campaign_id))
 
 
 @router.get("/{campaign_id}/stats")
-def read_campaign_stats(campaign_id: int, _caller: Reader, session: SessionDep) -> CampaignStats:
+def read_campaign_stats(campaign_id: Id, _caller: Reader, session: SessionDep) -> CampaignStats:
     return campaign_stats(session, campaign_id)

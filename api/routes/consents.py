@@ -17,7 +17,7 @@ from api.routes.suppressions import ListImportResult, import_result
 from api.upload import SOURCE, uploaded_file
 from audience.consent import add_consent, import_consents, list_consents, remove_consent
 from loa.apikeys import Caller, Role
-from loa.db import session_scope
+from loa.db import MAX_BIGINT, session_scope
 from loa.models import Consent
 
 router = APIRouter(prefix="/api/v1/consents", tags=["consents"], route_class=IdempotentRoute)
@@ -60,7 +60,7 @@ def _public(row: Consent) -> ConsentPublic:
 def read_consents(
     _caller: Reader,
     session: SessionDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ConsentPage:
     """One page of recorded consents, newest first."""

@@ -24,7 +24,7 @@ from audience.suppression import (
     remove_suppression,
 )
 from loa.apikeys import Caller, Role
-from loa.db import session_scope
+from loa.db import MAX_BIGINT, session_scope
 from loa.models import Suppression
 
 router = APIRouter(
@@ -101,7 +101,7 @@ def read_suppressions(
     _caller: Reader,
     session: SessionDep,
     reason: str | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> SuppressionPage:
     """One page of the list, newest first; `reason` filters."""

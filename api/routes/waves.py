@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
 from api.idempotency import IdempotentRoute
+from api.params import Id
 from channels.registry import channel_for
 from loa.apikeys import Caller, Role
 from scheduler.preview import SendTestReport, WavePreview, preview_wave, send_test
@@ -35,8 +36,8 @@ class SendTestRequest(BaseModel):
 
 @router.post("/{wave_id}/preview")
 def preview(
-    campaign_id: int,
-    wave_id: int,
+    campaign_id: Id,
+    wave_id: Id,
     _caller: Reader,
     session: SessionDep,
     settings: SettingsDep,
@@ -52,8 +53,8 @@ def preview(
 
 @router.post("/{wave_id}/test-send")
 def test_send(
-    campaign_id: int,
-    wave_id: int,
+    campaign_id: Id,
+    wave_id: Id,
     body: SendTestRequest,
     caller: Planner,
     engine: EngineDep,
