@@ -7,12 +7,13 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.deps import refuse_nul_characters
 from api.errors import ERROR_RESPONSES, LastResort, error_response
 from api.limits import BodySizeLimit
 from api.routes import (
@@ -91,7 +92,12 @@ def create_app(
             if scheduler:
                 scheduler.shutdown()
 
-    app = FastAPI(title="Loa", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Loa",
+        version="0.1.0",
+        lifespan=lifespan,
+        dependencies=[Depends(refuse_nul_characters)],
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.clock = clock

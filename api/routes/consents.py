@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
 from api.idempotency import IdempotentRoute
@@ -43,6 +43,8 @@ class ConsentPage(BaseModel):
 
 
 class ConsentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     phone: str
     note: str | None = None
     given_at: AwareDatetime | None = None  # default: now

@@ -8,7 +8,7 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ClockDep, SessionDep, SettingsDep, require_roles
 from api.idempotency import IdempotentRoute
@@ -40,6 +40,8 @@ Sample = Annotated[int, Query(ge=0, le=1000, description="Matching recipients to
 
 
 class SegmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     name: str
     description: str | None = Field(default=None, max_length=1000)
     # Validated by audience/segments.py, which names the field of each problem.
@@ -47,11 +49,15 @@ class SegmentIn(BaseModel):
 
 
 class SegmentReplace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     description: str | None = Field(default=None, max_length=1000)
     filter: Any
 
 
 class CountIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     filter: Any
     sample: int = Field(default=10, ge=0, le=1000)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
 from api.idempotency import IdempotentRoute
@@ -52,6 +52,8 @@ class SuppressionPage(BaseModel):
 
 
 class SuppressionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     phone: str
     reason: str = Field(default=SuppressionReason.MANUAL, description=", ".join(REASONS))
     note: str | None = None

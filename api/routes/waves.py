@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
 from api.idempotency import IdempotentRoute
@@ -27,6 +27,8 @@ Planner = Annotated[Caller, Depends(require_roles(Role.PLANNER, Role.ADMIN))]
 
 
 class SendTestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     to: list[str] = Field(min_length=1, description="Test numbers, as people write them.")
     variables: dict[str, Any] | None = Field(
         default=None,
