@@ -61,8 +61,8 @@ KeyHeader = Annotated[
             "Makes the request safe to retry: a repeat with the same key gets the first "
             f"response (with {REPLAYED_HEADER}: true) and does nothing else; the same key with "
             "another request is a 422, a repeat while the first is still processed a 409. At "
-            "most 255 printable ASCII characters (a UUID). Kept 24 hours "
-            "(LOA_IDEMPOTENCY_TTL_HOURS)."
+            "most 255 printable ASCII characters (a UUID). Kept LOA_IDEMPOTENCY_TTL_HOURS "
+            "(24 by default)."
         ),
         # Documented, checked by idempotency.parse_key (for a message that says what to do).
         json_schema_extra={"minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},

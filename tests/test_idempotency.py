@@ -392,12 +392,40 @@ def test_the_stored_response_commits_with_the_work_or_neither_does(
     assert _count(engine, Campaign) == 1
 
 
-# --- PostgreSQL: requests with the same key at once ---------------------------------------------
+# --- requests with the same key at once ------------------------------------------------------
 
 
-def test_concurrent_requests_with_one_key_have_one_effect_on_postgresql(
+def test_requests_with_one_key_at_once_have_one_effect(
+    client: TestClient, admin: dict[str, str], engine: Engine
+) -> None:
+    """Eight at once, released together: one creates the campaign; on PostgreSQL the others
+    replay it or are told 409 (in flight), on SQLite they wait for the writer and replay it."""
+    barrier = threading.Barrier(8)
+    results: list[httpx.Response] = []
+
+    def create() -> None:
+        barrier.wait(60)
+        results.append(client.post(BASE, json=SPEC, headers=_with_key(admin)))
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    statuses = [r.status_code for r in results]
+    assert len(statuses) == 8 and set(statuses) <= {201, 409}, statuses
+    created = [r for r in results if r.status_code == 201]
+    assert sum("Idempotent-Replayed" not in r.headers for r in created) == 1
+    assert len({r.json()["id"] for r in created}) == 1
+    assert _count(engine, Campaign) == 1
+    assert _actions(engine).count("campaign.create") == 1
+
+
+def test_a_repeat_of_a_request_in_its_transaction_is_a_409_on_postgresql(
     pg_url: str, tmp_path: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The first approve is held inside the route, its transaction open with the key's advisory
+    lock: the repeat does not wait for it (on SQLite it would wait for the one writer)."""
     settings = Settings(database_url=pg_url, data_dir=tmp_path)
     engine = make_engine(settings)
     with session_scope(engine) as session:
@@ -406,7 +434,6 @@ def test_concurrent_requests_with_one_key_have_one_effect_on_postgresql(
     admin = _bearer(engine, clock)
     app = create_app(settings, engine, clock=clock)
 
-    # The first approve is held inside the route, its transaction open with the key's lock.
     entered, go = threading.Event(), threading.Event()
     real_approve = approve_campaign
 
@@ -428,25 +455,5 @@ def test_concurrent_requests_with_one_key_have_one_effect_on_postgresql(
         assert repeat.json()["error"]["code"] == "idempotency_key_in_flight"
         assert answers[0].status_code == 200
         assert client.post(url, headers=_with_key(admin)).headers["Idempotent-Replayed"] == "true"
-
-        # Eight at once, released together: one creates, the others replay or are told 409.
-        barrier = threading.Barrier(8)
-        results: list[httpx.Response] = []
-
-        def create() -> None:
-            barrier.wait(60)
-            results.append(client.post(BASE, json=SPEC, headers=_with_key(admin, "together")))
-
-        threads = [threading.Thread(target=create) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    statuses = sorted(r.status_code for r in results)
-    assert len(statuses) == 8 and set(statuses) <= {201, 409}, statuses
-    created = [r for r in results if r.status_code == 201]
-    assert sum("Idempotent-Replayed" not in r.headers for r in created) == 1
-    assert len({r.json()["id"] for r in created}) == 1
-    assert _count(engine, Campaign) == 2  # the approved one, and one from the eight
     assert _actions(engine).count("campaign.approve") == 1
     engine.dispose()
