@@ -279,6 +279,73 @@ def test_page_sizes_offsets_and_ids_out_of_range_are_422s(
     assert (error["code"], error["field"]) == ("invalid", field)
 
 
+def test_dates_outside_the_calendar_loa_takes_are_422s(
+    client: TestClient, admin: dict[str, str], engine: Engine
+) -> None:
+    """Year 1 or 9999 with a zone (or a day added) leaves Python's calendar: these were 500s."""
+    before = _rows(engine)
+    wave = SPEC["waves"][0]
+    for response, field in [
+        (
+            client.get("/api/v1/deliveries?since=0001-01-01T00:00:00%2B14:00", headers=admin),
+            "since",
+        ),
+        (client.get("/api/v1/deliveries?until=9999-12-31T23:59:00-14:00", headers=admin), "until"),
+        (client.get("/api/v1/districts/440/plays?to=9999-12-31", headers=admin), "to"),
+        (client.get("/api/v1/plays.csv?from=0001-01-01", headers=admin), "from"),
+        (
+            client.post(
+                "/api/v1/consents",
+                json={"phone": "0912000002", "given_at": "0001-01-01T00:00:00+14:00"},
+                headers=admin,
+            ),
+            "given_at",
+        ),
+        (
+            client.post(
+                "/api/v1/districts/440/plays",
+                json=[{**PLAY, "started_at": "0001-01-01T00:00:00+07:00"}],
+                headers=admin,
+            ),
+            "0.started_at",
+        ),
+        (
+            client.post(
+                "/api/v1/campaigns",
+                json={**SPEC, "waves": [{**wave, "at": "0001-01-01 00:00"}]},
+                headers=admin,
+            ),
+            "waves.0.at",
+        ),
+        (
+            client.post(
+                "/api/v1/campaigns",
+                json={
+                    **SPEC,
+                    "waves": [
+                        {
+                            **{k: v for k, v in wave.items() if k != "at"},
+                            "relative": {"attribute": "d", "offset": "-99999999999d"},
+                        }
+                    ],
+                },
+                headers=admin,
+            ),
+            "waves.0.relative.offset",
+        ),
+    ]:
+        error = _error(response, 422)
+        assert error["field"] == field, error
+    assert _rows(engine) == before
+    # A number past 64 bits in a segment's filter is compared as a number, not a crash.
+    counted = client.post(
+        "/api/v1/segments/count",
+        json={"filter": {"attributes": {"n": {"in": [10**30]}}}},
+        headers=admin,
+    )
+    assert (counted.status_code, counted.json()["count"]) == (200, 0)
+
+
 def test_refused_keys_are_401s_and_write_nothing(
     client: TestClient, engine: Engine, clock: FakeClock
 ) -> None:
