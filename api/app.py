@@ -64,6 +64,17 @@ def _request_problems(errors: Sequence[Any]) -> tuple[str, str | None]:
     return "; ".join(problems), fields[0] if fields else None
 
 
+def _unreadable_json(cause: BaseException | None) -> str | None:
+    if isinstance(cause, UnicodeDecodeError):
+        return (
+            "the request body is not valid JSON: it is not UTF-8 "
+            f"(byte {cause.object[cause.start]:#04x} at position {cause.start})"
+        )
+    if isinstance(cause, RecursionError):
+        return "the request body is not valid JSON for Loa: it is nested too deeply"
+    return None
+
+
 def create_app(
     settings: Settings,
     engine: Engine,
@@ -121,17 +132,10 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-            # FastAPI's answer to a JSON body that is not UTF-8 ("There was an error parsing the
-            # body"), said as for any other body that is not JSON.
-            bad = exc.__cause__
-            return error_response(
-                422,
-                InvalidInput.code,
-                f"the request body is not valid JSON: it is not UTF-8 (byte "
-                f"{bad.object[bad.start]:#04x} at position {bad.start})",
-                None,
-            )
+        if exc.status_code == 400 and (unreadable := _unreadable_json(exc.__cause__)):
+            # FastAPI's answer to a JSON body it could not parse for another reason than its
+            # syntax ("There was an error parsing the body"), said as for any body not JSON.
+            return error_response(422, InvalidInput.code, unreadable, None)
         # An unknown path or method, a body over LOA_API_MAX_BODY_BYTES: the same shape again.
         code = (
             TooLarge.code

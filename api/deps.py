@@ -108,9 +108,9 @@ async def refuse_nul_characters(request: Request) -> None:
             return
         try:
             document = json.loads(body)
-        except ValueError:
-            return  # not JSON: the route says so
-        if (where := _nul_in(document, "")) is not None:
+        except (ValueError, RecursionError):
+            return  # not JSON (or nested past the parser): the route says so
+        if (where := _nul_in(document)) is not None:
             raise _nul(where or "body")
 
 
@@ -118,20 +118,25 @@ def _nul(where: str) -> InvalidInput:
     return InvalidInput(f"{where}: contains a NUL character (\\u0000)", field=where)
 
 
-def _nul_in(value: Any, path: str) -> str | None:
-    """The path (a.0.b) of the first string with a NUL in a JSON document, or None."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        children: list[tuple[Any, Any]] = list(value.items())
-    elif isinstance(value, list):
-        children = list(enumerate(value))
-    else:
-        return None
-    for key, child in children:
-        here = f"{path}.{key}" if path else str(key)
-        if "\x00" in str(key):
-            return here
-        if (found := _nul_in(child, here)) is not None:
-            return found
+def _nul_in(document: Any) -> str | None:
+    """The path (a.0.b) of the first string with a NUL in a JSON document, or None. Walked with
+    a list, not recursion: a document may be nested as deep as its parser allowed."""
+    pending: list[tuple[str, Any]] = [("", document)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path
+            continue
+        if isinstance(value, dict):
+            children: list[tuple[Any, Any]] = list(value.items())
+        elif isinstance(value, list):
+            children = list(enumerate(value))
+        else:
+            continue
+        for key, child in reversed(children):  # first child first
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return here
+            pending.append((here, child))
     return None

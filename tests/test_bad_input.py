@@ -82,7 +82,11 @@ def _error(response: Any, status: int) -> dict[str, Any]:
 
 
 def test_malformed_json_and_wrong_types_are_422s_naming_the_field(
-    client: TestClient, admin: dict[str, str], engine: Engine
+    client: TestClient,
+    admin: dict[str, str],
+    engine: Engine,
+    settings: Settings,
+    clock: FakeClock,
 ) -> None:
     before = _rows(engine)
     json_headers = {**admin, "Content-Type": "application/json"}
@@ -100,6 +104,10 @@ def test_malformed_json_and_wrong_types_are_422s_naming_the_field(
     )
     error = _error(not_utf8, 422)
     assert "not UTF-8 (byte 0xff" in error["message"]
+    deep = b"[" * 100_000 + b"]" * 100_000  # past the parser's depth (under the default limit)
+    with TestClient(create_app(settings, engine, clock=clock)) as roomy:
+        nested = roomy.post("/api/v1/suppressions", content=deep, headers=json_headers)
+    assert "nested too deeply" in _error(nested, 422)["message"]
 
     for path, body, field in [
         ("/api/v1/segments", {"name": 5, "filter": {}}, "name"),

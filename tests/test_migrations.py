@@ -30,6 +30,7 @@ EXPECTED_TABLES = {
     "consent",
     "segment",
     "audio_asset",
+    "idempotency_key",
 }
 
 
