@@ -3,8 +3,9 @@ request, and the caller behind the API key with the role checks (the one place a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -14,7 +15,7 @@ from sqlmodel import Session
 from loa.apikeys import Caller, Role, verify_key
 from loa.clock import Clock
 from loa.db import read_only, session_scope
-from loa.errors import Forbidden, NotAuthenticated
+from loa.errors import Forbidden, InvalidInput, NotAuthenticated
 from loa.settings import Settings
 
 
@@ -95,3 +96,50 @@ def require_roles(*roles: Role) -> Callable[[Caller], Caller]:
         return caller
 
     return caller_with_role
+
+
+async def refuse_nul_characters(request: Request) -> None:
+    """A NUL character in a path or query parameter, or in a string of a JSON body: a 422 naming
+    where. PostgreSQL's text cannot hold one (the query fails), and nothing Loa keeps (names,
+    codes, numbers, texts) has one. Applied to every route (api/app.py)."""
+    for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+        if "\x00" in value:
+            raise _nul(name)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await request.body()  # a JSON route's body, already read and kept by FastAPI
+        if b"\\u0000" not in body:  # a NUL in a JSON string is always written so
+            return
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            return  # not JSON (or nested past the parser): the route says so
+        if (where := _nul_in(document)) is not None:
+            raise _nul(where or "body")
+
+
+def _nul(where: str) -> InvalidInput:
+    return InvalidInput(f"{where}: contains a NUL character (\\u0000)", field=where)
+
+
+def _nul_in(document: Any) -> str | None:
+    """The path (a.0.b) of the first string with a NUL in a JSON document, or None. Walked with
+    a list, not recursion: a document may be nested as deep as its parser allowed."""
+    pending: list[tuple[str, Any]] = [("", document)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path
+            continue
+        if isinstance(value, dict):
+            children: list[tuple[Any, Any]] = list(value.items())
+        elif isinstance(value, list):
+            children = list(enumerate(value))
+        else:
+            continue
+        for key, child in reversed(children):  # first child first
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return here
+            pending.append((here, child))
+    return None

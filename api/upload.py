@@ -9,6 +9,7 @@ refused: an import takes one file, and the raw body needs no multipart parser.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,8 @@ from typing import Final
 
 from fastapi import Request
 
+from api.idempotency import body_read
+from api.limits import lift_body_limit
 from loa.errors import ImportFileError, TooLarge, UnsupportedMediaType
 
 SOURCE: Final = "request body"
@@ -33,7 +36,8 @@ async def uploaded_file(
 ) -> AsyncIterator[Path]:
     """The request's body as a temporary file, removed afterwards; 413 past `limit` bytes
     (the setting named `setting`, whose message ends with `hint`), judged from Content-Length
-    and again while streaming."""
+    and again while streaming. Its SHA-256, taken on the way, completes an Idempotency-Key's
+    fingerprint (api/idempotency.py)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith(("multipart/", "application/x-www-form-urlencoded")):
         raise UnsupportedMediaType(
@@ -43,15 +47,19 @@ async def uploaded_file(
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, setting, hint)
+    lift_body_limit(request)  # this one is the body's limit
     with tempfile.TemporaryDirectory(prefix="loa-upload-") as directory:
         path = Path(directory) / "upload"
         size = 0
+        digest = hashlib.sha256()
         with path.open("wb") as handle:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(limit, setting, hint)
                 handle.write(chunk)
+                digest.update(chunk)
+        await body_read(request, digest.hexdigest())
         try:
             yield path
         except ImportFileError as exc:

@@ -37,6 +37,7 @@ from audience.phonelist import (
 )
 from audience.phones import normalize_phone
 from loa import audit
+from loa.clock import out_of_range
 from loa.db import upsert_insert
 from loa.errors import InvalidInput, NotFound
 from loa.models import Consent, Suppression
@@ -88,6 +89,8 @@ def add_consent(
     if note is not None and len(note) > NOTE_MAX:
         raise InvalidInput(f"note is longer than {NOTE_MAX} characters", field="note")
     when = given_at or now
+    if problem := out_of_range(when):
+        raise InvalidInput(f"given_at {problem}", field="given_at")
     if when > now:
         raise InvalidInput("consent cannot be given in the future", field="given_at")
     row = session.get(Consent, e164)
@@ -206,6 +209,8 @@ def _given_at(row: ListRow, now: datetime, zone: ZoneInfo) -> datetime:
         raise BadCell(
             column, raw, "not a date (expected dd/mm/yyyy, yyyy-mm-dd or an ISO date-time)"
         ) from None
+    if problem := out_of_range(when):
+        raise BadCell(column, raw, problem)
     if when > now:
         raise BadCell(column, raw, "in the future")
     return when

@@ -41,7 +41,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from pydantic import (
@@ -63,6 +63,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from loa import audit
+from loa.db import MAX_BIGINT
 from loa.errors import Conflict, InvalidInput, NotFound
 from loa.models import (
     Area,
@@ -77,7 +78,13 @@ from loa.models import (
 )
 from loa.paging import DEFAULT_PAGE, Key, keyset_page
 
-Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
+# Whole numbers within 64 bits: the databases compare attributes with them as such.
+Scalar = (
+    StrictStr
+    | Annotated[StrictInt, Field(ge=-MAX_BIGINT - 1, le=MAX_BIGINT)]
+    | StrictFloat
+    | StrictBool
+)
 OPERATORS = ("equals", "in", "exists", "before", "after", "within_next_days", "within_last_days")
 DATE_OPERATORS = ("before", "after", "within_next_days", "within_last_days")
 KEYS = ("areas", "tags", "all_tags", "attributes")

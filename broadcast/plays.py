@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Engine, String, cast, func, literal, select, tuple_
 from sqlmodel import Session, col
 
 from broadcast.items import communes_under
 from loa import audit
-from loa.db import session_scope, upsert_insert
+from loa.clock import out_of_range
+from loa.db import MAX_BIGINT, session_scope, upsert_insert
 from loa.errors import InvalidInput
 from loa.models import Area, BroadcastItem, BroadcastPlay, BroadcastTarget, DeliveryEvent
 from loa.paging import DEFAULT_PAGE, MAX_PAGE, Key, keyset_page
@@ -38,11 +39,18 @@ MAX_PLAYS = 10_000  # per report: a day of a large district is a few hundred
 class PlayReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    item: int = Field(ge=1)
+    item: int = Field(ge=1, le=MAX_BIGINT)
     commune: str = Field(min_length=1, max_length=16)
     started_at: AwareDatetime
     ended_at: AwareDatetime
     result: Literal["played", "skipped", "failed"]
+
+    @field_validator("started_at", "ended_at")
+    @classmethod
+    def _in_range(cls, value: datetime) -> datetime:
+        if problem := out_of_range(value):
+            raise ValueError(problem)
+        return value
 
 
 @dataclass(frozen=True)
@@ -361,6 +369,9 @@ def export_plays_csv(
 def utc_bounds(since: date | None, until: date | None) -> tuple[datetime | None, datetime | None]:
     """Dates as the instants [`since` 00:00 UTC, the day after `until` 00:00 UTC): `to` is
     inclusive, as a person means "to 31 May"."""
+    for field, day in (("from", since), ("to", until)):
+        if day is not None and (problem := out_of_range(day)):
+            raise InvalidInput(f"{field}: {problem}", field=field)
     start = datetime.combine(since, time(), UTC) if since else None
     end = datetime.combine(until, time(), UTC) + timedelta(days=1) if until else None
     if start is not None and end is not None and start >= end:

@@ -37,6 +37,11 @@ from loa.settings import Settings
 
 # BIGINT primary keys on PostgreSQL; on SQLite only "INTEGER PRIMARY KEY" is the auto rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# The largest value of an INTEGER column (32 bits on PostgreSQL) and of a BIGINT one (64 bits, and
+# the most SQLite binds): ids and offsets that come from outside are bounded by them, so that a
+# larger one is refused as input rather than overflowing in the driver or the database.
+MAX_INTEGER = 2**31 - 1
+MAX_BIGINT = 2**63 - 1
 # JSONB on PostgreSQL for indexable attributes; JSON text elsewhere.
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
 

@@ -27,6 +27,12 @@ class Conflict(LoaError):
     http_status = 409
 
 
+class IdempotencyKeyInFlight(Conflict):
+    """A request with the same Idempotency-Key is still being processed."""
+
+    code = "idempotency_key_in_flight"
+
+
 class NotAuthenticated(LoaError):
     """No API key, or one that is unknown, revoked or expired."""
 
@@ -50,6 +56,12 @@ class SpecError(InvalidInput):
     """A campaign spec is wrong; the message names the file, the wave and the field."""
 
     code = "invalid_spec"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """An Idempotency-Key already used for another request (method, path, query or body)."""
+
+    code = "idempotency_key_reused"
 
 
 class ImportFileError(InvalidInput):

@@ -10,7 +10,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from loa.db import BigId, JsonDoc, UTCDateTime
@@ -565,3 +565,25 @@ class Worker(SQLModel, table=True):
     stopped_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # A scheduler that held the leadership at its latest heartbeat.
     is_leader: bool = False
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A request made with an Idempotency-Key header, and its response to replay
+    (loa/idempotency.py). Keys belong to the API key that sent them. A row without a status is
+    a request still in flight (only routes whose work commits on its own leave one committed);
+    it holds the key until it completes, fails (the row is removed) or is older than the lock
+    period."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (Index("ix_idempotency_key_expires", "expires_at"),)
+
+    api_key_id: int = Field(primary_key=True)
+    key: str = Field(primary_key=True, max_length=255)
+    # sha256 of method, path and query, and body; None while a streamed body is being read.
+    fingerprint: str | None = Field(default=None, max_length=64)
+    token: str | None = Field(default=None, max_length=32)  # the attempt in flight
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    status_code: int | None = None
+    headers: dict[str, str] | None = Field(default=None, sa_type=JsonDoc)
+    body: bytes | None = Field(default=None, sa_type=LargeBinary)

@@ -148,6 +148,16 @@ class Settings(BaseSettings):
     # The most numbers one test send (loa campaign test-send) may go to.
     test_send_max_numbers: int = Field(default=10, ge=1)
 
+    # The largest request body the API reads (JSON bodies, webhooks): 413 above it, judged from
+    # Content-Length and again while the body streams in. Imports and audio have their own,
+    # larger limits (import_max_bytes, audio_max_bytes).
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Idempotency-Key (api/idempotency.py): how long a key's response is kept and replayed, and
+    # how long a request of a route whose work commits on its own (imports, audio, test sends)
+    # holds its key before a retry may take it over (the first is then presumed dead).
+    idempotency_ttl_hours: float = Field(default=24, gt=0)
+    idempotency_lock_seconds: float = Field(default=600, gt=0)
+
     # Recipient imports: the largest file the API accepts (413 above it; the CLI reads files of any
     # size), and the longest physical line of a CSV (a longer one fails the file, naming the line,
     # before it is held in memory).

@@ -266,14 +266,17 @@ def validate_spec(raw: Any, *, source: str) -> CampaignSpec:
         for error in exc.errors():
             message = str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{_where(tuple(error['loc']), raw)}: {message}")
-        raise SpecError(f"{source}: " + "; ".join(problems)) from None
+        # The field of the first problem, as a path (waves.0.template), for the API's error body.
+        first = ".".join(str(part) for part in exc.errors()[0]["loc"]) or None
+        raise SpecError(f"{source}: " + "; ".join(problems), field=first) from None
     for index, wave in enumerate(spec.waves):
         if wave.template is not None:
             try:
                 check_template(wave.template)
             except TemplateProblem as exc:
                 raise SpecError(
-                    f"{source}: wave {index + 1} ({wave.name!r}), field template: {exc.message}"
+                    f"{source}: wave {index + 1} ({wave.name!r}), field template: {exc.message}",
+                    field=f"waves.{index}.template",
                 ) from None
     return spec
 

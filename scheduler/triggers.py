@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from loa.clock import out_of_range
 from loa.errors import InvalidInput
 
 # Monday is 0, as in date.weekday(). English names, and the Vietnamese short forms (t2 is "thứ
@@ -41,6 +42,9 @@ WEEKDAYS: dict[str, int] = {
 }
 _OFFSET = re.compile(r"([+-]?)\s*(\d+)\s*([mhd])", re.ASCII)
 _OFFSET_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+# Ten years either way: more is a typo, and would leave the calendar when added to a date.
+MAX_OFFSET = timedelta(days=3660)
 _TIME = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", re.ASCII)
 
 
@@ -54,14 +58,19 @@ def parse_local(value: str) -> datetime:
         raise ValueError(
             f"{value!r}: give local time without an offset; the campaign has a time zone"
         )
+    if problem := out_of_range(parsed):
+        raise ValueError(problem)
     return parsed
 
 
 def parse_date(value: str) -> date:
     try:
-        return date.fromisoformat(value.strip())
+        parsed = date.fromisoformat(value.strip())
     except ValueError:
         raise ValueError(f"{value!r} is not a date like '2026-05-31'") from None
+    if problem := out_of_range(parsed):
+        raise ValueError(problem)
+    return parsed
 
 
 def parse_time(value: str) -> time:
@@ -87,6 +96,8 @@ def parse_offset(value: str) -> timedelta:
     if match is None:
         raise ValueError(f"{value!r} is not an offset like '-7d', '+2h' or '30m'")
     amount = int(match[2]) * (-1 if match[1] == "-" else 1)
+    if abs(amount) * _UNIT_SECONDS[match[3]] > MAX_OFFSET.total_seconds():
+        raise ValueError(f"{value!r} is more than {MAX_OFFSET.days} days")
     return timedelta(**{_OFFSET_UNITS[match[3]]: amount})
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Engine, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
+from loa.clock import out_of_range
 from loa.db import session_scope
 from loa.errors import InvalidInput
 from loa.models import Area, MessageStatus, OutboxMessage, Recipient, Wave
@@ -51,6 +52,8 @@ class DeliveryFilter:
                 raise InvalidInput(
                     f"{name}: give a time zone (e.g. 2026-05-08T07:00:00+07:00)", field=name
                 )
+            if moment is not None and (problem := out_of_range(moment)):
+                raise InvalidInput(f"{name}: {problem}", field=name)
         if self.since and self.until and self.since >= self.until:
             raise InvalidInput("since must be before until", field="since")
 

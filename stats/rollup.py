@@ -54,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
+from loa.clock import out_of_range
 from loa.errors import InvalidInput
 from loa.models import Area, AreaLevel, Campaign, MessageStatus, StatsRollup, StatsRollupWave, Wave
 from loa.settings import Settings
@@ -170,6 +171,9 @@ def _check(
             f"time zone {timezone!r} is not an IANA zone name (e.g. Asia/Ho_Chi_Minh)",
             field="timezone",
         ) from None
+    for name, day in (("day_from", day_from), ("day_to", day_to)):
+        if day is not None and (why := out_of_range(day)):
+            raise InvalidInput(f"{name}: {why}", field=name)
     if day_from is not None and day_to is not None and day_from > day_to:
         raise InvalidInput(f"day_from {day_from} is after day_to {day_to}", field="day_from")
     first = _midnight_hour(day_from, zone) if day_from else None

@@ -412,7 +412,7 @@ def test_a_bad_spec_is_422_naming_wave_and_field(
     assert response.json()["error"] == {
         "code": "invalid_spec",
         "message": "request body: wave 2 ('Nhắc lại'), field klass: Extra inputs are not permitted",
-        "field": None,
+        "field": "waves.1.klass",
     }
 
     unknown_area = copy.deepcopy(SPEC)

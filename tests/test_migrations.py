@@ -33,6 +33,7 @@ EXPECTED_TABLES = {
     "stats_rollup",
     "stats_rollup_wave",
     "worker",
+    "idempotency_key",
 }
 
 

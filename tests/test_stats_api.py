@@ -155,6 +155,9 @@ def test_a_district_key_reads_its_own_area_only(
         ({"area_code": "99999"}, "area_code"),
         ({"campaign_id": "one"}, "campaign_id"),
         ({"campaign_id": "-1"}, "campaign_id"),
+        ({"wave_id": str(2**40)}, "wave_id"),  # past the column's integers (found by Schemathesis)
+        ({"day_from": "0683-01-01"}, "day_from"),
+        ({"day_to": "9999-12-31"}, "day_to"),
     ],
 )
 def test_bad_input_is_422_naming_the_field(

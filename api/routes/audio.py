@@ -32,6 +32,7 @@ from api.deps import (
     SettingsDep,
     require_roles,
 )
+from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
 from api.upload import uploaded_file
 from audio.ingest import AddResult, Source, add_audio
@@ -45,7 +46,7 @@ from loa.models import Area, AudioAsset
 from loa.paging import DEFAULT_PAGE
 from loa.settings import Settings
 
-router = APIRouter(prefix="/api/v1/audio", tags=["audio"])
+router = APIRouter(prefix="/api/v1/audio", tags=["audio"], route_class=IdempotentRoute)
 
 Uploader = Annotated[Caller, Depends(require_roles(Role.PLANNER, Role.ADMIN))]
 Sha256 = Annotated[str, PathParam(pattern=SHA256_PATTERN, description="64 lowercase hex digits")]
@@ -229,12 +230,10 @@ class AudioFileResponse(FileResponse):
             return []  # Starlette sends the whole file for no ranges
 
 
-@router.api_route(
-    "/{sha256}.mp3",
-    methods=["GET", "HEAD"],  # HEAD: a client about to resume asks the size and ETag first
-    response_class=FileResponse,
-    responses={206: {}, 304: {}, 416: {}},
-)
+# HEAD: a client about to resume asks the size and ETag first. Two routes, not one with two
+# methods: the OpenAPI description needs an operation id of its own for each.
+@router.get("/{sha256}.mp3", response_class=FileResponse, responses={206: {}, 304: {}, 416: {}})
+@router.head("/{sha256}.mp3", response_class=FileResponse, responses={206: {}, 304: {}, 416: {}})
 def serve_file(
     request: Request,
     caller: CallerDep,

@@ -11,7 +11,9 @@ from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel
 
 from api.deps import ClockDep, ReadSessionDep, SessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
+from api.params import Id
 from loa.apikeys import Caller, Role
 from loa.errors import InvalidInput
 from loa.models import Campaign
@@ -31,7 +33,7 @@ from scheduler.plan import CampaignPlan, plan_campaign
 from scheduler.spec import validate_spec
 from stats.campaign import CampaignStats, campaign_stats
 
-router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
+router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"], route_class=IdempotentRoute)
 
 # Who may do what (district keys: none of it; they get their own area's playlists).
 Reader = Annotated[
@@ -89,7 +91,7 @@ def create(
 
 @router.put("/{campaign_id}")
 def edit(
-    campaign_id: int,
+    campaign_id: Id,
     caller: Planner,
     raw: Annotated[Any, Body(description="The whole new spec, as for creating.")],
     session: SessionDep,
@@ -114,7 +116,7 @@ def edit(
 
 @router.post("/{campaign_id}/approve")
 def approve(
-    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep, settings: SettingsDep
+    campaign_id: Id, caller: Approver, session: SessionDep, clock: ClockDep, settings: SettingsDep
 ) -> CampaignPublic:
     """Approve a draft (with four-eyes approval on, by another key than the author's)."""
     return _public(
@@ -124,7 +126,7 @@ def approve(
 
 @router.post("/{campaign_id}/launch")
 def launch(
-    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep, settings: SettingsDep
+    campaign_id: Id, caller: Approver, session: SessionDep, clock: ClockDep, settings: SettingsDep
 ) -> CampaignPublic:
     """Schedule an approved campaign's waves; the scheduler fires each at its time."""
     return _public(
@@ -134,7 +136,7 @@ def launch(
 
 @router.post("/{campaign_id}/pause")
 def pause(
-    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep
+    campaign_id: Id, caller: Approver, session: SessionDep, clock: ClockDep
 ) -> CampaignPublic:
     """Stop sending until resumed; takes effect at every worker's next claim."""
     return _public(pause_campaign(session, campaign_id, actor=caller.actor, now=clock()))
@@ -142,7 +144,7 @@ def pause(
 
 @router.post("/{campaign_id}/resume")
 def resume(
-    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep
+    campaign_id: Id, caller: Approver, session: SessionDep, clock: ClockDep
 ) -> CampaignPublic:
     """Continue a paused campaign (nothing already sent is sent again)."""
     return _public(resume_campaign(session, campaign_id, actor=caller.actor, now=clock()))
@@ -150,7 +152,7 @@ def resume(
 
 @router.post("/{campaign_id}/cancel")
 def cancel(
-    campaign_id: int, caller: Approver, session: SessionDep, clock: ClockDep
+    campaign_id: Id, caller: Approver, session: SessionDep, clock: ClockDep
 ) -> CancelledCampaign:
     """End the campaign for good: messages not yet sent are cancelled, unfired waves closed."""
     result = cancel_campaign(session, campaign_id, actor=caller.actor, now=clock())
@@ -163,7 +165,7 @@ def cancel(
 
 @router.post("/{campaign_id}/plan")
 def plan(
-    campaign_id: int, _caller: Reader, session: SessionDep, settings: SettingsDep, clock: ClockDep
+    campaign_id: Id, _caller: Reader, session: SessionDep, settings: SettingsDep, clock: ClockDep
 ) -> CampaignPlan:
     """What each wave would send, from the data as it is now. Writes nothing."""
     return plan_campaign(session, campaign_id, now=clock(), settings=settings)
@@ -183,10 +185,10 @@ def read_campaigns(
 
 
 @router.get("/{campaign_id}")
-def read_campaign(campaign_id: int, _caller: Reader, session: SessionDep) -> CampaignPublic:
+def read_campaign(campaign_id: Id, _caller: Reader, session: SessionDep) -> CampaignPublic:
     return _public(get_campaign(session, campaign_id))
 
 
 @router.get("/{campaign_id}/stats")
-def read_campaign_stats(campaign_id: int, _caller: Reader, session: SessionDep) -> CampaignStats:
+def read_campaign_stats(campaign_id: Id, _caller: Reader, session: SessionDep) -> CampaignStats:
     return campaign_stats(session, campaign_id)

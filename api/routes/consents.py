@@ -9,9 +9,10 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from api.deps import ClockDep, EngineDep, ReadSessionDep, SessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
 from api.routes.suppressions import ListImportResult, import_result
 from api.upload import SOURCE, uploaded_file
@@ -21,7 +22,7 @@ from loa.db import session_scope
 from loa.models import Consent
 from loa.paging import DEFAULT_PAGE
 
-router = APIRouter(prefix="/api/v1/consents", tags=["consents"])
+router = APIRouter(prefix="/api/v1/consents", tags=["consents"], route_class=IdempotentRoute)
 
 Reader = Annotated[
     Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))
@@ -37,6 +38,8 @@ class ConsentPublic(BaseModel):
 
 
 class ConsentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     phone: str
     note: str | None = None
     given_at: AwareDatetime | None = None  # default: now

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from api.deps import EngineDep, ReadSessionDep, require_roles
 from loa.apikeys import Caller, Role
+from loa.db import MAX_BIGINT, MAX_INTEGER
 from stats.deliveries import MAX_PAGE, Delivery, DeliveryFilter, export_deliveries, list_deliveries
 
 router = APIRouter(prefix="/api/v1", tags=["deliveries"])
@@ -27,8 +28,8 @@ class DeliveryPage(BaseModel):
 
 
 def _filter(
-    campaign_id: Annotated[int | None, Query(ge=1)] = None,
-    wave_id: Annotated[int | None, Query(ge=1)] = None,
+    campaign_id: Annotated[int | None, Query(ge=1, le=MAX_INTEGER)] = None,
+    wave_id: Annotated[int | None, Query(ge=1, le=MAX_INTEGER)] = None,
     channel: Annotated[str | None, Query(max_length=32)] = None,
     status: Annotated[str | None, Query(max_length=16)] = None,
     error_code: Annotated[str | None, Query(max_length=32)] = None,
@@ -60,7 +61,9 @@ def deliveries(
     _caller: Reader,
     session: ReadSessionDep,
     flt: FilterDep,
-    after: Annotated[int, Query(ge=0, description="The next_after of the previous page.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_BIGINT, description="The next_after of the previous page.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> DeliveryPage:
     """Messages (one per wave x recipient x channel) with their current status, by id."""

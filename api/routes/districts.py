@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from api.deps import CallerDep, ClockDep, EngineDep, ReadSessionDep, SessionDep, SettingsDep
+from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
 from broadcast.cache import PlaylistCache
 from broadcast.formats import to_m3u8, to_xspf
@@ -43,7 +44,7 @@ from loa.models import Area
 from loa.paging import DEFAULT_PAGE
 from loa.settings import Settings
 
-router = APIRouter(tags=["districts"])
+router = APIRouter(tags=["districts"], route_class=IdempotentRoute)
 
 # Area codes are digits in the national coding; letters, '-' and '_' are allowed for areas a
 # province defines itself. Nothing that could be a path.

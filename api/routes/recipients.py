@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ClockDep, EngineDep, ReadSessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
 from api.upload import SOURCE, uploaded_file
 from audience.importer import ImportReport, audit_import, import_recipients, parse_column_mapping
@@ -29,12 +30,12 @@ from audience.lookup import RecipientQuery, get_recipient, search_recipients, ta
 from audience.segments import mask_phone
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
-from loa.db import session_scope
+from loa.db import MAX_BIGINT, session_scope
 from loa.models import Recipient
 from loa.paging import DEFAULT_PAGE
 from loa.settings import Settings
 
-router = APIRouter(prefix="/api/v1/recipients", tags=["recipients"])
+router = APIRouter(prefix="/api/v1/recipients", tags=["recipients"], route_class=IdempotentRoute)
 
 Importer = Annotated[Caller, Depends(require_roles(Role.PLANNER, Role.ADMIN))]
 
@@ -244,7 +245,9 @@ def search(
 
 @router.get("/{recipient_id}")
 def read(
-    recipient_id: Annotated[int, PathParam(ge=1)], caller: Reader, session: ReadSessionDep
+    recipient_id: Annotated[int, PathParam(ge=1, le=MAX_BIGINT)],
+    caller: Reader,
+    session: ReadSessionDep,
 ) -> RecipientPublic:
     recipient = get_recipient(session, recipient_id)
     return _public(recipient, tags_of(session, [recipient_id]).get(recipient_id, []), caller)

@@ -8,9 +8,10 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ClockDep, ReadSessionDep, SessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
 from audience.segments import (
     SegmentCount,
@@ -30,7 +31,7 @@ from loa.apikeys import Caller, Role
 from loa.models import Segment
 from loa.paging import DEFAULT_PAGE
 
-router = APIRouter(prefix="/api/v1/segments", tags=["segments"])
+router = APIRouter(prefix="/api/v1/segments", tags=["segments"], route_class=IdempotentRoute)
 
 Reader = Annotated[
     Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))
@@ -41,6 +42,8 @@ Sample = Annotated[int, Query(ge=0, le=1000, description="Matching recipients to
 
 
 class SegmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     name: str
     description: str | None = Field(default=None, max_length=1000)
     # Validated by audience/segments.py, which names the field of each problem.
@@ -48,11 +51,15 @@ class SegmentIn(BaseModel):
 
 
 class SegmentReplace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     description: str | None = Field(default=None, max_length=1000)
     filter: Any
 
 
 class CountIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     filter: Any
     sample: int = Field(default=10, ge=0, le=1000)
 

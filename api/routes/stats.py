@@ -18,6 +18,7 @@ from sqlmodel import Session
 from api.deps import ReadSessionDep, SettingsDep, require_roles
 from api.routes.districts import allowed_area
 from loa.apikeys import Caller, Role
+from loa.db import MAX_INTEGER
 from loa.errors import Forbidden
 from loa.settings import Settings
 from stats.rollup import GROUPS, StatsRow, query_stats, stats_csv
@@ -52,9 +53,10 @@ def _params(
     group_by: Annotated[
         str, Query(max_length=200, description=f"Comma-separated, any of: {', '.join(GROUPS)}.")
     ] = "",
-    campaign_id: Annotated[int | None, Query(ge=1)] = None,
+    campaign_id: Annotated[int | None, Query(ge=1, le=MAX_INTEGER)] = None,
     wave_id: Annotated[
-        int | None, Query(ge=1, description="A wave of the spec (with its occurrences).")
+        int | None,
+        Query(ge=1, le=MAX_INTEGER, description="A wave of the spec (with its occurrences)."),
     ] = None,
     channel: Annotated[str | None, Query(max_length=32)] = None,
     area_code: Annotated[

@@ -8,9 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ClockDep, EngineDep, ReadSessionDep, SessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
 from api.upload import SOURCE, uploaded_file
 from audience.importer import RowError
@@ -28,7 +29,9 @@ from loa.db import session_scope
 from loa.models import Suppression
 from loa.paging import DEFAULT_PAGE
 
-router = APIRouter(prefix="/api/v1/suppressions", tags=["suppressions"])
+router = APIRouter(
+    prefix="/api/v1/suppressions", tags=["suppressions"], route_class=IdempotentRoute
+)
 
 Reader = Annotated[
     Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))
@@ -44,6 +47,8 @@ class SuppressionPublic(BaseModel):
 
 
 class SuppressionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     phone: str
     reason: str = Field(default=SuppressionReason.MANUAL, description=", ".join(REASONS))
     note: str | None = None

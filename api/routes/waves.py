@@ -14,10 +14,12 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ClockDep, EngineDep, ReadSessionDep, SessionDep, SettingsDep, require_roles
+from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
+from api.params import Id
 from channels.registry import channel_for
 from loa.apikeys import Caller, Role
 from loa.models import Wave
@@ -25,7 +27,9 @@ from loa.paging import DEFAULT_PAGE
 from scheduler.lifecycle import page_waves
 from scheduler.preview import SendTestReport, WavePreview, preview_wave, send_test
 
-router = APIRouter(prefix="/api/v1/campaigns/{campaign_id}/waves", tags=["waves"])
+router = APIRouter(
+    prefix="/api/v1/campaigns/{campaign_id}/waves", tags=["waves"], route_class=IdempotentRoute
+)
 
 Reader = Annotated[
     Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))
@@ -35,6 +39,8 @@ Planner = Annotated[Caller, Depends(require_roles(Role.PLANNER, Role.ADMIN))]
 
 
 class SendTestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     to: list[str] = Field(min_length=1, description="Test numbers, as people write them.")
     variables: dict[str, Any] | None = Field(
         default=None,
@@ -71,7 +77,7 @@ def _public(wave: Wave) -> WavePublic:
 
 @router.get("")
 def read_waves(
-    campaign_id: int,
+    campaign_id: Id,
     _caller: Reader,
     session: ReadSessionDep,
     occurrences: Annotated[
@@ -89,8 +95,8 @@ def read_waves(
 
 @router.post("/{wave_id}/preview")
 def preview(
-    campaign_id: int,
-    wave_id: int,
+    campaign_id: Id,
+    wave_id: Id,
     _caller: Reader,
     session: SessionDep,
     settings: SettingsDep,
@@ -106,8 +112,8 @@ def preview(
 
 @router.post("/{wave_id}/test-send")
 def test_send(
-    campaign_id: int,
-    wave_id: int,
+    campaign_id: Id,
+    wave_id: Id,
     body: SendTestRequest,
     caller: Planner,
     engine: EngineDep,
