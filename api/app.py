@@ -34,6 +34,7 @@ from loa.clock import Clock, system_clock
 from loa.errors import InvalidInput, LoaError, NotAuthenticated
 from loa.settings import Settings
 from scheduler.service import DispatchWorker, SchedulerService
+from web import pages
 
 
 def _error(
@@ -143,4 +144,5 @@ def create_app(
     app.include_router(deliveries.router)
     app.include_router(gateway_webhooks.router)
     app.include_router(districts.router)
+    pages.mount(app)  # the operator page at /, with /login, /logout and /static
     return app
