@@ -212,7 +212,7 @@ def test_province_roles_see_every_campaign_with_the_apis_figures(
     assert page.status_code == 200
     figures = marked(page.text)
     auth = {"Authorization": f"Bearer {world.keys[role]}"}
-    for campaign_id in (world.first, world.second, world.broadcasts):
+    for campaign_id in (world.first, world.second):
         stats = client.get(f"/api/v1/campaigns/{campaign_id}/stats", headers=auth).json()
         for outcome, statuses in OUTCOMES.items():
             shown = figures[(f"campaign={campaign_id}", f"outcome={outcome}", "field=count")]
@@ -221,6 +221,13 @@ def test_province_roles_see_every_campaign_with_the_apis_figures(
                 outcome,
             )
     assert FIRST in page.text and SECOND in page.text
+    # A loudspeaker campaign has no messages: said so, with no bar and no counts.
+    broadcasts = client.get(f"/api/v1/campaigns/{world.broadcasts}/stats", headers=auth).json()
+    assert broadcasts["total"] == 0
+    assert not [k for k in figures if k[0] == f"campaign={world.broadcasts}" and "field=count" in k]
+    assert re.search(
+        rf'data-campaign="{world.broadcasts}">.*?không có tin nhắn.*?</article>', page.text, re.S
+    )
     # The first campaign's figures as seeded: 15 messages, 9 delivered, 4 failed, 2 sent.
     first = {
         o: figures[(f"campaign={world.first}", f"outcome={o}", "field=count")] for o in OUTCOMES

@@ -99,7 +99,7 @@ MESSAGES: Final[Mapping[str, tuple[str, str]]] = {
         "Chưa có: thống kê theo khu vực và theo mã lỗi chưa được xây dựng trong phiên bản này.",
         "Not available: statistics per area and per error code are not built in this version.",
     ),
-    "filter.campaign": ("Chiến dịch", "Campaign"),
+    "filter.campaign": ("Số liệu của chiến dịch", "Figures of campaign"),
     "filter.all": ("Tất cả", "All"),
     "filter.apply": ("Lọc", "Filter"),
     "col.area": ("Khu vực", "Area"),
