@@ -19,7 +19,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from sqlmodel import Session
 
 from api.deps import ClockDep, EngineDep, ReadSessionDep, SettingsDep
-from api.routes.districts import allowed_area
+from api.routes.districts import allowed_area, public_base_url
 from broadcast.playlist import Playlist, district_playlist
 from loa.apikeys import Caller, Role
 from loa.errors import Forbidden, NotAuthenticated, NotBuilt, NotFound
@@ -205,7 +205,7 @@ def _playlist(
         return None, "playlist.forbidden", 403
     except NotFound:
         return None, "playlist.unknown", 404
-    base_url = settings.public_url or str(request.base_url)
+    base_url = public_base_url(request, settings)
     playlist = district_playlist(session, checked.code, day, settings=settings, base_url=base_url)
     return playlist, None, 200
 
