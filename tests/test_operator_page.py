@@ -370,3 +370,101 @@ def test_the_pages_own_files_are_served(client: TestClient) -> None:
     page = client.get("/login").text
     # Nothing from elsewhere: every script, stylesheet and image is Loa's own.
     assert not re.search(r"""(?:src|href)=["']?(?:https?:)?//""", page)
+
+
+def _area_rows(figures: dict[tuple[str, ...], str]) -> dict[str, dict[str, str]]:
+    rows: dict[str, dict[str, str]] = {}
+    for key, text in figures.items():
+        if len(key) == 2 and key[0].startswith("area=") and key[1].startswith("field="):
+            rows.setdefault(key[0][5:], {})[key[1][6:]] = text
+    return rows
+
+
+def _failure_rows(figures: dict[tuple[str, ...], str]) -> dict[str, tuple[str, str]]:
+    return {
+        key[0][5:]: (figures[(key[0], "field=failed")], figures[(key[0], "field=set_aside")])
+        for key in figures
+        if len(key) == 1 and key[0].startswith("code=")
+    }
+
+
+def test_delivery_per_district_and_failures_by_reason(client: TestClient, world: World) -> None:
+    assert sign_in(client, world.keys["operator"]).status_code == 303
+    page = client.get("/")
+    assert page.status_code == 200 and "data-not-built" not in page.text
+    figures = marked(page.text)
+    # As seeded (tests/operating.py): sent counts what a provider accepted, delivered among it.
+    assert _area_rows(figures) == {
+        "440": {
+            "targeted": "9",
+            "sent": "7",
+            "delivered": "6",
+            "failed": "2",
+            "delivery_rate": "85,7%",
+        },
+        "436": {
+            "targeted": "8",
+            "sent": "4",
+            "delivered": "1",
+            "failed": "2",
+            "delivery_rate": "25,0%",
+        },
+        "": {  # Nghệ An's commune has no district above it
+            "targeted": "2",
+            "sent": "2",
+            "delivered": "2",
+            "failed": "0",
+            "delivery_rate": "100,0%",
+        },
+    }
+    assert "Huyện Đức Thọ" in page.text and "(không thuộc huyện)" in page.text
+    # The chart draws each rate: Hương Sơn's bar is a quarter of the full width.
+    bars = re.findall(r'<rect class="bar" x="(\d+)" y="\d+" width="([\d.]+)"', page.text)
+    assert [round(float(w) / 330, 3) for _, w in bars] == [0.25, 0.857, 1.0]  # by code
+    assert _failure_rows(figures) == {"30003": ("2", "0"), "30007": ("1", "0"), "21610": ("1", "0")}
+    assert "Không liên lạc được máy nhận" in page.text
+    assert "Người nhận đã từ chối nhận tin (STOP)" in page.text
+
+    # One campaign's figures: the second went to Hương Sơn only.
+    second = marked(client.get(f"/?campaign={world.second}").text)
+    assert _area_rows(second) == {
+        "436": {
+            "targeted": "4",
+            "sent": "2",
+            "delivered": "0",
+            "failed": "0",
+            "delivery_rate": "0,0%",
+        }
+    }
+    assert _failure_rows(second) == {}
+    assert "Không có tin nào lỗi." in client.get(f"/?campaign={world.second}").text
+    english = client.get("/?lang=en").text
+    assert "Delivery rate per district" in english and "85.7%" in english
+    assert "Unreachable handset" in english
+
+
+def test_a_district_key_sees_its_own_communes_figures_only(
+    client: TestClient, world: World
+) -> None:
+    assert sign_in(client, world.keys["district:440"]).status_code == 303
+    page = client.get("/")
+    figures = marked(page.text)
+    assert "Tỉ lệ đến máy theo xã" in page.text
+    assert _area_rows(figures) == {
+        "18301": {
+            "targeted": "6",
+            "sent": "5",
+            "delivered": "4",
+            "failed": "1",
+            "delivery_rate": "80,0%",
+        },
+        "18302": {
+            "targeted": "3",
+            "sent": "2",
+            "delivered": "2",
+            "failed": "1",
+            "delivery_rate": "100,0%",
+        },
+    }
+    # Hương Sơn's opt-out (21610) is not Đức Thọ's.
+    assert _failure_rows(figures) == {"30003": ("1", "0"), "30007": ("1", "0")}

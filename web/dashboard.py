@@ -124,7 +124,8 @@ class AreaFigures:
 @dataclass(frozen=True)
 class FailureFigures:
     code: str | None
-    failed: int
+    failed: int  # failed or undelivered
+    set_aside: int  # not sent for this reason: suppressed (no consent), expired, cancelled
 
 
 def _query_stats() -> Any:
@@ -157,7 +158,7 @@ def area_figures(
         timezone=settings.default_timezone,
         prices=settings,
     )
-    return [
+    figures = [
         AreaFigures(
             code=row.key.get(level),
             name=row.key.get(f"{level}_name"),
@@ -170,6 +171,8 @@ def area_figures(
         for row in rows
         if row.targeted
     ]
+    # By code, the areas without one (communes with no district above them) last.
+    return sorted(figures, key=lambda f: (f.code is None, f.code or ""))
 
 
 def failure_figures(
@@ -184,8 +187,16 @@ def failure_figures(
         timezone=settings.default_timezone,
         prices=settings,
     )
-    failures = [FailureFigures(row.key.get("error_code"), row.failed) for row in rows if row.failed]
-    return sorted(failures, key=lambda f: (-f.failed, f.code or ""))
+    failures = []
+    for row in rows:
+        code = row.key.get("error_code")
+        # Without a code, a message set aside was on the suppression list: no failure's reason.
+        set_aside = row.suppressed + row.expired + row.cancelled if code is not None else 0
+        if row.failed or set_aside:
+            failures.append(
+                FailureFigures(None if code is None else str(code), row.failed, set_aside)
+            )
+    return sorted(failures, key=lambda f: (-(f.failed + f.set_aside), f.code or ""))
 
 
 def local_zone(settings: Settings) -> ZoneInfo:

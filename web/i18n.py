@@ -110,7 +110,7 @@ MESSAGES: Final[Mapping[str, tuple[str, str]]] = {
     "col.rate": ("Tỉ lệ đến máy", "Delivery rate"),
     "col.code": ("Mã", "Code"),
     "col.reason": ("Nguyên nhân", "Reason"),
-    "col.count": ("Số tin", "Messages"),
+    "col.set_aside": ("Không gửi", "Not sent"),
     # The playlist.
     "playlist.title": ("Danh sách phát hôm nay", "Today's playlist"),
     "playlist.of": ("{area} ({code}), ngày {date}", "{area} ({code}), {date}"),
