@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import logging
 import signal
 import sys
 import threading
@@ -26,6 +25,8 @@ from loa.apikeys import Role
 from loa.clock import system_clock
 from loa.db import check_database, make_engine, redacted, session_scope
 from loa.errors import LoaError
+from loa.logs import configure_logging
+from loa.paging import DEFAULT_PAGE, MAX_PAGE
 from loa.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,14 +81,24 @@ def _print_table(rows: list[list[str]], *, right_from: int | None = None) -> Non
         click.echo("  ".join(cells).rstrip())
 
 
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Both log every routine step at INFO (each scheduler tick, each migration context).
-    for noisy in ("apscheduler", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+# Every list that can be long is read a keyset page at a time (loa/paging.py), as over the API.
+_limit_option = click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_PAGE),
+    default=DEFAULT_PAGE,
+    show_default=True,
+    help="Rows per page.",
+)
+_after_option = click.option(
+    "--after", default=None, metavar="CURSOR", help="Start after this page (printed under it)."
+)
+
+
+def _echo_page_end(shown: int, next_after: str | None) -> None:
+    if next_after is None:
+        click.echo(f"{shown} shown; that is the end of the list")
+    else:
+        click.echo(f"{shown} shown; more with: --after {next_after}")
 
 
 @click.group(cls=LoaGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -141,7 +152,7 @@ def serve(host: str | None, port: int | None, no_worker: bool, no_scheduler: boo
         from channels.registry import check_channel
 
         check_channel("sms", settings)  # a worker that could not send refuses to start
-    _setup_logging(settings)
+    configure_logging(settings)
     engine = _open_database(settings)
     app = create_app(settings, engine, with_worker=not no_worker, with_scheduler=not no_scheduler)
     uvicorn.run(
@@ -149,6 +160,9 @@ def serve(host: str | None, port: int | None, no_worker: bool, no_scheduler: boo
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        # uvicorn's own records (start-up, access log) go through the handler configured
+        # above, so that with LOA_LOG_FORMAT=json every line is JSON.
+        log_config=None,
     )
 
 
@@ -162,17 +176,39 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None]) ->
 
 
 @main.command()
-def worker() -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve this worker's own Prometheus metrics (its send attempts and errors) on this "
+    "port of LOA_HOST (default: LOA_WORKER_METRICS_PORT; none when unset). LOA_METRICS_TOKEN "
+    "applies.",
+)
+def worker(metrics_port: int | None) -> None:
     """Run a dispatch worker: claim due messages and send them. Run as many as you like."""
     from channels.registry import channel_lookup, check_channel
+    from loa.metrics import serve_process_metrics
     from scheduler.service import DispatchWorker
 
     settings = _settings()
     check_channel("sms", settings)  # a worker that could not send refuses to start
-    _setup_logging(settings)
+    configure_logging(settings)
     engine = _open_database(settings)
     dispatcher = DispatchWorker(engine, settings, system_clock, channel_lookup(settings))
-    _run_until_signalled(dispatcher.start, dispatcher.stop)
+    port = metrics_port if metrics_port is not None else settings.worker_metrics_port
+    if not port:
+        _run_until_signalled(dispatcher.start, dispatcher.stop)
+        return
+    bound, stop_metrics = serve_process_metrics(
+        settings.host, port, settings.metrics_token.get_secret_value()
+    )
+    click.echo(f"worker metrics at http://{settings.host}:{bound}/metrics", err=True)
+
+    def stop() -> None:
+        dispatcher.stop()
+        stop_metrics()
+
+    _run_until_signalled(dispatcher.start, stop)
 
 
 @main.command("scheduler")
@@ -181,7 +217,7 @@ def scheduler_command() -> None:
     from scheduler.service import SchedulerService
 
     settings = _settings()
-    _setup_logging(settings)
+    configure_logging(settings)
     engine = _open_database(settings)
     service = SchedulerService(engine, settings, system_clock)
     _run_until_signalled(service.start, service.shutdown)
@@ -408,20 +444,20 @@ def suppression_remove(phone: str, opt_out_withdrawn: bool, note: str | None) ->
 
 @suppression.command("list")
 @click.option("--reason", default=None, help="Only this reason.")
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--offset", type=int, default=0, show_default=True)
-def suppression_list(reason: str | None, limit: int, offset: int) -> None:
-    """The suppression list, newest first."""
+@_limit_option
+@_after_option
+def suppression_list(reason: str | None, limit: int, after: str | None) -> None:
+    """The suppression list, newest first, a page at a time."""
     from audience.suppression import list_suppressions
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
-        total, rows = list_suppressions(session, reason=reason, offset=offset, limit=limit)
+        rows, next_after = list_suppressions(session, reason=reason, after=after, limit=limit)
     table = [["phone", "reason", "since (UTC)", "note"]]
     table += [[r.phone, r.reason, f"{r.created_at:%Y-%m-%d %H:%M}", r.note or ""] for r in rows]
     if rows:
         _print_table(table)
-    click.echo(f"{len(rows)} of {total} shown")
+    _echo_page_end(len(rows), next_after)
 
 
 @suppression.command("import")
@@ -464,8 +500,9 @@ def suppression_import(file: Path, reason: str, report: Path | None, dry_run: bo
 @click.argument("text")
 def suppression_inbound(from_phone: str, text: str) -> None:
     """Record an SMS received elsewhere: if TEXT is an opt-out keyword (LOA_OPT_OUT_KEYWORDS),
-    the sender is suppressed and any consent to advertising withdrawn."""
-    from audience.optout import InboundKind
+    the sender is suppressed and any consent to advertising withdrawn; if it is an opt-in
+    keyword (LOA_OPT_IN_KEYWORDS), the sender's consent is recorded."""
+    from audience.keywords import InboundKind
     from audience.suppression import apply_inbound
 
     settings = _settings()
@@ -477,11 +514,16 @@ def suppression_inbound(from_phone: str, text: str) -> None:
             text,
             now=system_clock(),
             keywords=settings.opt_out_keywords,
+            opt_in_keywords=settings.opt_in_keywords,
             actor=_actor(),
         )
     if result.kind == InboundKind.OPT_OUT:
         withdrawn = "; consent to advertising withdrawn" if result.consent_withdrawn else ""
         click.echo(f"{result.phone} opted out ({result.keyword}): suppressed{withdrawn}")
+    elif result.kind == InboundKind.OPT_IN:
+        lifted = "; their earlier opt-out is lifted" if result.opt_out_lifted else ""
+        still = "; still on the suppression list for another reason" if result.suppressed else ""
+        click.echo(f"{result.phone} agreed ({result.keyword}): consent recorded{lifted}{still}")
     elif result.kind == InboundKind.MENTIONS_KEYWORD:
         click.echo(
             f"not an opt-out: the text mentions {result.keyword} inside a longer message; "
@@ -489,7 +531,7 @@ def suppression_inbound(from_phone: str, text: str) -> None:
             "--reason opt_out"
         )
     else:
-        click.echo("not an opt-out: nothing recorded")
+        click.echo("not a keyword: nothing recorded")
 
 
 @main.group()
@@ -531,20 +573,20 @@ def consent_remove(phone: str) -> None:
 
 
 @consent.command("list")
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--offset", type=int, default=0, show_default=True)
-def consent_list(limit: int, offset: int) -> None:
-    """Recorded consents, newest first."""
+@_limit_option
+@_after_option
+def consent_list(limit: int, after: str | None) -> None:
+    """Recorded consents, newest first, a page at a time."""
     from audience.consent import list_consents
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
-        total, rows = list_consents(session, offset=offset, limit=limit)
+        rows, next_after = list_consents(session, after=after, limit=limit)
     table = [["phone", "source", "given (UTC)", "note"]]
     table += [[r.phone, r.source, f"{r.given_at:%Y-%m-%d %H:%M}", r.note or ""] for r in rows]
     if rows:
         _print_table(table)
-    click.echo(f"{len(rows)} of {total} shown")
+    _echo_page_end(len(rows), next_after)
 
 
 @consent.command("import")
@@ -646,17 +688,17 @@ def audio_add(
 
 
 @audio.command("list")
-@click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--offset", type=int, default=0, show_default=True)
-def audio_list(limit: int, offset: int) -> None:
-    """Stored audio, newest first."""
+@_limit_option
+@_after_option
+def audio_list(limit: int, after: str | None) -> None:
+    """Stored audio, newest first, a page at a time."""
     from audio.store import list_assets
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
-        assets = list_assets(session, limit=limit, offset=offset)
+        assets, next_after = list_assets(session, after=after, limit=limit)
     if not assets:
-        click.echo("no audio stored")
+        click.echo("no audio stored" if after is None else "no more audio")
         return
     rows = [["sha256", "name", "seconds", "LUFS", "dBTP", "bytes"]]
     rows += [
@@ -671,6 +713,7 @@ def audio_list(limit: int, offset: int) -> None:
         for a in assets
     ]
     _print_table(rows, right_from=2)
+    _echo_page_end(len(assets), next_after)
 
 
 @audio.command("show")
@@ -904,6 +947,30 @@ def campaign_create(spec_file: Path) -> None:
     click.echo(
         f"created campaign {created.id} ({created.name!r}) as draft with {len(spec.waves)} wave(s)"
     )
+
+
+@campaign.command("edit")
+@click.argument("campaign_id", type=int)
+@click.argument("spec_file", type=click.Path(path_type=Path, dir_okay=False))
+def campaign_edit(campaign_id: int, spec_file: Path) -> None:
+    """Replace a draft campaign's spec (name, waves, templates) with a YAML spec, checked whole."""
+    from scheduler.lifecycle import edit_campaign
+    from scheduler.spec import load_spec
+
+    settings = _settings()
+    spec = load_spec(spec_file)
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        edited = edit_campaign(
+            session,
+            campaign_id,
+            spec=spec,
+            actor=_actor(),
+            now=system_clock(),
+            settings=settings,
+            source=str(spec_file),
+        )
+    click.echo(f"campaign {edited.id} ({edited.name!r}) now has {len(spec.waves)} wave(s)")
 
 
 @campaign.command("approve")
@@ -1146,14 +1213,16 @@ def apikey_create(role: str, area: str | None, name: str | None, expires_days: i
 
 
 @apikey.command("list")
-def apikey_list() -> None:
-    """Every API key with its role, area and dates (never the secret)."""
+@_limit_option
+@_after_option
+def apikey_list(limit: int, after: str | None) -> None:
+    """API keys with their role, area and dates (never the secret), a page at a time."""
     from loa.apikeys import list_keys
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
-        keys = list_keys(session)
-    if not keys:
+        keys, next_after = list_keys(session, after=after, limit=limit)
+    if not keys and after is None:
         click.echo("no API keys yet; create one with: loa apikey create --role ROLE")
         return
 
@@ -1174,8 +1243,10 @@ def apikey_list() -> None:
                 when(key.last_used_at),
             ]
         )
-    _print_table(rows)
-    click.echo("(times in UTC)")
+    if keys:
+        _print_table(rows)
+        click.echo("(times in UTC)")
+    _echo_page_end(len(keys), next_after)
 
 
 @apikey.command("revoke")
@@ -1194,10 +1265,83 @@ def apikey_revoke(prefix: str) -> None:
 
 
 @main.command()
-@click.argument("campaign_id", type=int)
+@click.argument("campaign_id", type=int, required=False)
+@click.option(
+    "--group-by",
+    default=None,
+    help="Comma-separated: campaign, wave, channel, province, district, commune, day, carrier, "
+    "error_code, adapter. Without it (and with a CAMPAIGN_ID): the campaign's waves by status.",
+)
+@click.option("--campaign", "campaign_filter", type=int, default=None, help="Only this campaign.")
+@click.option("--wave", "wave_id", type=int, default=None, help="Only this wave (and occurrences).")
+@click.option("--channel", default=None)
+@click.option("--area", default=None, help="A province, district or commune code.")
+@click.option("--from", "day_from", callback=_iso_date, help="First local day, YYYY-MM-DD.")
+@click.option("--to", "day_to", callback=_iso_date, help="Last local day (included).")
+@click.option(
+    "--timezone", default=None, help="Days are local to it (default: LOA_DEFAULT_TIMEZONE)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def stats(campaign_id: int, as_json: bool) -> None:
-    """Messages of a campaign by status, per wave."""
+def stats(
+    campaign_id: int | None,
+    group_by: str | None,
+    campaign_filter: int | None,
+    wave_id: int | None,
+    channel: str | None,
+    area: str | None,
+    day_from: date | None,
+    day_to: date | None,
+    timezone: str | None,
+    as_json: bool,
+) -> None:
+    """Delivery statistics: `loa stats 3` shows campaign 3's waves by status; with --group-by
+    (or no campaign) the same figures as GET /api/v1/stats, grouped and filtered as asked."""
+    if campaign_id is not None and group_by is None:
+        _campaign_stats(campaign_id, as_json)
+        return
+    from stats.rollup import MEASURES, key_columns, query_stats
+
+    settings = _settings()
+    groups = [g.strip() for g in (group_by or "").split(",") if g.strip()]
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        rows = query_stats(
+            session,
+            group_by=groups,
+            campaign_id=campaign_filter if campaign_filter is not None else campaign_id,
+            wave_id=wave_id,
+            channel=channel,
+            area_code=area,
+            day_from=day_from,
+            day_to=day_to,
+            timezone=timezone or settings.default_timezone,
+            prices=settings,
+        )
+    if as_json:
+        click.echo(json.dumps([row.model_dump() for row in rows], ensure_ascii=False, indent=2))
+        return
+    columns = key_columns(groups)
+    table = [[*columns, *(m.replace("delivery_rate", "rate") for m in MEASURES)]]
+    for row in rows:
+        table.append(
+            [_cell(row.key.get(c)) for c in columns] + [_cell(getattr(row, m)) for m in MEASURES]
+        )
+    if not rows:
+        click.echo("no messages or plays match")
+        return
+    _print_table(table, right_from=len(columns))
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".") if value < 1 else f"{value:,.2f}"
+    return str(value)
+
+
+def _campaign_stats(campaign_id: int, as_json: bool) -> None:
+    """One campaign's messages by status, per wave of its spec."""
     from stats.campaign import campaign_stats
 
     engine = _open_database(_settings())
@@ -1413,14 +1557,17 @@ def segments_update(
 
 
 @segments.command("list")
-def segments_list() -> None:
-    """Every saved segment with its description and filter."""
+@_limit_option
+@_after_option
+def segments_list(limit: int, after: str | None) -> None:
+    """Saved segments by name, with their description and filter, a page at a time."""
     from audience.segments import list_segments
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
         rows = [["name", "description", "updated (UTC)", "filter"]]
-        for segment in list_segments(session):
+        page, next_after = list_segments(session, after=after, limit=limit)
+        for segment in page:
             rows.append(
                 [
                     segment.name,
@@ -1429,10 +1576,12 @@ def segments_list() -> None:
                     json.dumps(segment.filter, ensure_ascii=False),
                 ]
             )
-    if len(rows) == 1:
+    if len(rows) == 1 and after is None:
         click.echo("no segments yet; create one with: loa segments create NAME --filter FILE.json")
         return
-    _print_table(rows)
+    if len(rows) > 1:
+        _print_table(rows)
+    _echo_page_end(len(page), next_after)
 
 
 @segments.command("show")

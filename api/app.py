@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.metrics import RequestMetrics, metrics_registry
 from api.routes import (
+    apikeys,
     audio,
+    audit,
     campaigns,
     consents,
     deliveries,
     districts,
     gateway_webhooks,
     health,
+    metrics,
     recipients,
     segments,
+    stats,
     suppressions,
     waves,
     webhooks,
@@ -32,7 +39,10 @@ from channels.gateway_config import load_gateways
 from channels.registry import channel_lookup
 from loa.clock import Clock, system_clock
 from loa.errors import InvalidInput, LoaError, NotAuthenticated
+from loa.models import WorkerKind
 from loa.settings import Settings
+from scheduler.dispatch import new_worker_id
+from scheduler.heartbeat import Heartbeat
 from scheduler.service import DispatchWorker, SchedulerService
 from web import pages
 
@@ -96,13 +106,32 @@ def create_app(
             scheduler.start()
         if worker:
             worker.start()
+        # The API process is seen too: a node behind the load balancer that stops answering
+        # drops out of /health's list on every other node.
+        heartbeat = Heartbeat(
+            engine,
+            worker_id=new_worker_id(),
+            kind=WorkerKind.SERVE,
+            clock=clock,
+            every_seconds=settings.heartbeat_seconds,
+            forget_after_days=settings.heartbeat_forget_days,
+        )
+
+        async def beat() -> None:
+            while True:
+                await run_in_threadpool(heartbeat.beat)
+                await asyncio.sleep(settings.heartbeat_seconds)
+
+        beating = asyncio.create_task(beat())
         try:
             yield
         finally:
+            beating.cancel()
             if worker:
                 worker.stop()
             if scheduler:
                 scheduler.shutdown()
+            await run_in_threadpool(heartbeat.stop)
 
     app = FastAPI(title="Loa", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -132,7 +161,11 @@ def create_app(
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
         return _error(exc.status_code, code, str(exc.detail), None, exc.headers)
 
+    # What /metrics serves: this process's counters and the cluster's figures from the database.
+    app.state.metrics = metrics_registry(engine=engine, clock=clock, settings=settings)
+    app.add_middleware(RequestMetrics)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(campaigns.router)
     app.include_router(segments.router)
     app.include_router(suppressions.router)
@@ -144,5 +177,8 @@ def create_app(
     app.include_router(deliveries.router)
     app.include_router(gateway_webhooks.router)
     app.include_router(districts.router)
+    app.include_router(audit.router)
+    app.include_router(apikeys.router)
+    app.include_router(stats.router)
     pages.mount(app)  # the operator page at /, with /login, /logout and /static
     return app

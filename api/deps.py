@@ -18,17 +18,20 @@ from loa.errors import Forbidden, NotAuthenticated
 from loa.settings import Settings
 
 
-def get_engine(request: Request) -> Engine:
+# The three below only read the app's state: `async` so that FastAPI calls them in the event
+# loop. A plain `def` dependency is run in the thread pool, a hand-off to a thread and back per
+# dependency and request, which showed in the profile of the playlist pulls.
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_clock(request: Request) -> Clock:
+async def get_clock(request: Request) -> Clock:
     clock: Clock = request.app.state.clock
     return clock
 

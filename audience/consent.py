@@ -5,14 +5,15 @@ without one it is written as suppressed with error code `no_consent` when the wa
 suppressed the same way when a worker claims it if the consent was withdrawn meanwhile.
 
 Consent is withdrawn by deleting its row (`remove_consent`), and also when the person sends an
-opt-out keyword (audience/suppression.py apply_inbound). A suppression always wins over a consent:
-recording a consent never takes a number off the suppression list.
+opt-out keyword (audience/suppression.py apply_inbound). A suppression wins over a consent:
+recording one by hand or by import never takes a number off the suppression list. The one
+exception is the person's own opt-in keyword by SMS (LOA_OPT_IN_KEYWORDS, e.g. DKQC), which lifts
+the opt-out that the same number sent earlier, and nothing else.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from enum import StrEnum
@@ -39,6 +40,7 @@ from loa import audit
 from loa.db import upsert_insert
 from loa.errors import InvalidInput, NotFound
 from loa.models import Consent, Suppression
+from loa.paging import DEFAULT_PAGE, Key, keyset_page
 
 CONSENT: Final = SQLModel.metadata.tables[Consent.__tablename__]
 GIVEN_AT_HEADERS: Final = frozenset(
@@ -129,18 +131,18 @@ def remove_consent(session: Session, phone: str, *, actor: str, now: datetime) -
     return row
 
 
+# Newest first: an index on (given_at, phone) scanned backwards (migration 0014).
+CONSENT_ORDER: Final = (
+    Key(col(Consent.given_at), descending=True),
+    Key(col(Consent.phone), descending=True),
+)
+
+
 def list_consents(
-    session: Session, *, offset: int = 0, limit: int = 100
-) -> tuple[int, Sequence[Consent]]:
-    """The total and one page of consents, newest first."""
-    total = session.scalar(select(func.count()).select_from(Consent)) or 0
-    rows = session.scalars(
-        select(Consent)
-        .order_by(col(Consent.given_at).desc(), col(Consent.phone))
-        .offset(offset)
-        .limit(limit)
-    ).all()
-    return total, rows
+    session: Session, *, after: str | None = None, limit: int = DEFAULT_PAGE
+) -> tuple[list[Consent], str | None]:
+    """One keyset page of consents, newest first, and the cursor of the next page."""
+    return keyset_page(session, select(Consent), CONSENT_ORDER, after=after, limit=limit)
 
 
 def import_consents(

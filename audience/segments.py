@@ -75,6 +75,7 @@ from loa.models import (
     Wave,
     WaveStatus,
 )
+from loa.paging import DEFAULT_PAGE, Key, keyset_page
 
 Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
 OPERATORS = ("equals", "in", "exists", "before", "after", "within_next_days", "within_last_days")
@@ -379,8 +380,11 @@ def get_segment(session: Session, name: str) -> Segment:
     return segment
 
 
-def list_segments(session: Session) -> Sequence[Segment]:
-    return session.scalars(select(Segment).order_by(col(Segment.name))).all()
+def list_segments(
+    session: Session, *, after: str | None = None, limit: int = DEFAULT_PAGE
+) -> tuple[list[Segment], str | None]:
+    """One keyset page of saved segments by name (unique), and the cursor of the next page."""
+    return keyset_page(session, select(Segment), [Key(col(Segment.name))], after=after, limit=limit)
 
 
 def create_segment(

@@ -8,13 +8,14 @@ Rules that keep an opted-out person out:
   entry. Imports (of recipients, of suppression lists, of consents) only ever add or update.
 - An `opt_out` is the person's own refusal. It is never replaced by another reason (an import or
   an `add` that says "manual" for that number leaves it as it is), and removing it needs the
-  explicit `opt_out_withdrawn` flag: the person asked to receive messages again. Other reasons
-  (do_not_contact, invalid, manual) are removed without it.
+  explicit `opt_out_withdrawn` flag: the person asked to receive messages again (an opt-in
+  keyword sent by SMS from that number says so itself). Other reasons (do_not_contact, invalid,
+  manual) are removed without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -24,8 +25,9 @@ from typing import Any, Final
 from sqlalchemy import delete, func, select
 from sqlmodel import Session, SQLModel, col
 
+from audience.consent import ConsentSource, add_consent
 from audience.csvfile import header_key
-from audience.optout import InboundKind, classify_inbound, parse_keywords
+from audience.keywords import Classified, InboundKind, classify_inbound, parse_keywords
 from audience.phonelist import (
     NOTE_HEADERS,
     NOTE_MAX,
@@ -42,6 +44,7 @@ from loa import audit
 from loa.db import upsert_insert
 from loa.errors import Conflict, InvalidInput, NotFound
 from loa.models import Consent, OutboxMessage, Recipient, Suppression
+from loa.paging import DEFAULT_PAGE, Key, keyset_page
 
 SUPPRESSION: Final = SQLModel.metadata.tables[Suppression.__tablename__]
 REASON_HEADERS: Final = frozenset({"reason", "ly_do"})
@@ -68,8 +71,12 @@ class InboundResult:
     phone: str  # the sender, E.164
     kind: InboundKind
     keyword: str | None
-    suppressed: bool  # this message put (or kept) the number on the list as opt_out
+    # The number is on the list after this message: as opt_out after an opt-out; for another
+    # reason after an opt-in (which lifts only an opt-out).
+    suppressed: bool
     consent_withdrawn: bool  # a recorded consent to advertising was deleted
+    consented: bool = False  # an opt-in: consent to advertising recorded
+    opt_out_lifted: bool = False  # an opt-in lifted the number's earlier opt-out
 
 
 def parse_reason(value: str) -> SuppressionReason:
@@ -163,24 +170,27 @@ def remove_suppression(
     return row
 
 
+# Newest first: an index on (created_at, phone) scanned backwards (migration 0014).
+SUPPRESSION_ORDER: Final = (
+    Key(col(Suppression.created_at), descending=True),
+    Key(col(Suppression.phone), descending=True),
+)
+
+
 def list_suppressions(
     session: Session,
     *,
     reason: str | None = None,
-    offset: int = 0,
-    limit: int = 100,
-) -> tuple[int, Sequence[Suppression]]:
-    """The total and one page of the list, newest first (optionally of one reason)."""
-    where = [col(Suppression.reason) == parse_reason(reason)] if reason else []
-    total = session.scalar(select(func.count()).select_from(Suppression).where(*where)) or 0
-    rows = session.scalars(
-        select(Suppression)
-        .where(*where)
-        .order_by(col(Suppression.created_at).desc(), col(Suppression.phone))
-        .offset(offset)
-        .limit(limit)
-    ).all()
-    return total, rows
+    after: str | None = None,
+    limit: int = DEFAULT_PAGE,
+) -> tuple[list[Suppression], str | None]:
+    """One keyset page of the list, newest first (optionally of one reason), and the cursor of
+    the next page. No total: counting a do-not-contact list of millions on every page would cost
+    more than the page."""
+    statement = select(Suppression)
+    if reason:
+        statement = statement.where(col(Suppression.reason) == parse_reason(reason))
+    return keyset_page(session, statement, SUPPRESSION_ORDER, after=after, limit=limit)
 
 
 def import_suppressions(
@@ -278,20 +288,45 @@ def apply_inbound(
     *,
     now: datetime,
     keywords: str,
+    opt_in_keywords: str,
     actor: str,
 ) -> InboundResult:
-    """Act on an SMS received from `from_phone`: when its body is an opt-out keyword, the number
-    is suppressed (reason opt_out) and any consent to advertising it gave is withdrawn, with an
-    audit entry that does not depend on any message having been sent to it. A body that only
-    mentions a keyword changes nothing (see audience/optout.py). `keywords` is the setting
-    LOA_OPT_OUT_KEYWORDS."""
+    """Act on an SMS received from `from_phone` (`keywords` and `opt_in_keywords` are the settings
+    LOA_OPT_OUT_KEYWORDS and LOA_OPT_IN_KEYWORDS; see audience/keywords.py for the matching rule).
+
+    - An opt-out keyword suppresses the number (reason opt_out) and withdraws any consent to
+      advertising it gave, with an audit entry that does not depend on any message having been
+      sent to it.
+    - An opt-in keyword records the number's consent (source `keyword`) and lifts an opt-out the
+      same number sent earlier: both are the person's own word, by SMS from that number, and the
+      later one stands (as STOP and START do with carriers). Any other reason it is suppressed for
+      (the do-not-contact list, invalid, manual) stays: those were not the person's choice to
+      take back.
+    - Anything else, including a body that only mentions a keyword, changes nothing.
+    """
     e164 = normalize_phone(from_phone).e164
-    classified = classify_inbound(body, parse_keywords(keywords))
-    if classified.kind != InboundKind.OPT_OUT:
-        return InboundResult(e164, classified.kind, classified.keyword, False, False)
+    classified = classify_inbound(
+        body, parse_keywords(keywords), parse_keywords(opt_in_keywords, "opt_in_keywords")
+    )
+    if classified.kind == InboundKind.OPT_OUT:
+        consent_withdrawn = _opt_out(session, e164, body, classified, actor=actor, now=now)
+        return InboundResult(e164, classified.kind, classified.keyword, True, consent_withdrawn)
+    if classified.kind == InboundKind.OPT_IN:
+        return _opt_in(session, e164, body, classified, actor=actor, now=now)
+    return InboundResult(e164, classified.kind, classified.keyword, False, False)
+
+
+def _sms_note(body: str) -> str:
+    return f"SMS {body.strip()[: NOTE_MAX - 6]!r}"[:NOTE_MAX]
+
+
+def _opt_out(
+    session: Session, e164: str, body: str, classified: Classified, *, actor: str, now: datetime
+) -> bool:
+    """Suppress as opt_out and withdraw consent; True when a consent was withdrawn."""
     row = session.get(Suppression, e164)
     before = _as_dict(row) if row is not None else None
-    note = f"SMS {body.strip()[: NOTE_MAX - 6]!r}"[:NOTE_MAX]
+    note = _sms_note(body)
     if row is None:
         row = Suppression(phone=e164, reason=SuppressionReason.OPT_OUT, note=note, created_at=now)
         session.add(row)
@@ -320,7 +355,30 @@ def apply_inbound(
             "consent_withdrawn": withdrawn,
         },
     )
-    return InboundResult(e164, classified.kind, classified.keyword, True, consent is not None)
+    return consent is not None
+
+
+def _opt_in(
+    session: Session, e164: str, body: str, classified: Classified, *, actor: str, now: datetime
+) -> InboundResult:
+    add_consent(
+        session, e164, actor=actor, now=now, note=_sms_note(body), source=ConsentSource.KEYWORD
+    )
+    row = session.get(Suppression, e164)
+    lifted = row is not None and row.reason == SuppressionReason.OPT_OUT
+    if lifted:
+        remove_suppression(
+            session, e164, actor=actor, now=now, opt_out_withdrawn=True, note=_sms_note(body)
+        )
+    return InboundResult(
+        e164,
+        classified.kind,
+        classified.keyword,
+        suppressed=row is not None and not lifted,
+        consent_withdrawn=False,
+        consented=True,
+        opt_out_lifted=lifted,
+    )
 
 
 def suppress_reported(

@@ -17,11 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from loa.errors import InvalidInput, NotFound
 from loa.models import AudioAsset
+from loa.paging import DEFAULT_PAGE, Key, keyset_page
 
 SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
 _SHA256 = re.compile(SHA256_PATTERN)
@@ -90,11 +92,23 @@ def get_asset(session: Session, sha256: str) -> AudioAsset:
     return asset
 
 
-def list_assets(session: Session, *, limit: int, offset: int) -> list[AudioAsset]:
-    statement = (
-        select(AudioAsset)
-        .order_by(col(AudioAsset.created_at).desc(), col(AudioAsset.sha256))
-        .limit(limit)
-        .offset(offset)
-    )
-    return list(session.exec(statement))
+# Newest first. A small table (one row per distinct recording), so the order needs no index.
+AUDIO_ORDER: Final = (
+    Key(col(AudioAsset.created_at), descending=True),
+    Key(col(AudioAsset.sha256), descending=True),
+)
+
+
+def list_assets(
+    session: Session,
+    *,
+    after: str | None = None,
+    limit: int = DEFAULT_PAGE,
+    only: Select[str] | None = None,
+) -> tuple[list[AudioAsset], str | None]:
+    """One keyset page of stored audio, newest first (of the sha256s `only` selects, if given),
+    and the cursor of the next page."""
+    statement = select(AudioAsset)
+    if only is not None:
+        statement = statement.where(col(AudioAsset.sha256).in_(only))
+    return keyset_page(session, statement, AUDIO_ORDER, after=after, limit=limit)

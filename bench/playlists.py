@@ -6,11 +6,16 @@ campaigns of loudspeaker waves (a province-wide recurring one at 06:00 and 17:30
 at 06:00, and per-district emergency bulletins for a tenth of the districts), launched as the
 office would. Every district's playlist for the day therefore has items, some overflow and,
 for some, an emergency at the head. Each pull uses that district's own key (the access check
-is part of what is measured). The clients are httpx async clients in this process; the server
-is one uvicorn process, as `loa serve --no-worker --no-scheduler`.
+is part of what is measured). The server is one uvicorn process, as
+`loa serve --no-worker --no-scheduler`. The load comes from `--client`:
+- `httpx`: async clients in this Python process, `--requests` pulls in all;
+- `wrk` (Debian's package `wrk`; bench/playlists.lua picks each pull's district and key): a C
+  load generator that takes a fraction of the CPU the Python clients do, for `--seconds`. On a
+  machine with two cores the load generator shares them with the server either way.
 
     python -m bench.playlists [--url postgresql+psycopg://postgres@127.0.0.1:5432/loa_bench]
         [--districts 700] [--communes 15] [--concurrency 16] [--requests 7000]
+        [--client httpx|wrk] [--seconds 30] [--reuse KEYS_FILE]
 
 Without --url, a SQLite file in a temporary directory (the embedded default).
 """
@@ -22,6 +27,7 @@ import asyncio
 import hashlib
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -186,6 +192,41 @@ async def pull(base: str, keys: dict[str, str], requests: int, concurrency: int)
     return latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): the server's cost per pull,
+    which, unlike latency, another load on the machine hardly changes."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    base: str, keys: dict[str, str], tmp: Path, concurrency: int, seconds: int, server_pid: int
+) -> str:
+    """Pull for `seconds` with wrk (one thread, `concurrency` connections); the summary line."""
+    keys_file = tmp / "keys.txt"
+    keys_file.write_text("".join(f"{code} {key}\n" for code, key in keys.items()))
+    script = Path(__file__).with_name("playlists.lua")
+    cpu_before = cpu_seconds(server_pid)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(script), base],
+        env={**os.environ, "LOA_BENCH_KEYS": str(keys_file), "LOA_BENCH_DATE": DAY},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu = cpu_seconds(server_pid) - cpu_before
+    line = next(row for row in out.splitlines() if row.startswith("LOA "))
+    figures = dict(part.split("=") for part in line.split()[1:])
+    ms = {k: int(figures[k]) / 1000 for k in ("p50", "p90", "p99", "max")}
+    return (
+        f"{figures['requests']} pulls in {seconds} s, {concurrency} connections (wrk): "
+        f"{int(figures['requests']) / seconds:.0f}/s, p50 {ms['p50']:.1f} ms, "
+        f"p90 {ms['p90']:.1f} ms, p99 {ms['p99']:.1f} ms, max {ms['max']:.1f} ms, "
+        f"errors {figures['errors']}; server CPU {cpu * 1000 / int(figures['requests']):.2f} ms "
+        f"a pull; load average {os.getloadavg()[0]:.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="")
@@ -193,20 +234,38 @@ def main() -> None:
     parser.add_argument("--communes", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--requests", type=int, default=7000)
+    parser.add_argument("--client", choices=["httpx", "wrk"], default="httpx")
+    parser.add_argument("--seconds", type=int, default=30, help="how long wrk pulls")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="PostgreSQL only: a file of the district keys; when it exists, the database is "
+        "reused as a run that wrote it left it (for A/B runs); else it is written",
+    )
     args = parser.parse_args()
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    reuse = args.reuse is not None and args.reuse.exists() and args.url.startswith("postgresql")
     with tempfile.TemporaryDirectory() as tmp:
         url = args.url or f"sqlite:///{Path(tmp) / 'bench.db'}"
-        if url.startswith("postgresql"):
-            recreate_database(url)
         env = worker_env(url, tmp, LOA_LOG_LEVEL="WARNING")
-        subprocess.run([LOA, "db", "upgrade"], env=env, check=True, capture_output=True)
-        settings = Settings(database_url=url, data_dir=Path(tmp))
-        started = time.perf_counter()
-        keys = build(settings, args.districts, args.communes)
-        print(
-            f"data: {args.districts} districts x {args.communes} communes, "
-            f"built and launched in {time.perf_counter() - started:.1f} s"
-        )
+        if reuse:
+            assert args.reuse is not None
+            keys = dict(line.split() for line in args.reuse.read_text().splitlines())
+            print(f"data: reused, {len(keys)} district keys from {args.reuse}")
+        else:
+            if url.startswith("postgresql"):
+                recreate_database(url)
+            subprocess.run([LOA, "db", "upgrade"], env=env, check=True, capture_output=True)
+            settings = Settings(database_url=url, data_dir=Path(tmp))
+            started = time.perf_counter()
+            keys = build(settings, args.districts, args.communes)
+            print(
+                f"data: {args.districts} districts x {args.communes} communes, "
+                f"built and launched in {time.perf_counter() - started:.1f} s"
+            )
+            if args.reuse is not None:
+                args.reuse.write_text("".join(f"{code} {key}\n" for code, key in keys.items()))
         port = _free_port()
         server = subprocess.Popen(
             [LOA, "serve", "--no-worker", "--no-scheduler", "--port", str(port)],
@@ -224,6 +283,9 @@ def main() -> None:
                     time.sleep(0.1)
             # Warm-up: every district once (connection pools, the statement cache).
             asyncio.run(pull(base, keys, args.districts, args.concurrency))
+            if args.client == "wrk":
+                print(run_wrk(base, keys, Path(tmp), args.concurrency, args.seconds, server.pid))
+                return
             started = time.perf_counter()
             latencies = asyncio.run(pull(base, keys, args.requests, args.concurrency))
             wall = time.perf_counter() - started

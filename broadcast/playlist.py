@@ -25,7 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlmodel import Session, col
 
 from broadcast.items import communes_under
@@ -240,15 +240,20 @@ def _why_overflow(slot: str, airtime_ms: int, minutes: int) -> str:
     )
 
 
-def audio_in_area(session: Session, sha256: str, area_path: str) -> bool:
-    """Whether the audio is in some playlist of a commune under the area (any day): what a
-    district key may download. One indexed lookup through the item's communes."""
-    found = session.scalar(
-        select(col(BroadcastTarget.item_id))
-        .join(BroadcastItem, col(BroadcastItem.id) == col(BroadcastTarget.item_id))
+def audio_of_area(area_path: str) -> Select[str]:
+    """The audio (sha256s) in some playlist of a commune under the area, any day: what a
+    district key may read. Through the item's communes, by index."""
+    return (
+        select(col(BroadcastItem.audio_sha256))
+        .join(BroadcastTarget, col(BroadcastTarget.item_id) == col(BroadcastItem.id))
         .join(Area, col(Area.code) == col(BroadcastTarget.commune_code))
-        .where(col(BroadcastItem.audio_sha256) == sha256, communes_under([area_path]))
-        .limit(1)
+        .where(communes_under([area_path]))
+    )
+
+
+def audio_in_area(session: Session, sha256: str, area_path: str) -> bool:
+    found = session.scalar(
+        audio_of_area(area_path).where(col(BroadcastItem.audio_sha256) == sha256).limit(1)
     )
     return found is not None
 

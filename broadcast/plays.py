@@ -18,13 +18,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import Engine, String, and_, cast, func, literal, or_, select, tuple_
+from sqlalchemy import Engine, String, cast, func, literal, select, tuple_
 from sqlmodel import Session, col
 
 from broadcast.items import communes_under
+from loa import audit
 from loa.db import session_scope, upsert_insert
 from loa.errors import InvalidInput
 from loa.models import Area, BroadcastItem, BroadcastPlay, BroadcastTarget, DeliveryEvent
+from loa.paging import DEFAULT_PAGE, MAX_PAGE, Key, keyset_page
 
 PLAY = BroadcastPlay.__table__  # type: ignore[attr-defined]
 EVENT = DeliveryEvent.__table__  # type: ignore[attr-defined]
@@ -164,6 +166,24 @@ def record_plays(
                     ).where(col(BroadcastPlay.id).in_(ids)),
                 )
             )
+    if stored:
+        # One entry per report, not per play: the plays are rows of their own (with who reported
+        # them); the entry says who reported how many, when.
+        starts = [p.started_at for p in plays]
+        audit.record(
+            session,
+            actor=actor,
+            action="plays.report",
+            entity="area",
+            entity_id=area.code,
+            now=now,
+            after={
+                "received": len(plays),
+                "stored": stored,
+                "first_started_at": min(starts).isoformat(),
+                "last_started_at": max(starts).isoformat(),
+            },
+        )
     return PlaysStored(received=len(plays), stored=stored, duplicates=len(plays) - stored)
 
 
@@ -215,6 +235,21 @@ def count_plays(
     )
 
 
+class Play(BaseModel):
+    id: int
+    item: int
+    wave_id: int
+    commune: str
+    commune_name: str
+    started_at: datetime
+    ended_at: datetime
+    result: str
+    reported_by: str
+    received_at: datetime
+
+
+# In order of start; the index on started_at serves it.
+PLAY_ORDER = (Key(col(BroadcastPlay.started_at)), Key(col(BroadcastPlay.id)))
 CSV_HEADER = [
     "item",
     "wave_id",
@@ -229,6 +264,53 @@ CSV_HEADER = [
 _EXPORT_BATCH = 5_000
 
 
+def list_plays(
+    session: Session,
+    *,
+    area_path: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after: str | None = None,
+    limit: int = DEFAULT_PAGE,
+    maximum: int = MAX_PAGE,
+) -> tuple[list[Play], str | None]:
+    """One keyset page of the plays (under `area_path`, started in [since, until)) in order of
+    start, and the cursor of the next page."""
+    where = []
+    if area_path is not None:
+        where.append(communes_under([area_path]))
+    if since is not None:
+        where.append(col(BroadcastPlay.started_at) >= since)
+    if until is not None:
+        where.append(col(BroadcastPlay.started_at) < until)
+    rows, next_after = keyset_page(
+        session,
+        select(BroadcastPlay, col(Area.name))
+        .join(Area, col(Area.code) == col(BroadcastPlay.commune_code))
+        .where(*where),
+        PLAY_ORDER,
+        after=after,
+        limit=limit,
+        key_of=lambda row: (row[0].started_at, row[0].id),
+        maximum=maximum,
+    )
+    return [
+        Play(
+            id=play.id,
+            item=play.item_id,
+            wave_id=play.wave_id,
+            commune=play.commune_code,
+            commune_name=name,
+            started_at=play.started_at,
+            ended_at=play.ended_at,
+            result=play.result,
+            reported_by=play.reported_by,
+            received_at=play.received_at,
+        )
+        for play, name in rows
+    ], next_after
+
+
 def export_plays_csv(
     engine: Engine,
     *,
@@ -237,51 +319,33 @@ def export_plays_csv(
     until: datetime | None,
 ) -> Iterator[str]:
     """The plays (under `area_path`, started in [since, until)) as CSV text, a batch of rows at a
-    time, in order of start: memory does not grow with the history. Keyset pages, each in its own
-    short transaction, so a slow reader holds no transaction open."""
+    time, in order of start: memory does not grow with the history. The pages of `list_plays`,
+    each in its own short transaction, so a slow reader holds no transaction open."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     yield buffer.getvalue()
-    after: tuple[datetime, int] | None = None
+    after: str | None = None
     while True:
-        where = []
-        if area_path is not None:
-            where.append(communes_under([area_path]))
-        if since is not None:
-            where.append(col(BroadcastPlay.started_at) >= since)
-        if until is not None:
-            where.append(col(BroadcastPlay.started_at) < until)
-        if after is not None:
-            # Spelt out rather than a row comparison, so that the instant is bound with the
-            # column's type (SQLite stores it as text).
-            where.append(
-                or_(
-                    col(BroadcastPlay.started_at) > after[0],
-                    and_(
-                        col(BroadcastPlay.started_at) == after[0], col(BroadcastPlay.id) > after[1]
-                    ),
-                )
-            )
         with session_scope(engine) as session:
-            rows = session.execute(
-                select(BroadcastPlay, col(Area.name))
-                .join(Area, col(Area.code) == col(BroadcastPlay.commune_code))
-                .where(*where)
-                .order_by(col(BroadcastPlay.started_at), col(BroadcastPlay.id))
-                .limit(_EXPORT_BATCH)
-            ).all()
-        if not rows:
-            return
+            plays, after = list_plays(
+                session,
+                area_path=area_path,
+                since=since,
+                until=until,
+                after=after,
+                limit=_EXPORT_BATCH,
+                maximum=_EXPORT_BATCH,
+            )
         buffer.seek(0)
         buffer.truncate()
-        for play, name in rows:
+        for play in plays:
             writer.writerow(
                 [
-                    play.item_id,
+                    play.item,
                     play.wave_id,
-                    play.commune_code,
-                    name,
+                    play.commune,
+                    play.commune_name,
                     play.started_at.isoformat(),
                     play.ended_at.isoformat(),
                     play.result,
@@ -290,9 +354,8 @@ def export_plays_csv(
                 ]
             )
         yield buffer.getvalue()
-        last = rows[-1][0]
-        assert last.id is not None
-        after = (last.started_at, last.id)
+        if after is None:
+            return
 
 
 def utc_bounds(since: date | None, until: date | None) -> tuple[datetime | None, datetime | None]:

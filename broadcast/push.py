@@ -12,9 +12,11 @@ unless something was pushed before (it then clears the controller). After the la
 - ambiguous (may have arrived): pushed again at the next round under the same request id, so
   the controller drops it if it already has it.
 
-Emergencies: an emergency item goes at once to every endpoint serving one of its communes, once
-(a row per endpoint with the item's id says it went). It is also in its districts' playlists,
-which carry it again at the next round; a failed emergency push is not repeated by itself.
+Emergencies: an emergency item goes at once to every endpoint serving one of its communes (a row
+per endpoint with the item's id says what became of it). A push that may succeed later
+(transient, ambiguous) is pushed again to that endpoint at each playlist round while the item is
+still to play, as a playlist is (an ambiguous one under the same request id); a refused one is
+not. The item is also in its districts' playlists, which carry it at the next round.
 
 No database transaction is open while HTTP is in flight: each round reads, then pushes, then
 writes what became of the pushes in a transaction of its own.
@@ -326,9 +328,38 @@ def push_playlists(
 # --- emergencies --------------------------------------------------------------------------------
 
 
-def _emergencies(session: Session, *, now: datetime, base_url: str) -> list[tuple[Any, ...]]:
-    """Emergency items still to play that no push has carried yet: (item, communes, chains)."""
-    pushed = select(col(BroadcastPush.item_id)).where(col(BroadcastPush.item_id).is_not(None))
+@dataclass
+class _Emergency:
+    item_id: int
+    day: date
+    document: dict[str, Any]
+    chains: dict[str, list[str]]
+    # A retry: the endpoints (area codes) to push to again, each with the request id of an
+    # ambiguous earlier push (None: a new id), and the rows recording them. None: the first push.
+    retry: dict[str, str | None] | None
+    rows: dict[str, int]
+
+
+def _emergencies(session: Session, *, now: datetime, base_url: str) -> list[_Emergency]:
+    """Emergency items still to play that no push has carried yet, or whose push to some endpoint
+    may succeed if tried again."""
+    pushes: dict[int, list[BroadcastPush]] = {}
+    for row in session.scalars(
+        select(BroadcastPush)
+        .where(col(BroadcastPush.kind) == EMERGENCY)
+        # Only the items whose playing window is open can need anything; the index on item_id
+        # finds their rows.
+        .where(
+            col(BroadcastPush.item_id).in_(
+                select(col(BroadcastItem.id)).where(
+                    col(BroadcastItem.priority) == BroadcastPriority.EMERGENCY.value,
+                    col(BroadcastItem.valid_until) > now,
+                )
+            )
+        )
+    ):
+        assert row.item_id is not None
+        pushes.setdefault(row.item_id, []).append(row)
     rows = session.execute(
         select(BroadcastItem, col(AudioAsset.bytes), col(AudioAsset.duration_ms))
         .join(Campaign, col(Campaign.id) == col(BroadcastItem.campaign_id))
@@ -337,12 +368,22 @@ def _emergencies(session: Session, *, now: datetime, base_url: str) -> list[tupl
             col(BroadcastItem.priority) == BroadcastPriority.EMERGENCY.value,
             col(BroadcastItem.valid_until) > now,
             col(Campaign.status).in_(PLAYING_CAMPAIGNS),
-            col(BroadcastItem.id).not_in(pushed),
         )
         .order_by(col(BroadcastItem.id))
     ).all()
     found = []
     for item, size, duration in rows:
+        retry: dict[str, str | None] | None = None
+        ids: dict[str, int] = {}
+        if item.id in pushes:
+            again = [p for p in pushes[item.id] if p.outcome in RETRIED]
+            if not again:
+                continue  # every endpoint took it, or refused it
+            retry = {
+                p.area_code: p.request_id if p.outcome == Outcome.AMBIGUOUS.value else None
+                for p in again
+            }
+            ids = {p.area_code: p.id for p in again if p.id is not None}
         targets = session.execute(
             select(col(Area.code), col(Area.path))
             .join(BroadcastTarget, col(BroadcastTarget.commune_code) == col(Area.code))
@@ -367,7 +408,7 @@ def _emergencies(session: Session, *, now: datetime, base_url: str) -> list[tupl
             "duration_ms": duration,
         }
         chains = {code: area_chain(path) for code, path in targets}
-        found.append((item.id, item.local_date, document, chains))
+        found.append(_Emergency(item.id, item.local_date, document, chains, retry, ids))
     return found
 
 
@@ -380,50 +421,62 @@ def push_emergencies(
     clock: Clock,
     sleep: Sleep = asyncio.sleep,
 ) -> list[PushResult]:
-    """Push each emergency item not pushed yet to every endpoint serving its communes; one row
-    per endpoint records it (so it goes once, whatever the outcome: its playlists carry it
-    again)."""
+    """Push each emergency item not pushed yet to every endpoint serving its communes, and again
+    to the endpoints where its push may succeed if repeated; one row per (item, endpoint) records
+    the outcome (a repeat updates it, attempts adding up)."""
     with session_scope(engine) as session:
         pending = _emergencies(session, now=now, base_url=_base_url(settings))
     done: list[PushResult] = []
-    for item_id, day, document, chains in pending:
+    for emergency in pending:
         sent = asyncio.run(
             push_emergency(
                 config,
-                document,
-                chains,
-                day=day,
+                emergency.document,
+                emergency.chains,
+                day=emergency.day,
                 policy=RetryPolicy.from_settings(settings),
                 clock=clock,
                 concurrency=settings.loudspeaker_concurrency,
                 sleep=sleep,
+                only=emergency.retry,
             )
         )
-        if sent.uncovered:
+        if sent.uncovered and emergency.retry is None:
             log.warning(
                 "emergency item %d: no loudspeaker endpoint serves commune(s) %s",
-                item_id,
+                emergency.item_id,
                 ", ".join(sent.uncovered),
             )
-        etag = hashlib.sha256(repr(sorted(document.items())).encode()).hexdigest()
+        etag = hashlib.sha256(repr(sorted(emergency.document.items())).encode()).hexdigest()
         with session_scope(engine) as session:
             for result in sent.results:
                 if not result.accepted:
-                    _log_failure(f"emergency item {item_id}", result)
-                session.add(
-                    BroadcastPush(
+                    _log_failure(f"emergency item {emergency.item_id}", result)
+                reason = None if result.reason is None else result.reason[:REASON_CHARS]
+                row_id = emergency.rows.get(result.area_code)
+                row = session.get(BroadcastPush, row_id) if row_id is not None else None
+                if row is None:
+                    row = BroadcastPush(
                         kind=EMERGENCY,
                         area_code=result.area_code,
-                        local_date=day,
+                        local_date=emergency.day,
                         etag=etag,
-                        item_id=item_id,
+                        item_id=emergency.item_id,
                         request_id=result.request_id,
                         outcome=result.outcome.value,
                         attempts=result.attempts,
-                        reason=None if result.reason is None else result.reason[:REASON_CHARS],
+                        reason=reason,
                         pushed_at=now,
                     )
-                )
+                else:
+                    row.request_id, row.outcome, row.reason = (
+                        result.request_id,
+                        result.outcome.value,
+                        reason,
+                    )
+                    row.attempts += result.attempts
+                    row.pushed_at = now
+                session.add(row)
         done.extend(sent.results)
     return done
 
@@ -494,7 +547,7 @@ class PushTrigger:
 
         def work() -> None:
             try:
-                self._push(engine, config, now, key, fingerprint, emergencies, playlists)
+                self._push(engine, config, now, key, fingerprint, playlists)
             except LoaError as exc:
                 log.error("loudspeaker push: %s", exc.message)
             except Exception:  # the next tick tries again; the scheduler must go on
@@ -514,22 +567,25 @@ class PushTrigger:
         now: datetime,
         key: tuple[Any, ...],
         fingerprint: tuple[Any, ...],
-        emergencies: bool,
         playlists: bool,
     ) -> None:
         memory, sleep = self._memory, self._sleep
-        if emergencies:
-            push_emergencies(
-                engine, config, now=now, settings=self._settings, clock=self._clock, sleep=sleep
-            )
-            memory.emergency_key = key
+        # Every call pushes new emergencies and, as a round does, repeats the emergency pushes
+        # that may succeed now (see the module's docstring).
+        urgent = push_emergencies(
+            engine, config, now=now, settings=self._settings, clock=self._clock, sleep=sleep
+        )
+        memory.emergency_key = key
+        again = any(r.outcome.value in RETRIED for r in urgent)
         if playlists:
             memory.next_round = now + timedelta(seconds=self._settings.loudspeaker_push_seconds)
             done = push_playlists(
                 engine, config, now=now, settings=self._settings, clock=self._clock, sleep=sleep
             )
-            memory.retry = any(r.outcome in RETRIED for r in done)
+            memory.retry = again or any(r.outcome in RETRIED for r in done)
             memory.round_key = fingerprint
+        else:
+            memory.retry = memory.retry or again
 
     def close(self) -> None:
         if self._executor is not None:

@@ -367,10 +367,13 @@ async def push_emergency(
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
     client: httpx.AsyncClient | None = None,
+    only: Mapping[str, str | None] | None = None,
 ) -> EmergencyPush:
     """Push one emergency item at once to every endpoint serving one of its communes: one push
     per endpoint, carrying the item with that endpoint's communes only, at most `concurrency`
-    in flight. `commune_chains` gives each commune's codes from the root down."""
+    in flight. `commune_chains` gives each commune's codes from the root down. `only` (a retry)
+    limits the pushes to those endpoints (by area code), each with the request id to push under:
+    an ambiguous earlier push's, or None for a new one."""
     if not isinstance(item, PlaylistItem):
         try:
             item = PlaylistItem.model_validate(item)
@@ -388,8 +391,9 @@ async def push_emergency(
         if endpoint is None:
             uncovered.append(commune)
             continue
-        endpoints[endpoint.area_code] = endpoint
-        groups.setdefault(endpoint.area_code, []).append(commune)
+        if only is None or endpoint.area_code in only:
+            endpoints[endpoint.area_code] = endpoint
+            groups.setdefault(endpoint.area_code, []).append(commune)
 
     gate = asyncio.Semaphore(concurrency)
     http = _client(client)
@@ -406,6 +410,7 @@ async def push_emergency(
                 clock=clock,
                 sleep=sleep,
                 rng=rng,
+                request_id=None if only is None else only[area_code],
             )
 
     try:

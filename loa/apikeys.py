@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -21,6 +20,7 @@ from sqlmodel import Session, col
 from loa import audit
 from loa.errors import Conflict, InvalidInput, NotAuthenticated, NotFound
 from loa.models import ApiKey, Area
+from loa.paging import DEFAULT_PAGE, Key, keyset_page
 
 
 class Role(StrEnum):
@@ -195,5 +195,8 @@ def revoke_key(session: Session, prefix: str, *, actor: str, now: datetime) -> A
     return api_key
 
 
-def list_keys(session: Session) -> Sequence[ApiKey]:
-    return session.scalars(select(ApiKey).order_by(col(ApiKey.id))).all()
+def list_keys(
+    session: Session, *, after: str | None = None, limit: int = DEFAULT_PAGE
+) -> tuple[list[ApiKey], str | None]:
+    """One keyset page of the keys, oldest first, and the cursor of the next page."""
+    return keyset_page(session, select(ApiKey), [Key(col(ApiKey.id))], after=after, limit=limit)

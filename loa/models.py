@@ -10,7 +10,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from loa.db import BigId, JsonDoc, UTCDateTime
@@ -155,6 +155,8 @@ class Suppression(SQLModel, table=True):
     """Numbers that must never receive a message, checked at expansion and again at send time."""
 
     __tablename__ = "suppression"
+    # The list's pages, newest first (loa/paging.py).
+    __table_args__ = (Index("ix_suppression_created", "created_at", "phone"),)
 
     phone: str = Field(primary_key=True, max_length=20)
     reason: str = Field(max_length=32)  # opt_out | do_not_contact | invalid | manual
@@ -167,6 +169,7 @@ class Consent(SQLModel, table=True):
     a row here a `qc` message is not sent, unless the settings say consent is not required."""
 
     __tablename__ = "consent"
+    __table_args__ = (Index("ix_consent_given", "given_at", "phone"),)  # pages, newest first
 
     phone: str = Field(primary_key=True, max_length=20)
     source: str = Field(max_length=32)  # import | keyword | manual
@@ -494,3 +497,71 @@ class BroadcastPush(SQLModel, table=True):
     attempts: int
     reason: str | None = Field(default=None, max_length=1000)
     pushed_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class StatsRollup(SQLModel, table=True):
+    """Delivery statistics kept by database triggers (migration 0011), in the same transaction as
+    every change of an outbox row or a new loudspeaker play: the messages now in each key and
+    their segments. stats/rollup.py reads it; nothing in Python writes it.
+
+    Key columns hold '' rather than NULL (a unique key never matches NULLs, and the triggers
+    upsert). `hour` counts hours since 1970-01-01 UTC of a time that never changes on the row
+    (a message's created_at, when its wave fired; a play's started_at). Rows with channel
+    'loudspeaker' are plays (status: played, skipped, failed); every other row is messages."""
+
+    __tablename__ = "stats_rollup"
+
+    # The key, in the order of the primary key: a wave or campaign filter reads a range of it.
+    wave_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    channel: str = Field(primary_key=True, max_length=32)
+    area_code: str = Field(primary_key=True, max_length=16)  # the commune (outbox.area_code)
+    carrier: str = Field(primary_key=True, max_length=32)
+    adapter: str = Field(primary_key=True, max_length=64)
+    status: str = Field(primary_key=True, max_length=16)
+    error_code: str = Field(primary_key=True, max_length=32)
+    hour: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    n: int = Field(sa_type=BigInteger)
+    segments: int = Field(sa_type=BigInteger)
+
+
+class StatsRollupWave(SQLModel, table=True):
+    """StatsRollup without the area, kept by the same triggers: a few rows per wave where the
+    full rollup has hundreds (one per commune), for every question that needs no area."""
+
+    __tablename__ = "stats_rollup_wave"
+
+    wave_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    channel: str = Field(primary_key=True, max_length=32)
+    carrier: str = Field(primary_key=True, max_length=32)
+    adapter: str = Field(primary_key=True, max_length=64)
+    status: str = Field(primary_key=True, max_length=16)
+    error_code: str = Field(primary_key=True, max_length=32)
+    hour: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    n: int = Field(sa_type=BigInteger)
+    segments: int = Field(sa_type=BigInteger)
+
+
+class WorkerKind(StrEnum):
+    WORKER = "worker"  # a dispatch worker (`loa worker`, or the one inside `loa serve`)
+    SCHEDULER = "scheduler"  # the active scheduler or a standby
+    SERVE = "serve"  # the API of `loa serve`
+
+
+class Worker(SQLModel, table=True):
+    """Each long-running Loa process as last seen: its heartbeat (scheduler/heartbeat.py), for
+    /health and /metrics. One row per process and kind; a process that stops says so, one that
+    dies simply stops being seen."""
+
+    __tablename__ = "worker"
+    # "Seen within the last N seconds" and the pruning of old rows are range scans of this.
+    __table_args__ = (Index("ix_worker_seen_at", "seen_at"),)
+
+    id: str = Field(primary_key=True, max_length=64)  # the worker id (see new_worker_id)
+    kind: str = Field(max_length=16)
+    host: str = Field(max_length=255)
+    pid: int
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    seen_at: datetime = Field(sa_type=UTCDateTime)
+    stopped_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # A scheduler that held the leadership at its latest heartbeat.
+    is_leader: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,8 +88,12 @@ class Settings(BaseSettings):
     # converted with the prefix table and marked so; false rejects them with the reason instead.
     convert_old_numbers: bool = True
     # Inbound SMS bodies that mean "stop sending me messages", comma-separated; compared without
-    # case, diacritics or surrounding punctuation ("Từ chối." is TU CHOI). See audience/optout.py.
+    # case, diacritics or surrounding punctuation ("Từ chối." is TU CHOI). See audience/keywords.py.
     opt_out_keywords: str = "TU CHOI,TUCHOI,HUY,STOP,DUNG"
+    # Inbound SMS bodies that mean "I agree to receive advertising" (the reply to the one consent
+    # request, labelled DKQC, that Decree 91/2020 allows): the sender's consent is recorded, and an
+    # opt-out the same number sent earlier is lifted. Same comparison; none may be an opt-out.
+    opt_in_keywords: str = "DKQC,DK QC,DONG Y"
     # Decree 91/2020/ND-CP content rules for advertising (qc), checked when a campaign is planned,
     # approved and launched: the text starts with `qc_label`; it tells how to refuse further
     # adverts by naming one of `qc_refusal_keywords` (comma-separated; each must be an opt-out
@@ -185,6 +190,30 @@ class Settings(BaseSettings):
     loudspeaker_push_seconds: float = Field(default=60.0, gt=0)
 
     log_level: str = "INFO"
+    # `text` (one readable line per record, for a console) or `json` (one JSON object per line,
+    # for a log collector: timestamp, level, logger, message, and the ids of the message, wave,
+    # campaign, worker and adapter a record is about).
+    log_format: Literal["text", "json"] = "text"
+
+    # Operations (GET /health, GET /metrics). Each long-running process (worker, scheduler, the
+    # API of `loa serve`) writes a heartbeat row at most this often ...
+    heartbeat_seconds: float = Field(default=10, gt=0)
+    # ... and counts as seen (a worker, the scheduler leader) while its latest heartbeat is at
+    # most this old. No scheduler leader seen within it: /health says `degraded`. A scheduler
+    # beats at each tick, so this must exceed the longest tick (expanding a million recipients
+    # takes about 6 s on PostgreSQL, docs/benchmarks.md).
+    heartbeat_stale_seconds: float = Field(default=60, gt=0)
+    # Rows of processes not seen for this long are deleted when a process starts.
+    heartbeat_forget_days: int = Field(default=7, ge=1)
+    # The due-queue depth is counted up to this many messages per channel (then reported as
+    # "at least"), so that /health and /metrics stay cheap while a million-message wave sends.
+    queue_count_limit: int = Field(default=10_000, ge=1)
+    # When set, GET /metrics needs `Authorization: Bearer <token>`. Unset (the embedded default),
+    # /metrics is open like /health: set it when the API is reachable beyond a trusted network.
+    metrics_token: SecretStr = SecretStr("")
+    # `loa worker` serves no API, so its own counters (send attempts and errors by adapter) are
+    # served on this port of `host` when set (0: not served; `loa worker --metrics-port`).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("window_qc", "window_info", "window_care", "cap_qc", "cap_info", "cap_care")
     @classmethod
@@ -200,13 +229,13 @@ class Settings(BaseSettings):
             raise ValueError(exc.message) from None
         return value
 
-    @field_validator("opt_out_keywords")
+    @field_validator("opt_out_keywords", "opt_in_keywords")
     @classmethod
-    def _keywords_parse(cls, value: str) -> str:
-        from audience.optout import parse_keywords
+    def _keywords_parse(cls, value: str, info: ValidationInfo) -> str:
+        from audience.keywords import parse_keywords
 
         try:
-            parse_keywords(value)
+            parse_keywords(value, info.field_name or "")
         except LoaError as exc:
             raise ValueError(exc.message) from None
         return value
@@ -235,7 +264,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refusal_keywords_opt_out(self) -> Settings:
-        from audience.optout import parse_keywords
+        from audience.keywords import parse_keywords
 
         try:
             refusal = parse_keywords(self.qc_refusal_keywords)
@@ -246,6 +275,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"qc_refusal_keywords: {', '.join(unknown)} is not among LOA_OPT_OUT_KEYWORDS, "
                 "so a reply that follows the advert's instructions would not opt out"
+            )
+        if both := set(parse_keywords(self.opt_in_keywords, "opt_in_keywords")) & set(honoured):
+            raise ValueError(
+                f"opt_in_keywords: {', '.join(sorted(both))} is also an opt-out keyword; "
+                "one reply cannot both refuse and agree"
             )
         return self
 
@@ -262,6 +296,15 @@ class Settings(BaseSettings):
         if value not in MP3_SAMPLE_RATES:
             raise ValueError(f"an MP3 sample rate in Hz: one of {sorted(MP3_SAMPLE_RATES)}")
         return value
+
+    @model_validator(mode="after")
+    def _heartbeats_fit(self) -> Settings:
+        if self.heartbeat_stale_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                "heartbeat_stale_seconds must exceed heartbeat_seconds, or a live process "
+                "would be reported as not seen between two of its heartbeats"
+            )
+        return self
 
     @model_validator(mode="after")
     def _audio_bounds(self) -> Settings:

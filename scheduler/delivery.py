@@ -16,10 +16,12 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import func, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from audience.suppression import SuppressionReason, suppress_reported
 from channels.base import RecipientProblem
+from loa import metrics
 from loa.models import DeliveryEvent, MessageStatus, OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,10 @@ class ReportResult:
     effect: ReportEffect
     message_id: int | None = None
     status: str | None = None  # the message's status after the report
+    # When the message was sent (recorded before this report): the report's lag is measured
+    # from it. None when not known, or the report was not applied.
+    sent_at: datetime | None = None
+    wave_id: int | None = None
 
 
 def apply_delivery_report(
@@ -94,19 +100,23 @@ def apply_delivery_report(
         raise ValueError("a delivery report needs the message id or the provider's id")
     if status not in _MOVES_FROM:
         raise ValueError(f"a delivery report cannot set {status!r}")
-    found = select(
-        OutboxMessage.id, OutboxMessage.provider_id, OutboxMessage.channel, OutboxMessage.adapter
+    found = sa_select(
+        col(OutboxMessage.id),
+        col(OutboxMessage.provider_id),
+        col(OutboxMessage.channel),
+        col(OutboxMessage.adapter),
+        col(OutboxMessage.sent_at),
     )
     if message_id is not None:
-        found = found.where(OutboxMessage.id == message_id)
+        found = found.where(col(OutboxMessage.id) == message_id)
     else:
-        found = found.where(OutboxMessage.provider_id == provider_id).order_by(
+        found = found.where(col(OutboxMessage.provider_id) == provider_id).order_by(
             col(OutboxMessage.id)
         )
-    row = session.exec(found).first()
+    row = session.execute(found).first()
     if row is None or row[2] != channel:
         return ReportResult(ReportEffect.UNKNOWN_MESSAGE, message_id)
-    found_id, recorded_id, _, recorded_adapter = row
+    found_id, recorded_id, _, recorded_adapter, sent_at = row
     assert found_id is not None
     if provider_id is not None and recorded_id is not None and recorded_id != provider_id:
         return ReportResult(ReportEffect.MISMATCH, found_id)
@@ -157,4 +167,56 @@ def apply_delivery_report(
             occurred_at=now,
         )
     )
-    return ReportResult(ReportEffect.MOVED, found_id, status.value)
+    return ReportResult(ReportEffect.MOVED, found_id, status.value, sent_at, moved[0])
+
+
+# The effect of a report whose status the adapter's mapping says to ignore (not applied).
+IGNORED = "ignored"
+
+
+def observe_report(
+    result: ReportResult | None,
+    *,
+    adapter: str,
+    status: MessageStatus | None,
+    reported: str,
+    provider_id: str | None,
+    now: datetime,
+) -> None:
+    """Count a delivery report in this process's metrics and log it with its ids, once its
+    transaction has committed. `result` None: a report the mapping ignores (`status` None)."""
+    if result is None:
+        metrics.count_delivery_report(adapter, "none", IGNORED, None)
+        return
+    lag = (
+        (now - result.sent_at).total_seconds()
+        if result.effect == ReportEffect.MOVED and result.sent_at is not None
+        else None
+    )
+    metrics.count_delivery_report(adapter, status.value if status else "none", result.effect, lag)
+    ids = {
+        "message_id": result.message_id,
+        "wave_id": result.wave_id,
+        "adapter": adapter,
+        "provider_id": provider_id,
+        "effect": result.effect.value,
+    }
+    if result.effect in (ReportEffect.UNKNOWN_MESSAGE, ReportEffect.MISMATCH):
+        log.warning(
+            "%s report %s for %s (message %s) ignored: %s",
+            adapter,
+            reported,
+            provider_id,
+            result.message_id,
+            result.effect.value,
+            extra=ids,
+        )
+    else:
+        log.debug(
+            "%s report %s: message %s %s",
+            adapter,
+            reported,
+            result.message_id,
+            result.effect.value,
+            extra={**ids, "status": result.status, "lag_seconds": lag},
+        )

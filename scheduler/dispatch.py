@@ -47,6 +47,7 @@ from sqlmodel import Session, col
 
 from audience.resolve import audience_condition
 from channels.base import Channel, Outcome, OutgoingMessage, Routing, SendResult
+from loa import metrics
 from loa.clock import Clock
 from loa.db import UTCDateTime, id_in, session_scope
 from loa.models import (
@@ -68,6 +69,7 @@ from scheduler.delivery import record_recipient_problems
 from scheduler.gate import sendable_wave_ids
 from scheduler.policy import CONSENT_CLASSES, NO_CONSENT
 from scheduler.ratelimit import Grant, give_back, take_tokens
+from templates.encoding import count_sms
 from templates.render import TemplateProblem, render
 
 log = logging.getLogger(__name__)
@@ -181,7 +183,14 @@ def release_expired_leases(session: Session, *, now: datetime) -> None:
         "worker lease expired during send; outcome unknown",
     )
     if lost:
-        log.warning("lease expired on %d message(s) being sent; marked unknown", len(lost))
+        log.warning(
+            "lease expired on %d message(s) being sent; marked unknown",
+            len(lost),
+            extra={
+                "message_ids": [m.id for m in lost][:100],
+                "wave_ids": sorted({m.wave_id for m in lost}),
+            },
+        )
 
 
 # Error code of a message whose recipient left the wave's audience before it was sent.
@@ -494,17 +503,18 @@ def begin_sending(
     worker_id: str,
     now: datetime,
     adapters: Mapping[str, str] | None = None,
+    segments: Mapping[int, int] | None = None,
 ) -> None:
     """claimed -> sending and one `attempt` event each: two statements for the whole batch.
     `adapters` maps each wave channel to the adapter the batch goes through, recorded on the
-    message and its event before the provider is called (None: the adapter is not recorded)."""
+    message and its event before the provider is called (None: the adapter is not recorded).
+    `segments` maps messages to the SMS segments of their rendered text, recorded with them:
+    what the statistics price (stats/rollup.py)."""
     if not ready:
         return
     ids = [m.id for m in ready]
-    mine = (
-        id_in(col(OutboxMessage.id), ids, session.connection()),
-        col(OutboxMessage.lease_owner) == worker_id,
-    )
+    bind = session.connection()
+    mine = (id_in(col(OutboxMessage.id), ids, bind), col(OutboxMessage.lease_owner) == worker_id)
     values: dict[str, Any] = {
         "status": MessageStatus.SENDING,
         "attempts": col(OutboxMessage.attempts) + 1,
@@ -514,6 +524,19 @@ def begin_sending(
         values["adapter"] = case(
             *((col(OutboxMessage.channel) == k, literal(v)) for k, v in adapters.items()),
             else_=None,
+        )
+    if segments:
+        # One branch per distinct count (a batch of one template has one to three), not per
+        # message: the batch stays one statement.
+        by_count: dict[int, list[int]] = {}
+        for message_id, count in segments.items():
+            by_count.setdefault(count, []).append(message_id)
+        values["segments"] = case(
+            *(
+                (id_in(col(OutboxMessage.id), group, bind), count)
+                for count, group in by_count.items()
+            ),
+            else_=col(OutboxMessage.segments),
         )
     session.execute(
         update(OutboxMessage)
@@ -671,7 +694,15 @@ def record_results(
     if len(moved) < len(rows):
         # Answers that came after the message was settled elsewhere (reconciled after this
         # worker's lease expired): the outbox keeps its status, and no second event is written.
-        log.warning("%d late answer(s) ignored: already settled", len(rows) - len(moved))
+        settled = set(moved)
+        log.warning(
+            "%d late answer(s) ignored: already settled",
+            len(rows) - len(moved),
+            extra={
+                "worker_id": worker_id,
+                "message_ids": [r["id"] for r in rows if r["id"] not in settled][:100],
+            },
+        )
     if not moved:
         return
     session.execute(
@@ -701,6 +732,44 @@ def record_results(
                 literal(now, UTCDateTime()),
             ).where(outbox.c.id == r.c.id, id_in(outbox.c.id, moved, session.connection())),
         )
+    )
+
+
+def _log_results(
+    results: Sequence[SendResult], wave_of: Mapping[int, int], *, worker_id: str, adapter: str
+) -> None:
+    """One line per batch, and one per message at DEBUG (LOA_LOG_LEVEL=DEBUG traces each
+    message through its ids; at INFO a million-message wave stays a few thousand lines)."""
+    outcomes: dict[str, int] = {}
+    for result in results:
+        outcomes[result.outcome.value] = outcomes.get(result.outcome.value, 0) + 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "message %d: %s%s",
+                result.message_id,
+                result.outcome.value,
+                f" ({result.error_code})" if result.error_code else "",
+                extra={
+                    "worker_id": worker_id,
+                    "adapter": adapter,
+                    "message_id": result.message_id,
+                    "wave_id": wave_of.get(result.message_id),
+                    "outcome": result.outcome.value,
+                    "error_code": result.error_code,
+                    "provider_id": result.provider_id,
+                },
+            )
+    log.info(
+        "sent a batch of %d through %s: %s",
+        len(results),
+        adapter,
+        ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items())),
+        extra={
+            "worker_id": worker_id,
+            "adapter": adapter,
+            "wave_ids": sorted(set(wave_of.values())),
+            "outcomes": outcomes,
+        },
     )
 
 
@@ -765,6 +834,19 @@ def dispatch_once(
     if not claimed:
         return 0
     ready, render_failures = _render_all(claimed)
+    metrics.count_send_results(metrics.NO_ADAPTER, render_failures)
+    for failure in render_failures:
+        log.warning(
+            "message %d not sent: its template does not render: %s",
+            failure.message_id,
+            failure.detail,
+            extra={
+                "message_id": failure.message_id,
+                "wave_id": next(m.wave_id for m in claimed if m.id == failure.message_id),
+                "worker_id": worker_id,
+                "error_code": failure.error_code,
+            },
+        )
     # Which adapter carries each channel's share of the batch, decided before `sending` is
     # written so that it is written with it: a failover list (channels/failover.py) may pick
     # another adapter for the next batch, and whatever becomes of this one (unknown, a delivery
@@ -783,6 +865,7 @@ def dispatch_once(
             worker_id=worker_id,
             now=grant.at if grant is not None else clock(),
             adapters={name: adapter for name, (_, adapter) in routes.items()},
+            segments={m.id: count_sms(body).segments for m, body in ready},
         )
         record_results(
             session,
@@ -803,19 +886,31 @@ def dispatch_once(
     results: list[SendResult] = []
     for channel_name, outgoing in by_channel.items():
         channel, adapter = routes[channel_name]
+        wave_of = {m.message_id: m.wave_id for m in outgoing}
         try:
             if isinstance(channel, Routing):
-                results.extend(channel.send_via(adapter, outgoing, now=clock()))
+                sent = channel.send_via(adapter, outgoing, now=clock())
             else:
-                results.extend(channel.send_batch(outgoing, now=clock()))
+                sent = channel.send_batch(outgoing, now=clock())
         except Exception as exc:  # an adapter bug or a network error mid-batch: outcome unknown
             log.exception(
-                "channel %s (%s) failed on a batch of %d", channel_name, adapter, len(outgoing)
+                "channel %s (%s) failed on a batch of %d",
+                channel_name,
+                adapter,
+                len(outgoing),
+                extra={
+                    "worker_id": worker_id,
+                    "adapter": adapter,
+                    "wave_ids": sorted(set(wave_of.values())),
+                },
             )
-            results.extend(
+            sent = [
                 SendResult(m.message_id, Outcome.AMBIGUOUS, detail=f"{type(exc).__name__}: {exc}")
                 for m in outgoing
-            )
+            ]
+        metrics.count_send_results(adapter, sent)
+        _log_results(sent, wave_of, worker_id=worker_id, adapter=adapter)
+        results.extend(sent)
     with session_scope(engine) as session:
         record_results(
             session,

@@ -24,6 +24,7 @@ from scheduler.windows import SendWindow, is_open, next_open, parse_window
 @dataclass(frozen=True)
 class ActiveWave:
     id: int
+    channel: str
     window: SendWindow | None
     zone: ZoneInfo
     expires_at: datetime | None
@@ -48,7 +49,9 @@ def active_waves(session: Session, settings: Settings) -> list[ActiveWave]:
         .order_by(col(Wave.id))
     ).all()
     return [
-        ActiveWave(wave.id, wave_window(wave, settings), ZoneInfo(tz), wave.expires_at)
+        ActiveWave(
+            wave.id, wave.channel, wave_window(wave, settings), ZoneInfo(tz), wave.expires_at
+        )
         for wave, tz in rows
         if wave.id is not None
     ]

@@ -1,4 +1,4 @@
-"""Campaign lifecycle: create from a spec, approve, launch, pause, resume, cancel.
+"""Campaign lifecycle: create from a spec, edit a draft, approve, launch, pause, resume, cancel.
 
     draft -> approved -> scheduled -> running <-> paused -> completed
     cancelled from any state that is not final; completed and cancelled are final.
@@ -23,13 +23,14 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlmodel import Session, col
 
 from loa import audit
 from loa.errors import Conflict, InvalidInput, NotFound
 from loa.models import (
     Area,
+    AuditEntry,
     Campaign,
     CampaignStatus,
     MessageStatus,
@@ -39,6 +40,7 @@ from loa.models import (
     WaveKind,
     WaveStatus,
 )
+from loa.paging import DEFAULT_PAGE, Key, keyset_page
 from loa.settings import Settings
 from scheduler.outbox import end_planned_messages
 from scheduler.spec import CampaignSpec, WaveSpec
@@ -137,15 +139,11 @@ def require_date_attribute(session: Session, attribute: str, where: str) -> None
         )
 
 
-def create_campaign(
-    session: Session,
-    *,
-    spec: CampaignSpec,
-    actor: str,
-    now: datetime,
-    settings: Settings,
-    source: str = "spec",
-) -> Campaign:
+def _check_spec(
+    session: Session, spec: CampaignSpec, settings: Settings, source: str
+) -> tuple[ZoneInfo, dict[int, str]]:
+    """The spec against the data (areas, segments, audio, date attributes) and its triggers in
+    its zone; the zone, and each loudspeaker wave's audio."""
     _check_areas(session, spec, source)
     audio = _check_loudspeakers(session, spec, source)
     _check_segments(session, spec, source)
@@ -160,23 +158,16 @@ def create_campaign(
             check_trigger(wave.trigger, zone)
         except InvalidInput as exc:
             raise InvalidInput(f"{source}: {_wave_label(index, wave)}, {exc.message}") from None
+    return zone, audio
 
-    campaign = Campaign(
-        name=spec.name,
-        timezone=zone.key,
-        status=CampaignStatus.DRAFT,
-        spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-        created_by=actor,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(campaign)
-    session.flush()
-    assert campaign.id is not None
+
+def _add_waves(
+    session: Session, campaign_id: int, spec: CampaignSpec, audio: dict[int, str]
+) -> None:
     for index, wave in enumerate(spec.waves):
         session.add(
             Wave(
-                campaign_id=campaign.id,
+                campaign_id=campaign_id,
                 position=index,
                 kind=_kind(wave),
                 name=wave.name,
@@ -189,6 +180,35 @@ def create_campaign(
                 status=WaveStatus.PENDING,
             )
         )
+
+
+def _stored_spec(spec: CampaignSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def create_campaign(
+    session: Session,
+    *,
+    spec: CampaignSpec,
+    actor: str,
+    now: datetime,
+    settings: Settings,
+    source: str = "spec",
+) -> Campaign:
+    zone, audio = _check_spec(session, spec, settings, source)
+    campaign = Campaign(
+        name=spec.name,
+        timezone=zone.key,
+        status=CampaignStatus.DRAFT,
+        spec=_stored_spec(spec),
+        created_by=actor,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(campaign)
+    session.flush()
+    assert campaign.id is not None
+    _add_waves(session, campaign.id, spec, audio)
     audit.record(
         session,
         actor=actor,
@@ -199,6 +219,60 @@ def create_campaign(
         after={"name": campaign.name, "waves": len(spec.waves)},
     )
     return campaign
+
+
+def edit_campaign(
+    session: Session,
+    campaign_id: int,
+    *,
+    spec: CampaignSpec,
+    actor: str,
+    now: datetime,
+    settings: Settings,
+    source: str = "spec",
+) -> Campaign:
+    """Replace a draft's spec (its name, zone and waves, templates included), checked whole as at
+    creation; the waves are made anew (new ids). Only a draft: what was approved is what is sent.
+    The audit entry keeps both specs, and with four-eyes approval on, an editor may not approve
+    the campaign either."""
+    campaign = get_campaign(session, campaign_id, for_update=True)
+    _refuse_unless(
+        campaign,
+        allowed_from={CampaignStatus.DRAFT},
+        action="edit",
+        hint=" (an approved campaign is sent as approved; cancel it and create another)",
+    )
+    zone, audio = _check_spec(session, spec, settings, source)
+    before = {"name": campaign.name, "timezone": campaign.timezone, "spec": campaign.spec}
+    # A draft's waves have nothing hanging from them yet: no occurrences, outbox rows or
+    # broadcast items (launching makes those).
+    session.execute(delete(Wave).where(col(Wave.campaign_id) == campaign_id))
+    campaign.name, campaign.timezone, campaign.spec = spec.name, zone.key, _stored_spec(spec)
+    campaign.updated_at = now
+    _add_waves(session, campaign_id, spec, audio)
+    audit.record(
+        session,
+        actor=actor,
+        action="campaign.edit",
+        entity="campaign",
+        entity_id=campaign_id,
+        now=now,
+        before=before,
+        after={"name": campaign.name, "timezone": campaign.timezone, "spec": campaign.spec},
+    )
+    return campaign
+
+
+def _authors(session: Session, campaign: Campaign) -> set[str]:
+    """Who wrote the campaign as it stands: its creator and everyone who edited it."""
+    editors = session.scalars(
+        select(col(AuditEntry.actor)).where(
+            col(AuditEntry.entity) == "campaign",
+            col(AuditEntry.entity_id) == str(campaign.id),
+            col(AuditEntry.action) == "campaign.edit",
+        )
+    )
+    return {campaign.created_by, *editors}
 
 
 def _options(wave: WaveSpec, spec: CampaignSpec, audio: str | None) -> dict[str, Any]:
@@ -230,6 +304,46 @@ def get_campaign(session: Session, campaign_id: int, *, for_update: bool = False
     if campaign is None:
         raise NotFound(f"no campaign with id {campaign_id}")
     return campaign
+
+
+def list_campaigns(
+    session: Session,
+    *,
+    status: str | None = None,
+    after: str | None = None,
+    limit: int = DEFAULT_PAGE,
+) -> tuple[list[Campaign], str | None]:
+    """One keyset page of campaigns, newest first (of one status, if given), and the cursor of
+    the next page."""
+    statement = select(Campaign)
+    if status is not None:
+        if status not in set(CampaignStatus):
+            raise InvalidInput(
+                f"status {status!r} is not one of {', '.join(CampaignStatus)}", field="status"
+            )
+        statement = statement.where(col(Campaign.status) == status)
+    return keyset_page(
+        session, statement, [Key(col(Campaign.id), descending=True)], after=after, limit=limit
+    )
+
+
+def page_waves(
+    session: Session,
+    campaign_id: int,
+    *,
+    occurrences: bool = False,
+    after: str | None = None,
+    limit: int = DEFAULT_PAGE,
+) -> tuple[list[Wave], str | None]:
+    """One keyset page of a campaign's waves in the spec's order: the spec's own waves, and with
+    `occurrences` also the ones the scheduler made of recurring and relative waves (after their
+    parent). NotFound for an unknown campaign."""
+    get_campaign(session, campaign_id)
+    statement = select(Wave).where(col(Wave.campaign_id) == campaign_id)
+    if not occurrences:
+        statement = statement.where(col(Wave.parent_id).is_(None))
+    order = [Key(col(Wave.position)), Key(col(Wave.id))]
+    return keyset_page(session, statement, order, after=after, limit=limit)
 
 
 def list_waves(session: Session, campaign_id: int) -> Sequence[Wave]:
@@ -290,9 +404,10 @@ def approve_campaign(
     allowed = {CampaignStatus.DRAFT}
     # The status first: approving a campaign that is past draft is refused for that reason.
     _refuse_unless(campaign, allowed_from=allowed, action="approve")
-    if settings.four_eyes_approval and actor == campaign.created_by:
+    if settings.four_eyes_approval and actor in _authors(session, campaign):
+        wrote = "created" if actor == campaign.created_by else "edited"
         raise Conflict(
-            f"campaign {campaign_id} was created by {actor}; four-eyes approval is on "
+            f"campaign {campaign_id} was {wrote} by {actor}; four-eyes approval is on "
             "(LOA_FOUR_EYES_APPROVAL), so someone other than its author must approve it"
         )
     _require_sendable(session, campaign_id, action="approved", now=now, settings=settings)

@@ -64,6 +64,17 @@ def reconcile_unknown(
         adapter = _recorded_adapter(channel_for(channel_name), recorded)
         if adapter is None or not isinstance(adapter, Reconcilable):
             report.still_unknown += len(messages)
+            log.warning(
+                "%d unknown message(s) cannot be reconciled: adapter %s is not configured, or "
+                "cannot be asked",
+                len(messages),
+                recorded or channel_name,
+                extra={
+                    "adapter": recorded,
+                    "message_ids": [m for m, _ in messages][:100],
+                    "wave_ids": sorted({w for _, w in messages}),
+                },
+            )
             continue
         answers = adapter.lookup([m for m, _ in messages])
         sent = [(m, w, answers[m]) for m, w in messages if answers.get(m)]
@@ -138,6 +149,18 @@ def _settle(
         if done is None:
             continue
         moved += 1
+        log.info(
+            "message %d reconciled: %s",
+            message_id,
+            status.value,
+            extra={
+                "message_id": message_id,
+                "wave_id": wave_id,
+                "adapter": adapter,
+                "provider_id": provider_id,
+                "status": status.value,
+            },
+        )
         session.add(
             DeliveryEvent(
                 message_id=message_id,

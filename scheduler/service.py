@@ -20,9 +20,10 @@ from sqlmodel import col
 from channels.base import Channel
 from loa.clock import Clock
 from loa.db import session_scope
-from loa.models import Wave, WaveStatus
+from loa.models import Wave, WaveStatus, WorkerKind
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once, new_worker_id
+from scheduler.heartbeat import Heartbeat
 from scheduler.leader import Leadership, leadership_for
 from scheduler.reconcile import reconcile_unknown
 from scheduler.tick import TickReport, run_tick
@@ -57,6 +58,14 @@ class SchedulerService:
         self._settings = settings
         self._clock = clock
         self._leadership = leadership or leadership_for(engine)
+        self.heartbeat = Heartbeat(
+            engine,
+            worker_id=new_worker_id(),
+            kind=WorkerKind.SCHEDULER,
+            clock=clock,
+            every_seconds=settings.heartbeat_seconds,
+            forget_after_days=settings.heartbeat_forget_days,
+        )
         self._aps = BackgroundScheduler(timezone=UTC)
         # The tick job and the wake-ups run on APScheduler's thread pool: one at a time. Once
         # stopping, none starts: APScheduler's shutdown holds its job-store lock while it waits
@@ -77,7 +86,10 @@ class SchedulerService:
             return self._tick()
 
     def _tick(self) -> TickReport | None:
-        if not self._leadership.try_acquire():
+        leader = self._leadership.try_acquire()
+        # Standbys beat too: /health shows them, and who leads.
+        self.heartbeat.beat(is_leader=leader)
+        if not leader:
             return None
         return run_tick(
             self._engine,
@@ -142,6 +154,7 @@ class SchedulerService:
         if self._loudspeaker_push is not None:
             self._loudspeaker_push.close()
         self._leadership.release()
+        self.heartbeat.stop()
 
 
 class DispatchWorker:
@@ -166,6 +179,16 @@ class DispatchWorker:
         self.loop_ids = [f"{self.worker_id}/{n}" for n in range(loops)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # One row for the process, whichever of its loops beats: a loop beats between batches,
+        # so a process whose every loop is stuck stops being seen.
+        self.heartbeat = Heartbeat(
+            engine,
+            worker_id=self.worker_id,
+            kind=WorkerKind.WORKER,
+            clock=clock,
+            every_seconds=settings.heartbeat_seconds,
+            forget_after_days=settings.heartbeat_forget_days,
+        )
 
     def _reconcile(self) -> None:
         try:
@@ -179,9 +202,10 @@ class DispatchWorker:
             log.exception("reconciliation failed; retrying later")
 
     def run(self, loop_id: str, *, reconciles: bool) -> None:
-        log.info("dispatch loop %s started", loop_id)
+        log.info("dispatch loop %s started", loop_id, extra={"worker_id": loop_id})
         next_reconcile = 0.0
         while not self._stop.is_set():
+            self.heartbeat.beat()
             if reconciles and time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self._settings.reconcile_seconds
                 self._reconcile()
@@ -196,7 +220,7 @@ class DispatchWorker:
                     sleep=self._stop.wait,
                 )
             except Exception:  # e.g. the database restarting: wait and try again
-                log.exception("dispatch failed; retrying")
+                log.exception("dispatch failed; retrying", extra={"worker_id": loop_id})
                 claimed = 0
             if not claimed:
                 self._stop.wait(self._settings.worker_poll_seconds)
@@ -217,3 +241,4 @@ class DispatchWorker:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
+        self.heartbeat.stop()

@@ -41,7 +41,15 @@ if TYPE_CHECKING:  # broadcast/ imports the scheduler's modules
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT = (MessageStatus.PLANNED, MessageStatus.CLAIMED, MessageStatus.SENDING)
+# A wave is not finished while any of its messages may still go out: waiting, on its way, or
+# `unknown` (reconciliation may find the channel never got it and plan it again; a wave closed
+# before that would leave the re-planned message where no worker looks).
+NOT_FINISHED = (
+    MessageStatus.PLANNED,
+    MessageStatus.CLAIMED,
+    MessageStatus.SENDING,
+    MessageStatus.UNKNOWN,
+)
 
 
 @dataclass
@@ -88,6 +96,7 @@ def run_tick(
     for wave, timezone in due:
         wave_id, fire_at = wave.id, wave.fire_at
         assert wave_id is not None and fire_at is not None
+        ids = {"wave_id": wave_id, "campaign_id": wave.campaign_id}
         _mark_running(engine, wave.campaign_id, now=now)
         # Downtime: a wave starting this late would reach people hours after its time; an
         # occurrence past its expiry has been superseded.
@@ -107,18 +116,32 @@ def run_tick(
             )
         except LoaError as exc:
             report.failed[wave_id] = exc.message
-            log.error("wave %d cannot expand: %s", wave_id, exc.message)
+            log.error("wave %d cannot expand: %s", wave_id, exc.message, extra=ids)
             continue
         if expired:
             report.expired.append(wave_id)
             log.warning(
-                "wave %d fired %s after its time: its messages expired", wave_id, now - fire_at
+                "wave %d fired %s after its time: its messages expired",
+                wave_id,
+                now - fire_at,
+                extra=ids,
             )
         else:
-            log.info("wave %d fired: %d messages in the outbox", wave_id, report.fired[wave_id])
+            log.info(
+                "wave %d fired: %d messages in the outbox",
+                wave_id,
+                report.fired[wave_id],
+                extra={**ids, "messages": report.fired[wave_id]},
+            )
     with session_scope(engine) as session:
         report.lapsed = _expire_lapsed(session, now=now)
         report.deferred = defer_closed_waves(session, now=now, settings=settings)
+    if report.lapsed:
+        log.info("%d planned message(s) of lapsed occurrences expired", report.lapsed)
+    for wave_id, opens in report.deferred.items():
+        log.debug(
+            "wave %d waits for its send window: %s", wave_id, opens, extra={"wave_id": wave_id}
+        )
     report.swept = _sweep_cancelled(engine, now=now)
     _close_finished(engine, now=now, report=report)
     if loudspeaker_push is not None:
@@ -172,6 +195,7 @@ def _mark_running(engine: Engine, campaign_id: int, *, now: datetime) -> None:
             .values(status=CampaignStatus.RUNNING, updated_at=now)
         ).rowcount  # type: ignore[attr-defined]
         if moved:
+            log.info("campaign %d running", campaign_id, extra={"campaign_id": campaign_id})
             audit.record(
                 session,
                 actor="scheduler",
@@ -189,7 +213,8 @@ def _close_finished(engine: Engine, *, now: datetime, report: TickReport) -> Non
     with session_scope(engine) as session:
         in_flight = exists(
             select(1).where(
-                col(OutboxMessage.wave_id) == col(Wave.id), col(OutboxMessage.status).in_(IN_FLIGHT)
+                col(OutboxMessage.wave_id) == col(Wave.id),
+                col(OutboxMessage.status).in_(NOT_FINISHED),
             )
         )
         report.waves_done = list(
@@ -213,7 +238,10 @@ def _close_finished(engine: Engine, *, now: datetime, report: TickReport) -> Non
                 .returning(col(Campaign.id))
             )
         )
+        for wave_id in report.waves_done:
+            log.info("wave %d done: nothing left to send", wave_id, extra={"wave_id": wave_id})
         for campaign_id in report.campaigns_completed:
+            log.info("campaign %d completed", campaign_id, extra={"campaign_id": campaign_id})
             audit.record(
                 session,
                 actor="scheduler",

@@ -1,9 +1,10 @@
 """Counts by status for one campaign and each of its waves (a recurring or relative wave with
 all its occurrences together).
 
-Counts come from the outbox (one row per message, its current status) grouped with the
-(wave_id, status) index. Rollups maintained with the delivery events replace this when statistics
-must answer over tens of millions of events.
+Counts come from the statistics rollup without areas (stats_rollup_wave, kept by database
+triggers with every change of a message): a few rows per wave, where grouping the outbox read
+every message of the campaign. Its rows on channel 'loudspeaker' are plays, not messages, and
+are left out.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from loa.models import MessageStatus, OutboxMessage, Wave
+from loa.models import MessageStatus, StatsRollupWave, Wave
 from scheduler.lifecycle import get_campaign
+from stats.rollup import LOUDSPEAKER
 
 
 def _zero() -> dict[str, int]:
@@ -57,13 +59,18 @@ def campaign_stats(session: Session, campaign_id: int) -> CampaignStats:
         if wave.parent_id is not None:
             occurrences[wave.parent_id] = occurrences.get(wave.parent_id, 0) + 1
     counts = session.execute(
-        select(col(OutboxMessage.wave_id), col(OutboxMessage.status), func.count())
-        .where(col(OutboxMessage.wave_id).in_(list(spec_wave)))
-        .group_by(col(OutboxMessage.wave_id), col(OutboxMessage.status))
+        select(
+            col(StatsRollupWave.wave_id), col(StatsRollupWave.status), func.sum(StatsRollupWave.n)
+        )
+        .where(
+            col(StatsRollupWave.wave_id).in_(list(spec_wave)),
+            col(StatsRollupWave.channel) != LOUDSPEAKER,
+        )
+        .group_by(col(StatsRollupWave.wave_id), col(StatsRollupWave.status))
     ).all()
     per_wave: dict[int, dict[str, int]] = {w.id: _zero() for w in waves if w.id is not None}
     for wave_id, status, n in counts:
-        per_wave[spec_wave[wave_id]][status] += n
+        per_wave[spec_wave[wave_id]][status] += int(n)  # PostgreSQL sums bigints as numeric
     totals = _zero()
     wave_stats = []
     for wave in waves:

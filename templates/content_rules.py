@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from audience.optout import normalize_text, parse_keywords
+from audience.keywords import normalize_text, parse_keywords
 from loa.settings import Settings
 
 ADVERT_CLASSES = frozenset({"qc"})

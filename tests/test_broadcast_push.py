@@ -202,6 +202,61 @@ def test_an_emergency_launch_goes_at_once_to_every_endpoint_of_its_communes(
     assert (len(district.seen), len(province.seen)) == (2, 2)
 
 
+def test_an_emergency_push_that_may_succeed_is_repeated_at_the_next_round_to_that_endpoint(
+    engine: Engine, world: dict[str, Any], clock: FakeClock
+) -> None:
+    district, province = world["district"], world["province"]
+    district.script = [(503, {}, "busy"), (503, {}, "busy")]  # both attempts of the first push
+    emergency = {
+        "name": "Báo lũ",
+        "channel": "loudspeaker",
+        "at": "2026-05-08 06:00",
+        "audience": {"areas": ["18301", "16801"]},
+        "audio": world["sha"],
+        "priority": "emergency",
+    }
+    launch_broadcast(engine, world["settings"], clock(), emergency)
+    _tick(engine, world, clock())
+    # The emergency twice (both refused for now), then today's playlist, which holds it.
+    assert [seen.verdict for seen in district.seen] == ["scripted 503"] * 2 + ["accepted"]
+    assert [seen.verdict for seen in province.seen] == ["accepted"] * 2
+    emergencies = [p for p in _pushes(engine) if p[0] == "emergency"]
+    assert sorted(emergencies) == [
+        ("emergency", "40", MAY_8, "accepted", 1),
+        ("emergency", "440", MAY_8, "transient", 2),
+    ]
+
+    # A tick before the round is due repeats nothing; the round repeats the district's push
+    # only, and the row records it (attempts add up).
+    _tick(engine, world, clock() + timedelta(seconds=2))
+    assert len(district.seen) == 3
+    _tick(engine, world, clock() + timedelta(seconds=61))
+    assert len(district.seen) == 4 and len(province.seen) == 2
+    assert district.accepted[-1]["items"] == [
+        {**province.accepted[0]["items"][0], "commune_codes": ["18301"]}
+    ]
+    emergencies = [p for p in _pushes(engine) if p[0] == "emergency"]
+    assert sorted(emergencies) == [
+        ("emergency", "40", MAY_8, "accepted", 1),
+        ("emergency", "440", MAY_8, "accepted", 3),
+    ]
+
+    # An ambiguous push goes again under the same request id, which a controller that already
+    # has it recognises; here found by a scheduler that restarted after it.
+    with session_scope(engine) as session:
+        row = session.scalars(
+            select(BroadcastPush).where(
+                col(BroadcastPush.kind) == "emergency", col(BroadcastPush.area_code) == "40"
+            )
+        ).one()
+        row.outcome, request_id = "ambiguous", row.request_id
+    world["trigger"] = PushTrigger(world["settings"], system_clock, sleep=world["sleeps"])
+    _tick(engine, world, clock() + timedelta(seconds=122))
+    again = province.seen[-1]
+    assert (again.headers["X-Loa-Request-Id"], again.verdict) == (request_id, "duplicate")
+    assert ("emergency", "40", MAY_8, "accepted", 2) in _pushes(engine)
+
+
 def test_a_failing_endpoint_is_recorded_and_retried_at_the_next_round(
     engine: Engine, world: dict[str, Any], clock: FakeClock
 ) -> None:

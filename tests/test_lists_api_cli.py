@@ -82,8 +82,9 @@ def test_suppressions_over_http(
     assert no_phone.status_code == 422
     assert no_phone.json()["error"]["message"].startswith("request body: no phone column")
 
-    page = client.get(f"{base}?limit=2&offset=0", headers=operator).json()
-    assert (page["total"], len(page["items"])) == (3, 2)
+    page = client.get(f"{base}?limit=2", headers=operator).json()
+    rest = client.get(base, params={"after": page["next_after"]}, headers=operator).json()
+    assert (len(page["items"]), len(rest["items"]), rest["next_after"]) == (2, 1, None)
     opted = client.get(f"{base}?reason=opt_out", headers=operator).json()
     assert [i["phone"] for i in opted["items"]] == ["+84912000001"]
 
@@ -123,7 +124,7 @@ def test_consents_over_http(
     assert (imported["added"], len(imported["rejected"])) == (1, 1)
     assert imported["rejected"][0]["line"] == 3
     listed = client.get(base, headers=operator).json()
-    assert listed["total"] == 2
+    assert (len(listed["items"]), listed["next_after"]) == (2, None)
     assert client.delete(f"{base}/0912000001", headers=planner).status_code == 200
     with session_scope(engine) as session:
         assert list(session.scalars(select(col(Consent.phone)))) == ["+84912000002"]
@@ -150,7 +151,8 @@ def test_suppression_and_consent_on_the_command_line(db_url: str, tmp_path: Path
     assert "--opt-out-withdrawn" in refused.stderr and "Traceback" not in refused.stderr
     run_loa("suppression", "remove", "0912000002", "--opt-out-withdrawn", env=env)
     listed = run_loa("suppression", "list", env=env).stdout
-    assert "+84912000001  do_not_contact" in listed and "3 of 3 shown" in listed
+    assert "+84912000001  do_not_contact" in listed
+    assert "3 shown; that is the end of the list" in listed
 
     run_loa("consent", "add", "0912000006", "--note", "form", env=env)
     consents = tmp_path / "consent.csv"
@@ -158,6 +160,10 @@ def test_suppression_and_consent_on_the_command_line(db_url: str, tmp_path: Path
     imported = run_loa("consent", "import", str(consents), env=env)
     assert "added 2 new" in imported.stdout
     assert "1 of these number(s) are on the suppression list" in imported.stderr
-    assert "3 of 3 shown" in run_loa("consent", "list", env=env).stdout
+    first = run_loa("consent", "list", "--limit", "2", env=env).stdout
+    assert "2 shown; more with: --after " in first
+    cursor = first.rsplit("--after ", 1)[1].strip()
+    rest = run_loa("consent", "list", "--after", cursor, env=env).stdout
+    assert "1 shown; that is the end of the list" in rest
     bad = run_loa("suppression", "inbound", "--from", "12345", "STOP", env=env, check=False)
     assert bad.returncode == 1 and "Error: " in bad.stderr

@@ -30,6 +30,9 @@ EXPECTED_TABLES = {
     "consent",
     "segment",
     "audio_asset",
+    "stats_rollup",
+    "stats_rollup_wave",
+    "worker",
 }
 
 
@@ -261,4 +264,20 @@ def test_sqlite_readers_do_not_wait_for_the_writer(tmp_path: Path) -> None:
             other.execute(text("SELECT 1"))
     with session_scope(read_only(engine)) as reader:
         assert reader.execute(text("SELECT count(*) FROM area")).scalar() == 1
+    engine.dispose()
+
+
+def test_0012_worker_table_downgrades_and_upgrades(empty_db_url: str, tmp_path: Path) -> None:
+    from alembic import command
+
+    engine = make_engine(Settings(database_url=empty_db_url, data_dir=tmp_path))
+    config = schema._alembic_config()
+    schema.upgrade(engine)
+    assert "worker" in inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0011")
+    assert "worker" not in inspect(engine).get_table_names()
+    schema.upgrade(engine)
+    assert [i["name"] for i in inspect(engine).get_indexes("worker")] == ["ix_worker_seen_at"]
     engine.dispose()

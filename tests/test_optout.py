@@ -7,7 +7,7 @@ import unicodedata
 import pytest
 from pydantic import ValidationError
 
-from audience.optout import (
+from audience.keywords import (
     Classified,
     InboundKind,
     classify_inbound,
@@ -73,3 +73,29 @@ def test_keywords_are_configurable_and_validated() -> None:
             parse_keywords(bad)
     with pytest.raises(ValidationError, match="opt_out_keywords"):
         Settings(opt_out_keywords=" , ")
+
+
+OPT_IN = parse_keywords(Settings().opt_in_keywords, "opt_in_keywords")
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ("DKQC", InboundKind.OPT_IN),
+        ("dk qc", InboundKind.OPT_IN),
+        ("Đồng ý.", InboundKind.OPT_IN),
+        # Only the keyword alone is consent: a sentence around it, even a yes-sounding one, is not.
+        ("không DKQC", InboundKind.OTHER),
+        ("DKQC 0912000001", InboundKind.OTHER),
+        ("Từ chối", InboundKind.OPT_OUT),
+    ],
+)
+def test_an_opt_in_is_a_consent_keyword_alone(body: str, kind: InboundKind) -> None:
+    assert classify_inbound(body, KEYWORDS, OPT_IN).kind == kind
+
+
+def test_a_keyword_cannot_both_refuse_and_agree() -> None:
+    with pytest.raises(ValidationError, match="DONG Y is also an opt-out keyword"):
+        Settings(opt_in_keywords="DKQC,Đồng ý", opt_out_keywords="TU CHOI,DONG Y")
+    with pytest.raises(ValidationError, match="opt_in_keywords"):
+        Settings(opt_in_keywords=" , ")

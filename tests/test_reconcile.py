@@ -14,11 +14,12 @@ from channels.base import Capabilities, Channel, Outcome, OutgoingMessage, SendR
 from channels.console import ConsoleChannel
 from channels.registry import channel_lookup
 from loa.db import session_scope
-from loa.models import DeliveryEvent, OutboxMessage
+from loa.models import Campaign, DeliveryEvent, OutboxMessage, Wave
 from loa.settings import Settings
 from scheduler.dispatch import begin_sending, claim_batch, dispatch_once, release_expired_leases
 from scheduler.gate import sendable_wave_ids
 from scheduler.reconcile import reconcile_unknown
+from scheduler.tick import run_tick
 from tests.builders import add_areas, add_recipient, launch_and_fire
 from tests.conftest import FakeClock
 
@@ -109,6 +110,32 @@ def test_the_channel_settles_unknown_messages_and_each_goes_out_once(
             )
             == 2
         )
+
+
+def test_a_wave_with_unknown_messages_stays_open_until_they_are_settled(
+    engine: Engine, settings: Settings, clock: FakeClock
+) -> None:
+    settings = settings.model_copy(update={"lease_seconds": 60})
+    _crash_mid_batch(engine, settings, clock)
+
+    def statuses() -> tuple[str, str]:
+        with session_scope(engine) as session:
+            wave = session.scalars(select(Wave)).one()
+            campaign = session.get(Campaign, wave.campaign_id)
+            assert campaign is not None
+            return wave.status, campaign.status
+
+    run_tick(engine, now=clock(), settings=settings)
+    assert statuses() == ("expanded", "running")
+    clock.advance(seconds=60)
+    lookup = channel_lookup(settings)
+    reconcile_unknown(engine, channel_for=lookup, now=clock(), settings=settings)
+    run_tick(engine, now=clock(), settings=settings)
+    # The re-planned message is still to send: the wave stays open and a worker finds it.
+    assert statuses() == ("expanded", "running")
+    dispatch_once(engine, worker_id="w2", clock=clock, settings=settings, channel_for=lookup)
+    run_tick(engine, now=clock(), settings=settings)
+    assert statuses() == ("done", "completed")
 
 
 class Forgetful:

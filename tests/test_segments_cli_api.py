@@ -126,7 +126,8 @@ def test_segments_over_the_api(
     assert bad_date.status_code == 422
     assert bad_date.json()["error"]["field"] == "filter.attributes.d.before"
 
-    assert [s["name"] for s in client.get(base, headers=operator).json()] == ["nong-dan-440"]
+    listed = client.get(base, headers=operator).json()
+    assert [s["name"] for s in listed["items"]] == ["nong-dan-440"]
     assert client.get(f"{base}/nong-dan-440", headers=operator).json()["filter"] == FILTER
     assert client.get(f"{base}/khong-co", headers=operator).status_code == 404
 

@@ -13,8 +13,9 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
 from audience.importer import import_recipients
-from audience.optout import InboundKind
+from audience.keywords import InboundKind
 from audience.suppression import (
+    InboundResult,
     add_suppression,
     apply_inbound,
     import_suppressions,
@@ -31,6 +32,7 @@ from tests.builders import add_areas, add_consent, add_recipient, launch_and_fir
 from tests.conftest import FakeClock
 
 KEYWORDS = Settings().opt_out_keywords
+OPT_IN = Settings().opt_in_keywords
 
 
 def _suppressions(engine: Engine) -> dict[str, tuple[str, str | None]]:
@@ -84,8 +86,8 @@ def test_add_and_remove_by_hand_with_audit_and_the_opt_out_guard(
         remove_suppression(
             session, "0912000002", actor="a", now=clock(), opt_out_withdrawn=True, note="DKQC"
         )
-        total, rows = list_suppressions(session)
-    assert (total, rows) == (0, [])
+        rows, next_after = list_suppressions(session)
+    assert (rows, next_after) == ([], None)
     assert _audit(engine) == [
         ("suppression.add", "+84912000001"),
         ("suppression.add", "+84912000002"),
@@ -223,7 +225,15 @@ def test_a_re_import_of_recipients_never_removes_a_suppression(
     with session_scope(engine) as session:
         add_areas(session)
         import_recipients(session, people, now=clock())
-        apply_inbound(session, "0912000001", "Từ chối", now=clock(), keywords=KEYWORDS, actor="a")
+        apply_inbound(
+            session,
+            "0912000001",
+            "Từ chối",
+            now=clock(),
+            keywords=KEYWORDS,
+            opt_in_keywords=OPT_IN,
+            actor="a",
+        )
     for _ in range(2):
         clock.advance(hours=1)
         with session_scope(engine) as session:
@@ -248,15 +258,33 @@ def test_an_opt_out_by_sms_suppresses_the_sender_and_withdraws_consent(
     clock.advance(minutes=5)
     with session_scope(engine) as session:
         mention = apply_inbound(
-            session, "+84912000001", "Anh Huy đây", now=clock(), keywords=KEYWORDS, actor="sms"
+            session,
+            "+84912000001",
+            "Anh Huy đây",
+            now=clock(),
+            keywords=KEYWORDS,
+            opt_in_keywords=OPT_IN,
+            actor="sms",
         )
         assert (mention.kind, mention.suppressed) == (InboundKind.MENTIONS_KEYWORD, False)
         done = apply_inbound(
-            session, "84 912 000 001", " HỦY. ", now=clock(), keywords=KEYWORDS, actor="sms"
+            session,
+            "84 912 000 001",
+            " HỦY. ",
+            now=clock(),
+            keywords=KEYWORDS,
+            opt_in_keywords=OPT_IN,
+            actor="sms",
         )
         with pytest.raises(InvalidInput, match="not a Vietnamese number"):
             apply_inbound(
-                session, "+14155550100", "STOP", now=clock(), keywords=KEYWORDS, actor="s"
+                session,
+                "+14155550100",
+                "STOP",
+                now=clock(),
+                keywords=KEYWORDS,
+                opt_in_keywords=OPT_IN,
+                actor="s",
             )
     assert (done.phone, done.kind, done.keyword, done.suppressed, done.consent_withdrawn) == (
         "+84912000001",
@@ -280,6 +308,62 @@ def test_an_opt_out_by_sms_suppresses_the_sender_and_withdraws_consent(
     assert entry.after["consent_withdrawn"]["source"] == "manual"
 
 
+def test_an_opt_in_by_sms_records_consent_and_lifts_only_the_senders_own_opt_out(
+    engine: Engine, clock: FakeClock
+) -> None:
+    def inbound(phone: str, body: str) -> InboundResult:
+        with session_scope(engine) as session:
+            return apply_inbound(
+                session,
+                phone,
+                body,
+                now=clock(),
+                keywords=KEYWORDS,
+                opt_in_keywords=OPT_IN,
+                actor="sms",
+            )
+
+    with session_scope(engine) as session:
+        add_suppression(
+            session, "0912000002", reason="do_not_contact", note=None, actor="a", now=clock()
+        )
+    assert inbound("0912000001", "Từ chối").suppressed
+    clock.advance(days=3)
+    sentence = inbound("0912000001", "không DKQC")
+    assert (sentence.kind, sentence.consented) == (InboundKind.OTHER, False)
+    back = inbound("84912000001", " dkqc ")
+    assert (back.kind, back.keyword, back.consented, back.opt_out_lifted, back.suppressed) == (
+        InboundKind.OPT_IN,
+        "DKQC",
+        True,
+        True,
+        False,
+    )
+    listed = inbound("0912000002", "Đồng ý")
+    assert (listed.consented, listed.opt_out_lifted, listed.suppressed) == (True, False, True)
+    assert _suppressions(engine) == {"+84912000002": ("do_not_contact", None)}
+    with session_scope(engine) as session:
+        consents = {c.phone: (c.source, c.given_at) for c in session.scalars(select(Consent))}
+        actions = session.execute(
+            select(col(AuditEntry.action), col(AuditEntry.entity_id))
+            .where(col(AuditEntry.actor) == "sms")
+            .order_by(col(AuditEntry.id))
+        ).all()
+    assert consents == {
+        "+84912000001": ("keyword", clock()),
+        "+84912000002": ("keyword", clock()),
+    }
+    assert [tuple(a) for a in actions] == [
+        ("suppression.opt_out", "+84912000001"),
+        ("consent.add", "+84912000001"),
+        ("suppression.remove", "+84912000001"),
+        ("consent.add", "+84912000002"),
+    ]
+    # Refusing again withdraws the consent the keyword gave.
+    again = inbound("0912000001", "STOP")
+    assert (again.suppressed, again.consent_withdrawn) == (True, True)
+
+
 def test_an_opt_out_mid_wave_stops_the_rest(
     engine: Engine, settings: Settings, clock: FakeClock
 ) -> None:
@@ -294,7 +378,15 @@ def test_an_opt_out_mid_wave_stops_the_rest(
     lookup = channel_lookup(settings)
     assert dispatch_once(engine, worker_id="w", clock=clock, settings=settings, channel_for=lookup)
     with session_scope(engine) as session:
-        apply_inbound(session, "0912000002", "STOP", now=clock(), keywords=KEYWORDS, actor="sms")
+        apply_inbound(
+            session,
+            "0912000002",
+            "STOP",
+            now=clock(),
+            keywords=KEYWORDS,
+            opt_in_keywords=OPT_IN,
+            actor="sms",
+        )
     # One at a time: the opted-out person's claim is set aside (a batch of none), the next sent.
     for _ in range(3):
         dispatch_once(engine, worker_id="w", clock=clock, settings=settings, channel_for=lookup)

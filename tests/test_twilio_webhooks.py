@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import Engine, select, update
 from sqlmodel import col
@@ -23,7 +24,7 @@ from api.app import create_app
 from channels.base import Channel, Outcome, SendResult
 from channels.twilio import TwilioChannel, config_from_settings
 from loa.db import session_scope
-from loa.models import DeliveryEvent, OutboxMessage, Recipient, Suppression
+from loa.models import Consent, DeliveryEvent, OutboxMessage, Recipient, Suppression
 from loa.settings import Settings
 from scheduler.dispatch import dispatch_once, record_results
 from tests.builders import add_areas, add_recipient, launch_and_fire
@@ -171,6 +172,61 @@ def test_a_signed_report_moves_the_message_forward_once(
     assert _state(engine, phone) == ("delivered", _sid(phone), None, ["sent", "delivered"])
 
 
+def _metrics(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for sample in family.samples
+    }
+
+
+def test_reports_are_counted_by_effect_and_their_lag_measured_from_the_send(
+    client: TestClient,
+    engine: Engine,
+    sent: dict[str, str],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    phone = PHONES[0]
+    lag = ("loa_webhook_lag_seconds_count", (("adapter", "twilio"),))
+    lag_sum = ("loa_webhook_lag_seconds_sum", (("adapter", "twilio"),))
+    bucket = ("loa_webhook_lag_seconds_bucket", (("adapter", "twilio"), ("le", "60.0")))
+    moved = (
+        "loa_delivery_reports_total",
+        (("adapter", "twilio"), ("effect", "moved"), ("status", "delivered")),
+    )
+    unchanged = (
+        "loa_delivery_reports_total",
+        (("adapter", "twilio"), ("effect", "unchanged"), ("status", "delivered")),
+    )
+    before = _metrics(client)
+    clock.now = FIRE_AT + timedelta(seconds=42)  # the message was sent at FIRE_AT
+    with caplog.at_level(logging.DEBUG, logger="scheduler.delivery"):
+        answer = _post(client, sent[phone], _report(phone, "delivered")).json()
+    assert answer["effect"] == "moved"
+    # The log record carries the ids a JSON log line shows (tests/test_ops.py: the format).
+    with session_scope(engine) as session:
+        wave_id = session.get(OutboxMessage, answer["message_id"]).wave_id  # type: ignore[union-attr]
+    [record] = [r for r in caplog.records if r.name == "scheduler.delivery"]
+    assert (record.message_id, record.wave_id, record.adapter, record.lag_seconds) == (  # type: ignore[attr-defined]
+        answer["message_id"],
+        wave_id,
+        "twilio",
+        42.0,
+    )
+    clock.now += timedelta(seconds=100)
+    assert _post(client, sent[phone], _report(phone, "delivered")).json()["effect"] == "unchanged"
+    after = _metrics(client)
+
+    def delta(key: tuple[str, tuple[tuple[str, str], ...]]) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    # One lag observed, of 42 s (under the 60 s bucket): the replay moved nothing, so its
+    # 142 s is no report's lag.
+    assert (delta(lag), delta(lag_sum), delta(bucket)) == (1, 42, 1)
+    assert (delta(moved), delta(unchanged)) == (1, 1)
+
+
 def test_a_tampered_parameter_is_refused_and_changes_nothing(
     client: TestClient, engine: Engine, sent: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -309,6 +365,19 @@ def test_an_inbound_opt_out_suppresses_and_answers_empty_twiml(
             session.execute(select(col(Suppression.phone), col(Suppression.reason))).all()
         )
     assert listed == {"+84912000001": "opt_out"}
+
+
+def test_an_inbound_consent_keyword_records_consent(client: TestClient, engine: Engine) -> None:
+    form = {
+        "MessageSid": "SM" + "2" * 32,
+        "From": "+84912000004",
+        "To": "+15005550006",
+        "Body": "DKQC",
+    }
+    assert _post(client, INBOUND_URL, form).status_code == 200
+    with session_scope(engine) as session:
+        consent = session.get(Consent, "+84912000004")
+    assert consent is not None and consent.source == "keyword"
 
 
 def test_without_an_auth_token_every_webhook_is_refused(

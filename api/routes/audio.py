@@ -7,7 +7,7 @@ name comes from `?filename=`. The MP3s are served for culture centres on slow li
 If-Range, so an interrupted download resumes where it stopped.
 
 Reading needs an API key. A district key reads only the audio of its own area's playlists
-(any day): the file, and its record; the province's roles read all.
+(any day): the file, its record, and in the list; the province's roles read all.
 """
 
 from __future__ import annotations
@@ -29,19 +29,20 @@ from api.deps import (
     ClockDep,
     EngineDep,
     ReadSessionDep,
-    SessionDep,
     SettingsDep,
     require_roles,
 )
+from api.paging import After, Limit, Page
 from api.upload import uploaded_file
 from audio.ingest import AddResult, Source, add_audio
 from audio.store import SHA256_PATTERN, asset_path, get_asset, list_assets
-from broadcast.playlist import audio_in_area
+from broadcast.playlist import audio_in_area, audio_of_area
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
 from loa.db import session_scope
 from loa.errors import Forbidden, NotFound, UnsupportedMediaType
 from loa.models import Area, AudioAsset
+from loa.paging import DEFAULT_PAGE
 from loa.settings import Settings
 
 router = APIRouter(prefix="/api/v1/audio", tags=["audio"])
@@ -205,15 +206,14 @@ def _stored_source(engine: Engine, settings: Settings, sha256: str | None) -> So
 
 @router.get("")
 def list_audio(
-    _caller: CallerDep,
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[AudioOut]:
-    """Stored audio, newest first."""
-    return [
-        AudioOut.model_validate(_out(a)) for a in list_assets(session, limit=limit, offset=offset)
-    ]
+    caller: CallerDep, session: ReadSessionDep, after: After = None, limit: Limit = DEFAULT_PAGE
+) -> Page[AudioOut]:
+    """Stored audio, newest first; for a district key, the audio of its own area's playlists."""
+    only = None
+    if caller.role == Role.DISTRICT:
+        only = audio_of_area(_own_area(session, caller).path)
+    assets, next_after = list_assets(session, after=after, limit=limit, only=only)
+    return Page(items=[AudioOut.model_validate(_out(a)) for a in assets], next_after=next_after)
 
 
 class AudioFileResponse(FileResponse):
@@ -271,12 +271,18 @@ def show(caller: CallerDep, session: ReadSessionDep, sha256: Sha256) -> AudioOut
     return AudioOut.model_validate(_out(asset))
 
 
+def _own_area(session: Session, caller: Caller) -> Area:
+    area = session.get(Area, caller.area_code) if caller.area_code else None
+    if area is None:  # an area is never deleted while a key names it (a foreign key)
+        raise Forbidden(f"API key {caller.prefix} has no area")
+    return area
+
+
 def _may_read(session: Session, caller: Caller, sha256: str) -> None:
     """A district key reads the audio of its own area's playlists only (403 otherwise)."""
     if caller.role != Role.DISTRICT:
         return
-    area = session.get(Area, caller.area_code) if caller.area_code else None
-    if area is None or not audio_in_area(session, sha256, area.path):
+    if not audio_in_area(session, sha256, _own_area(session, caller).path):
         raise Forbidden(
             f"API key {caller.prefix} is for area {caller.area_code}; audio {sha256[:12]}... "
             "is in none of its playlists"

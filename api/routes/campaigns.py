@@ -1,26 +1,29 @@
-"""Campaigns over HTTP: create from a spec, the lifecycle verbs, and reading. Each route calls the
-same lifecycle function as the CLI, with the API key's actor, the app's clock and the settings."""
+"""Campaigns over HTTP: create from a spec, edit a draft, the lifecycle verbs, and reading. Each
+route calls the same lifecycle function as the CLI, with the API key's actor, the app's clock and
+the settings."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import select
-from sqlmodel import col
 
-from api.deps import ClockDep, SessionDep, SettingsDep, require_roles
+from api.deps import ClockDep, ReadSessionDep, SessionDep, SettingsDep, require_roles
+from api.paging import After, Limit, Page
 from loa.apikeys import Caller, Role
 from loa.errors import InvalidInput
 from loa.models import Campaign
+from loa.paging import DEFAULT_PAGE
 from scheduler.lifecycle import (
     approve_campaign,
     cancel_campaign,
     create_campaign,
+    edit_campaign,
     get_campaign,
     launch_campaign,
+    list_campaigns,
     pause_campaign,
     resume_campaign,
 )
@@ -75,6 +78,31 @@ def create(
         raise InvalidInput(f"{SOURCE}: send the spec as JSON, with Content-Type: application/json")
     campaign = create_campaign(
         session,
+        spec=validate_spec(raw, source=SOURCE),
+        actor=caller.actor,
+        now=clock(),
+        settings=settings,
+        source=SOURCE,
+    )
+    return _public(campaign)
+
+
+@router.put("/{campaign_id}")
+def edit(
+    campaign_id: int,
+    caller: Planner,
+    raw: Annotated[Any, Body(description="The whole new spec, as for creating.")],
+    session: SessionDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+) -> CampaignPublic:
+    """Replace a draft's spec (name, waves and their templates), validated whole; 409 once it
+    is approved (what was approved is what is sent)."""
+    if isinstance(raw, bytes):
+        raise InvalidInput(f"{SOURCE}: send the spec as JSON, with Content-Type: application/json")
+    campaign = edit_campaign(
+        session,
+        campaign_id,
         spec=validate_spec(raw, source=SOURCE),
         actor=caller.actor,
         now=clock(),
@@ -142,9 +170,16 @@ def plan(
 
 
 @router.get("")
-def list_campaigns(_caller: Reader, session: SessionDep) -> list[CampaignPublic]:
-    campaigns = session.scalars(select(Campaign).order_by(col(Campaign.id).desc()).limit(200))
-    return [_public(c) for c in campaigns]
+def read_campaigns(
+    _caller: Reader,
+    session: ReadSessionDep,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    after: After = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> Page[CampaignPublic]:
+    """Campaigns, newest first; `status` filters."""
+    rows, next_after = list_campaigns(session, status=status, after=after, limit=limit)
+    return Page(items=[_public(c) for c in rows], next_after=next_after)
 
 
 @router.get("/{campaign_id}")

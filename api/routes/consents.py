@@ -7,17 +7,19 @@ from datetime import datetime
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime, BaseModel
 
-from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
+from api.deps import ClockDep, EngineDep, ReadSessionDep, SessionDep, SettingsDep, require_roles
+from api.paging import After, Limit, Page
 from api.routes.suppressions import ListImportResult, import_result
 from api.upload import SOURCE, uploaded_file
 from audience.consent import add_consent, import_consents, list_consents, remove_consent
 from loa.apikeys import Caller, Role
 from loa.db import session_scope
 from loa.models import Consent
+from loa.paging import DEFAULT_PAGE
 
 router = APIRouter(prefix="/api/v1/consents", tags=["consents"])
 
@@ -32,13 +34,6 @@ class ConsentPublic(BaseModel):
     source: str
     note: str | None
     given_at: datetime
-
-
-class ConsentPage(BaseModel):
-    total: int
-    offset: int
-    limit: int
-    items: list[ConsentPublic]
 
 
 class ConsentCreate(BaseModel):
@@ -58,13 +53,13 @@ def _public(row: Consent) -> ConsentPublic:
 @router.get("")
 def read_consents(
     _caller: Reader,
-    session: SessionDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> ConsentPage:
-    """One page of recorded consents, newest first."""
-    total, rows = list_consents(session, offset=offset, limit=limit)
-    return ConsentPage(total=total, offset=offset, limit=limit, items=[_public(r) for r in rows])
+    session: ReadSessionDep,
+    after: After = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> Page[ConsentPublic]:
+    """One page of recorded consents, newest first. No total: see loa/paging.py."""
+    rows, next_after = list_consents(session, after=after, limit=limit)
+    return Page(items=[_public(r) for r in rows], next_after=next_after)
 
 
 @router.post("", status_code=201)

@@ -33,7 +33,13 @@ from channels.http_gateway import adapter_name, dig, message_id_from_request_id
 from loa.db import session_scope
 from loa.errors import Forbidden, InvalidInput, LoaError, NotFound
 from loa.models import MessageStatus
-from scheduler.delivery import apply_delivery_report
+from scheduler.delivery import (
+    IGNORED,
+    ReportEffect,
+    ReportResult,
+    apply_delivery_report,
+    observe_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +172,19 @@ async def gateway_status(
 
     def apply() -> list[dict[str, Any]]:
         answers: list[dict[str, Any]] = []
+        now = clock()
+        applied: list[tuple[_Report, ReportResult | None]] = []
         with session_scope(engine) as session:
             for item in reports:
                 if item.status is None:
-                    answers.append({"effect": "ignored", "status": item.reported})
+                    applied.append((item, None))
+                    answers.append({"effect": IGNORED, "status": item.reported})
                     continue
                 if item.message_id is None and item.provider_id is None:
-                    answers.append({"effect": "unknown_message"})  # a request id not Loa's
+                    # A request id not Loa's.
+                    result = ReportResult(ReportEffect.UNKNOWN_MESSAGE)
+                    applied.append((item, result))
+                    answers.append({"effect": result.effect})
                     continue
                 result = apply_delivery_report(
                     session,
@@ -185,17 +197,9 @@ async def gateway_status(
                     problem=item.problem,
                     detail=f"{adapter}: {item.reported}"
                     + (f" (error {item.error_code})" if item.error_code else ""),
-                    now=clock(),
+                    now=now,
                 )
-                if result.effect in ("unknown_message", "mismatch"):
-                    log.warning(
-                        "%s report %s for %s (message %s) ignored: %s",
-                        adapter,
-                        item.reported,
-                        item.provider_id,
-                        item.message_id,
-                        result.effect,
-                    )
+                applied.append((item, result))
                 answers.append(
                     {
                         "effect": result.effect,
@@ -203,6 +207,16 @@ async def gateway_status(
                         "status": result.status,
                     }
                 )
+        # Counted and logged once committed: a request that failed half-way counts nothing.
+        for item, outcome in applied:
+            observe_report(
+                outcome,
+                adapter=adapter,
+                status=item.status,
+                reported=item.reported,
+                provider_id=item.provider_id,
+                now=now,
+            )
         return answers
 
     return {"results": await run_in_threadpool(apply)}

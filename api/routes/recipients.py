@@ -1,4 +1,5 @@
-"""Recipient import over HTTP: the importer of `loa recipients import`, fed by the request body.
+"""Recipients over HTTP: the importer of `loa recipients import`, fed by the request body; and
+search (by phone, name prefix, area, tag) with one recipient's record.
 
 The file is the raw body (not a multipart form): `curl --data-binary @danh-sach.xlsx`. A body is
 one file, so there is nothing for a form to add but a parser and its limits; the reader is chosen
@@ -9,21 +10,28 @@ passes LOA_IMPORT_MAX_BYTES, never held whole in memory.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ClockDep, EngineDep, SettingsDep, require_roles
+from api.deps import ClockDep, EngineDep, ReadSessionDep, SettingsDep, require_roles
+from api.paging import After, Limit, Page
 from api.upload import SOURCE, uploaded_file
 from audience.importer import ImportReport, audit_import, import_recipients, parse_column_mapping
+from audience.lookup import RecipientQuery, get_recipient, search_recipients, tags_of
+from audience.segments import mask_phone
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
 from loa.db import session_scope
+from loa.models import Recipient
+from loa.paging import DEFAULT_PAGE
 from loa.settings import Settings
 
 router = APIRouter(prefix="/api/v1/recipients", tags=["recipients"])
@@ -160,3 +168,83 @@ def _import(
         if not dry_run:
             audit_import(session, report, actor=actor, source=display, now=now)
         return report
+
+
+# --- search -----------------------------------------------------------------------------------
+# Who reads recipients: the province's roles. Admin and planner keys (who build audiences and
+# import the lists) see whole numbers and the attributes; approver and operator keys see numbers
+# masked as in segment samples (+84912***678) and no attributes: a search by name or area would
+# otherwise hand out a directory of numbers. Operators still see a message's whole number in the
+# delivery log, one message at a time, which their work needs. District keys: none of it.
+Reader = Annotated[
+    Caller, Depends(require_roles(Role.ADMIN, Role.PLANNER, Role.APPROVER, Role.OPERATOR))
+]
+FULL_VIEW: Final = frozenset({Role.ADMIN, Role.PLANNER})
+
+
+class RecipientPublic(BaseModel):
+    id: int
+    phone: str
+    phone_masked: bool  # true: the key's role sees numbers masked
+    name: str | None
+    area_code: str | None
+    carrier: str | None  # from the prefix: an estimate (number portability)
+    phone_converted: bool  # an old 11-digit number converted with the 2018 table
+    tags: list[str]
+    attributes: dict[str, Any] | None  # null when masked
+    created_at: datetime
+    updated_at: datetime
+
+
+def _public(recipient: Recipient, tags: list[str], caller: Caller) -> RecipientPublic:
+    full = caller.role in FULL_VIEW
+    assert recipient.id is not None
+    return RecipientPublic(
+        id=recipient.id,
+        phone=recipient.phone if full else mask_phone(recipient.phone),
+        phone_masked=not full,
+        name=recipient.name,
+        area_code=recipient.area_code,
+        carrier=recipient.carrier,
+        phone_converted=recipient.phone_converted,
+        tags=tags,
+        attributes=recipient.attributes if full else None,
+        created_at=recipient.created_at,
+        updated_at=recipient.updated_at,
+    )
+
+
+@router.get("")
+def search(
+    caller: Reader,
+    session: ReadSessionDep,
+    phone: Annotated[
+        str | None, Query(max_length=32, description="Any usual form: 0912 345 678, +84...")
+    ] = None,
+    name: Annotated[
+        str | None,
+        Query(min_length=1, max_length=200, description="Start of the name (case as written)."),
+    ] = None,
+    area: Annotated[
+        str | None, Query(max_length=16, description="An area code; its sub-areas too.")
+    ] = None,
+    tag: Annotated[str | None, Query(max_length=64)] = None,
+    after: After = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> Page[RecipientPublic]:
+    """Recipients matching every filter given, by id. Numbers are masked for approver and
+    operator keys."""
+    query = RecipientQuery(phone=phone, name=name, area=area, tag=tag)
+    rows, next_after = search_recipients(session, query, after=after, limit=limit)
+    tags = tags_of(session, [r.id for r in rows if r.id is not None])
+    return Page(
+        items=[_public(r, tags.get(r.id or 0, []), caller) for r in rows], next_after=next_after
+    )
+
+
+@router.get("/{recipient_id}")
+def read(
+    recipient_id: Annotated[int, PathParam(ge=1)], caller: Reader, session: ReadSessionDep
+) -> RecipientPublic:
+    recipient = get_recipient(session, recipient_id)
+    return _public(recipient, tags_of(session, [recipient_id]).get(recipient_id, []), caller)

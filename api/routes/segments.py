@@ -10,7 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from api.deps import ClockDep, SessionDep, SettingsDep, require_roles
+from api.deps import ClockDep, ReadSessionDep, SessionDep, SettingsDep, require_roles
+from api.paging import After, Limit, Page
 from audience.segments import (
     SegmentCount,
     check_against_data,
@@ -27,6 +28,7 @@ from audience.segments import (
 )
 from loa.apikeys import Caller, Role
 from loa.models import Segment
+from loa.paging import DEFAULT_PAGE
 
 router = APIRouter(prefix="/api/v1/segments", tags=["segments"])
 
@@ -115,8 +117,12 @@ def create(body: SegmentIn, caller: Writer, session: SessionDep, clock: ClockDep
 
 
 @router.get("")
-def list_all(_caller: Reader, session: SessionDep) -> list[SegmentPublic]:
-    return [_public(s) for s in list_segments(session)]
+def list_all(
+    _caller: Reader, session: ReadSessionDep, after: After = None, limit: Limit = DEFAULT_PAGE
+) -> Page[SegmentPublic]:
+    """Saved segments by name."""
+    rows, next_after = list_segments(session, after=after, limit=limit)
+    return Page(items=[_public(s) for s in rows], next_after=next_after)
 
 
 @router.post("/count")

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_roles
+from api.deps import ClockDep, EngineDep, ReadSessionDep, SessionDep, SettingsDep, require_roles
+from api.paging import After, Limit, Page
 from api.upload import SOURCE, uploaded_file
 from audience.importer import RowError
 from audience.phonelist import ListImportReport
@@ -25,6 +26,7 @@ from audience.suppression import (
 from loa.apikeys import Caller, Role
 from loa.db import session_scope
 from loa.models import Suppression
+from loa.paging import DEFAULT_PAGE
 
 router = APIRouter(prefix="/api/v1/suppressions", tags=["suppressions"])
 
@@ -39,13 +41,6 @@ class SuppressionPublic(BaseModel):
     reason: str
     note: str | None
     created_at: datetime
-
-
-class SuppressionPage(BaseModel):
-    total: int
-    offset: int
-    limit: int
-    items: list[SuppressionPublic]
 
 
 class SuppressionCreate(BaseModel):
@@ -96,16 +91,14 @@ def _public(row: Suppression) -> SuppressionPublic:
 @router.get("")
 def read_suppressions(
     _caller: Reader,
-    session: SessionDep,
-    reason: str | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> SuppressionPage:
-    """One page of the list, newest first; `reason` filters."""
-    total, rows = list_suppressions(session, reason=reason, offset=offset, limit=limit)
-    return SuppressionPage(
-        total=total, offset=offset, limit=limit, items=[_public(r) for r in rows]
-    )
+    session: ReadSessionDep,
+    reason: Annotated[str | None, Query(max_length=32)] = None,
+    after: After = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> Page[SuppressionPublic]:
+    """One page of the list, newest first; `reason` filters. No total: see loa/paging.py."""
+    rows, next_after = list_suppressions(session, reason=reason, after=after, limit=limit)
+    return Page(items=[_public(r) for r in rows], next_after=next_after)
 
 
 @router.post("", status_code=201)

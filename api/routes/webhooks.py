@@ -1,4 +1,5 @@
-"""Twilio's webhooks: delivery reports (`StatusCallback`) and inbound SMS (opt-out keywords).
+"""Twilio's webhooks: delivery reports (`StatusCallback`) and inbound SMS (opt-out and opt-in
+keywords).
 
 Both are signed by Twilio with the account's auth token over the URL it called and every form
 parameter (X-Twilio-Signature). The URL checked is LOA_PUBLIC_URL + the path + the query, since
@@ -24,13 +25,14 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from api.deps import ClockDep, EngineDep, SettingsDep
+from audience.segments import mask_phone
 from audience.suppression import apply_inbound
 from channels.twilio import MESSAGE_PARAM, classify_error, public_url
 from loa.db import session_scope
 from loa.errors import Forbidden, InvalidInput, LoaError
 from loa.models import MessageStatus
 from loa.settings import Settings
-from scheduler.delivery import apply_delivery_report
+from scheduler.delivery import IGNORED, apply_delivery_report, observe_report
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +123,22 @@ async def twilio_status(
         raise _refuse(request, InvalidInput(f"ErrorCode {raw_code!r} is not a number"))
     status = TWILIO_STATUSES[reported]
     if status is None:
-        return {"effect": "ignored", "status": reported}
+        observe_report(
+            None, adapter="twilio", status=None, reported=reported, provider_id=sid, now=clock()
+        )
+        return {"effect": IGNORED, "status": reported}
     verdict = classify_error(int(raw_code), None) if raw_code else None
     if verdict is not None and verdict.alert:
-        log.error("twilio: %s; message %s (%s)", verdict.alert, message_id, sid)
+        log.error(
+            "twilio: %s; message %s (%s)",
+            verdict.alert,
+            message_id,
+            sid,
+            extra={"message_id": message_id, "provider_id": sid, "adapter": "twilio"},
+        )
 
     def apply() -> dict[str, Any]:
+        now = clock()
         with session_scope(engine) as session:
             result = apply_delivery_report(
                 session,
@@ -138,16 +150,11 @@ async def twilio_status(
                 error_code=raw_code,
                 problem=verdict.problem if verdict else None,
                 detail=f"twilio: {reported}" + (f" (error {raw_code})" if raw_code else ""),
-                now=clock(),
+                now=now,
             )
-        if result.effect in ("unknown_message", "mismatch"):
-            log.warning(
-                "twilio report %s for %s (message %s) ignored: %s",
-                reported,
-                sid,
-                message_id,
-                result.effect,
-            )
+        observe_report(
+            result, adapter="twilio", status=status, reported=reported, provider_id=sid, now=now
+        )
         return {"effect": result.effect, "message_id": result.message_id, "status": result.status}
 
     return await run_in_threadpool(apply)
@@ -157,8 +164,8 @@ async def twilio_status(
 async def twilio_inbound(
     request: Request, settings: SettingsDep, engine: EngineDep, clock: ClockDep
 ) -> Response:
-    """An SMS sent to Loa's number: an opt-out keyword suppresses the sender. Answers empty
-    TwiML (Loa sends no automatic reply)."""
+    """An SMS sent to Loa's number: an opt-out keyword suppresses the sender; an opt-in keyword
+    records their consent to advertising. Answers empty TwiML (Loa sends no automatic reply)."""
     params = await _signed_params(request, settings)
     sender = _required(request, params, "From")
     if "Body" not in params:
@@ -172,9 +179,11 @@ async def twilio_inbound(
                 params["Body"],
                 now=clock(),
                 keywords=settings.opt_out_keywords,
+                opt_in_keywords=settings.opt_in_keywords,
                 actor="twilio:inbound",
             )
-        log.info("inbound SMS from %s: %s", result.phone, result.kind)
+        # Masked: logs are kept and read more widely than the suppression list.
+        log.info("inbound SMS from %s: %s", mask_phone(result.phone), result.kind)
 
     try:
         await run_in_threadpool(apply)
