@@ -118,6 +118,27 @@ def _api(served: Served, key: str, path: str) -> Any:
     return response.json()
 
 
+def _check_area_row(page: Any, code: str | None, row: dict[str, Any]) -> None:
+    shown = page.locator(f"#areas tr[data-area='{code or ''}']")
+    for field in ("targeted", "sent", "delivered", "failed"):
+        assert shown.locator(f"[data-field='{field}']").inner_text() == str(row[field]), field
+    rate = shown.locator("[data-field='delivery_rate']").inner_text()  # "85,7%" in Vietnamese
+    assert float(rate.rstrip("%").replace(",", ".")) == pytest.approx(
+        100 * row["delivery_rate"], abs=0.05
+    )
+
+
+def _check_failures(page: Any, rows: list[dict[str, Any]]) -> None:
+    """Every error code with failed messages, and its count, as the API gives them."""
+    failed = {row["key"]["error_code"]: row["failed"] for row in rows if row["failed"]}
+    assert failed and None not in failed
+    shown = page.locator("#failures tbody tr")
+    assert shown.count() == len(failed)
+    for code, count in failed.items():
+        cell = page.locator(f"#failures tr[data-code='{code}'] [data-field='failed']")
+        assert cell.inner_text() == str(count)
+
+
 def _sign_in(page: Any, served: Served, key: str) -> None:
     page.goto(f"{served.base}/")
     assert page.url == f"{served.base}/login"
@@ -158,6 +179,14 @@ def test_the_operator_page_in_chromium(browsing: Browsing, served: Served, tmp_p
     # The bar is drawn to the figures: 9 of 15 delivered.
     delivered = first.locator(".progress").first.locator("rect.seg.delivered")
     assert float(delivered.get_attribute("width")) == pytest.approx(60.0)
+
+    # Delivery per district and failures by reason: the statistics API's.
+    by_district = _api(served, operator, "/api/v1/stats?group_by=district")["rows"]
+    assert len(by_district) == 3  # Đức Thọ, Hương Sơn, and Nghệ An's commune with no district
+    for row in by_district:
+        _check_area_row(page, row["key"]["district"], row)
+    assert page.locator("svg.chart rect.bar").count() == 3
+    _check_failures(page, _api(served, operator, "/api/v1/stats?group_by=error_code")["rows"])
 
     # Today's playlist of a district, asked for by code.
     page.fill("#area", "440")
@@ -210,5 +239,12 @@ def test_the_operator_page_in_chromium(browsing: Browsing, served: Served, tmp_p
         assert row.locator("[data-field='communes']").inner_text() == ", ".join(item["communes"])
         assert row.locator("[data-field='repeats']").inner_text() == str(item["repeats"])
     assert page.locator("[data-playlist-area]").inner_text().startswith("Huyện Đức Thọ (440)")
+    # Its figures per commune are its own area's, as the statistics API gives them to its key.
+    by_commune = _api(served, district, "/api/v1/stats?group_by=commune")["rows"]
+    assert sorted(row["key"]["commune"] for row in by_commune) == ["18301", "18302"]
+    assert page.locator("#areas tbody tr").count() == 2
+    for row in by_commune:
+        _check_area_row(page, row["key"]["commune"], row)
+    _check_failures(page, _api(served, district, "/api/v1/stats?group_by=error_code")["rows"])
 
     assert browsing.problems == []

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlmodel import Session, col
 
 from loa.apikeys import Caller, Role
-from loa.errors import NotBuilt
+from loa.errors import Forbidden
 from loa.models import Area, Campaign, MessageStatus
 from loa.settings import Settings
 from stats.campaign import campaign_stats
+from stats.rollup import query_stats
 
 RECENT_CAMPAIGNS: Final = 20
 
@@ -128,29 +129,25 @@ class FailureFigures:
     set_aside: int  # not sent for this reason: suppressed (no consent), expired, cancelled
 
 
-def _query_stats() -> Any:
-    try:
-        from stats.rollup import query_stats
-    except ImportError:
-        raise NotBuilt(
-            "statistics per area and per error code need the stats rollup (stats/rollup.py), "
-            "which is not built yet"
-        ) from None
-    return query_stats
+def _text(value: str | int | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _scope(caller: Caller) -> tuple[str, str | None]:
-    """Which area level the caller's figures are grouped by, and the area they are limited to."""
-    if caller.role == Role.DISTRICT:
-        return "commune", caller.area_code
-    return "district", None
+    """Which area level the caller's figures are grouped by, and the area they are limited to
+    (as GET /api/v1/stats holds a district key to its own area)."""
+    if caller.role != Role.DISTRICT:
+        return "district", None
+    if caller.area_code is None:
+        raise Forbidden(f"API key {caller.prefix} is a district key without an area")
+    return "commune", caller.area_code
 
 
 def area_figures(
     session: Session, caller: Caller, *, settings: Settings, campaign_id: int | None
 ) -> list[AreaFigures]:
     level, area = _scope(caller)
-    rows = _query_stats()(
+    rows = query_stats(
         session,
         group_by=[level],
         campaign_id=campaign_id,
@@ -160,8 +157,8 @@ def area_figures(
     )
     figures = [
         AreaFigures(
-            code=row.key.get(level),
-            name=row.key.get(f"{level}_name"),
+            code=_text(row.key.get(level)),
+            name=_text(row.key.get(f"{level}_name")),
             targeted=row.targeted,
             sent=row.sent,
             delivered=row.delivered,
@@ -179,7 +176,7 @@ def failure_figures(
     session: Session, caller: Caller, *, settings: Settings, campaign_id: int | None
 ) -> list[FailureFigures]:
     _, area = _scope(caller)
-    rows = _query_stats()(
+    rows = query_stats(
         session,
         group_by=["error_code"],
         campaign_id=campaign_id,

@@ -95,10 +95,6 @@ MESSAGES: Final[Mapping[str, tuple[str, str]]] = {
     "districts.no_district": ("(không thuộc huyện)", "(no district)"),
     "failures.title": ("Lỗi theo nguyên nhân", "Failures by reason"),
     "failures.none": ("Không có tin nào lỗi.", "No failed messages."),
-    "stats.not_built": (
-        "Chưa có: thống kê theo khu vực và theo mã lỗi chưa được xây dựng trong phiên bản này.",
-        "Not available: statistics per area and per error code are not built in this version.",
-    ),
     "filter.campaign": ("Số liệu của chiến dịch", "Figures of campaign"),
     "filter.all": ("Tất cả", "All"),
     "filter.apply": ("Lọc", "Filter"),

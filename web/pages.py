@@ -22,7 +22,7 @@ from api.deps import ClockDep, EngineDep, ReadSessionDep, SettingsDep
 from api.routes.districts import allowed_area, public_base_url
 from broadcast.playlist import Playlist, district_playlist
 from loa.apikeys import Caller, Role
-from loa.errors import Forbidden, NotAuthenticated, NotBuilt, NotFound
+from loa.errors import Forbidden, NotAuthenticated, NotFound
 from loa.settings import Settings
 from web.auth import (
     CSRF_FIELD,
@@ -210,20 +210,6 @@ def _playlist(
     return playlist, None, 200
 
 
-def _figures(
-    session: Session, caller: Caller, settings: Settings, campaign: int | None
-) -> dict[str, Any]:
-    """The statistics sections, or NotBuilt's message in their place (never made-up numbers)."""
-    try:
-        return {
-            "areas": area_figures(session, caller, settings=settings, campaign_id=campaign),
-            "failures": failure_figures(session, caller, settings=settings, campaign_id=campaign),
-            "stats_missing": None,
-        }
-    except NotBuilt as exc:
-        return {"areas": [], "failures": [], "stats_missing": exc.message}
-
-
 @router.get("/")
 def dashboard(
     request: Request,
@@ -261,5 +247,6 @@ def dashboard(
         as_of=now.astimezone(local_zone(settings)),
         playlist=playlist,
         playlist_error=playlist_error,
-        **_figures(session, caller, settings, campaign),
+        areas=area_figures(session, caller, settings=settings, campaign_id=campaign),
+        failures=failure_figures(session, caller, settings=settings, campaign_id=campaign),
     )
