@@ -1,6 +1,5 @@
-"""What the operator page shows, gathered for one caller: campaign progress, delivery per area,
-failures by reason and today's playlist. Plain data; the words and the drawing are the
-templates'.
+"""The figures the operator page shows, gathered for one caller: campaign progress, delivery per
+area and failures by reason. Plain data; the words and the drawing are the templates'.
 
 Scope follows the API's: the province's roles (admin, planner, approver, operator) see every
 campaign and every district; a district key sees only figures and the playlist of its own area,
@@ -116,7 +115,7 @@ class AreaFigures:
     code: str | None
     name: str | None
     targeted: int
-    sent: int  # reached the provider (sent or delivered)
+    sent: int  # a provider took it: sent, delivered or undelivered (stats/rollup.py)
     delivered: int
     failed: int
     delivery_rate: float | None
@@ -190,9 +189,7 @@ def failure_figures(
         # Without a code, a message set aside was on the suppression list: no failure's reason.
         set_aside = row.suppressed + row.expired + row.cancelled if code is not None else 0
         if row.failed or set_aside:
-            failures.append(
-                FailureFigures(None if code is None else str(code), row.failed, set_aside)
-            )
+            failures.append(FailureFigures(_text(code), row.failed, set_aside))
     return sorted(failures, key=lambda f: (-(f.failed + f.set_aside), f.code or ""))
 
 

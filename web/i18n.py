@@ -80,7 +80,7 @@ MESSAGES: Final[Mapping[str, tuple[str, str]]] = {
     "status.done": ("xong", "done"),
     # Message outcomes, as the progress bars group them.
     "outcome.delivered": ("đã đến máy", "delivered"),
-    "outcome.sent": ("đã gửi", "sent"),
+    "outcome.sent": ("đã gửi, chưa có báo cáo", "sent, not reported yet"),
     "outcome.failed": ("thất bại", "failed"),
     "outcome.set_aside": (
         "không gửi (bị chặn, quá hạn, đã hủy)",

@@ -118,6 +118,18 @@ def _render(request: Request, template: str, *, status: int = 200, **context: An
     return response
 
 
+def _login_page(
+    request: Request,
+    *,
+    status: int = 200,
+    notice: str | None = None,
+    error: str | None = None,
+    detail: str | None = None,
+) -> Response:
+    """The sign-in form, with a notice or an error (catalogue keys) and the error's detail."""
+    return _render(request, "login.html", status=status, notice=notice, error=error, detail=detail)
+
+
 def _redirect(path: str) -> RedirectResponse:
     return RedirectResponse(path, status_code=303, headers={"Cache-Control": "no-store"})
 
@@ -128,8 +140,9 @@ def login_form(
     ended: Annotated[bool, Query()] = False,
     out: Annotated[bool, Query()] = False,
 ) -> Response:
-    notice = "login.ended" if ended else "login.signed_out" if out else None
-    return _render(request, "login.html", notice=notice, error=None, detail=None)
+    return _login_page(
+        request, notice="login.ended" if ended else "login.signed_out" if out else None
+    )
 
 
 @router.post("/login")
@@ -144,24 +157,13 @@ def login(
     try:
         check_form(request, settings, csrf)
     except ForgedForm as exc:
-        return _render(
-            request, "login.html", status=403, notice=None, error="login.forged", detail=exc.message
-        )
+        return _login_page(request, status=403, error="login.forged", detail=exc.message)
     if not key.strip():
-        return _render(
-            request, "login.html", status=422, notice=None, error="login.empty", detail=None
-        )
+        return _login_page(request, status=422, error="login.empty")
     try:
         sign_in(engine, clock, key)
     except NotAuthenticated as exc:
-        return _render(
-            request,
-            "login.html",
-            status=401,
-            notice=None,
-            error="login.refused",
-            detail=exc.message,
-        )
+        return _login_page(request, status=401, error="login.refused", detail=exc.message)
     response = _redirect("/")
     remember_key(response, request, key.strip())
     # A new form token with the new session: one learnt before sign-in is worth nothing after.
@@ -178,9 +180,7 @@ def logout(
     try:
         check_form(request, settings, csrf)
     except ForgedForm as exc:
-        return _render(
-            request, "login.html", status=403, notice=None, error="login.forged", detail=exc.message
-        )
+        return _login_page(request, status=403, error="login.forged", detail=exc.message)
     response = _redirect("/login?out=1")
     forget_key(response, request)
     return response
@@ -228,10 +228,11 @@ def dashboard(
         return response
     if caller is None:
         return _redirect("/login")
-    now = clock()
-    today = now.astimezone(local_zone(settings)).date()
+    local_now = clock().astimezone(local_zone(settings))
     province = caller.role != Role.DISTRICT
-    playlist, playlist_error, status = _playlist(session, caller, settings, request, area, today)
+    playlist, playlist_error, status = _playlist(
+        session, caller, settings, request, area, local_now.date()
+    )
     return _render(
         request,
         "dashboard.html",
@@ -243,8 +244,7 @@ def dashboard(
         campaign=campaign,
         outcomes=list(OUTCOMES),
         area=area or "",
-        today=today,
-        as_of=now.astimezone(local_zone(settings)),
+        as_of=local_now,
         playlist=playlist,
         playlist_error=playlist_error,
         areas=area_figures(session, caller, settings=settings, campaign_id=campaign),
