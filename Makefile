@@ -19,12 +19,17 @@ LOA := $(VENV)/bin/loa
 NPM ?= npm
 PRISM_STAMP := tests/contract/node_modules/.loa-installed
 
+# The operator page's browser test drives Debian's chromium, never a browser build that Playwright
+# would download. `make test` installs it when it is missing and make runs as root with apt-get
+# (as CI does); elsewhere it says how, and the test is skipped (failed under LOA_TEST_STRICT=1).
+CHROMIUM ?= /usr/bin/chromium
+
 PYTEST_ARGS ?=
 SERVE_ARGS ?=
 LOCK_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint lock clean
+.PHONY: help install run test lint lock clean chromium
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -50,8 +55,18 @@ run: $(STAMP)
 	$(LOA) demo
 	$(LOA) serve $(SERVE_ARGS)
 
-test: $(STAMP) $(PRISM_STAMP)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "make: installing Debian's chromium for the operator page's browser test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "make: $(CHROMIUM) is missing; the browser test needs it: sudo apt-get install chromium" >&2; \
+		fi; \
+	fi
+
+test: $(STAMP) $(PRISM_STAMP) chromium
+	LOA_TEST_CHROMIUM=$(CHROMIUM) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -47,6 +47,7 @@ from loa.settings import Settings
 from scheduler.dispatch import new_worker_id
 from scheduler.heartbeat import Heartbeat
 from scheduler.service import DispatchWorker, SchedulerService
+from web import pages
 
 
 def _request_problems(errors: Sequence[Any]) -> tuple[str, str | None]:
@@ -199,4 +200,5 @@ def create_app(
         stats.router,
     ):
         app.include_router(router, responses=ERROR_RESPONSES)
+    pages.mount(app)  # the operator page at /, with /login, /logout and /static
     return app

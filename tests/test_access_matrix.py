@@ -35,8 +35,10 @@ leaves open are decided here:
 | audit log; API keys                      | yes   | -       | -        | -        | -          |
 | /health, /metrics, /docs, /redoc, /openapi.json | public: no key needed, a bad key is ignored |
 | /webhooks/...                            | signed by the provider; keys grant nothing     |
+| /, /login, /logout (the operator page)   | keys in headers grant nothing (its own cookie) |
 
-("whole"/"masked": the phone numbers of recipients; see api/routes/recipients.py.)
+("whole"/"masked": the phone numbers of recipients; see api/routes/recipients.py. The operator
+page's sign-in and what each role sees there: tests/test_operator_page.py.)
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ REPORTERS = frozenset({ADMIN, OWN})
 ANY_KEY = frozenset(ROLES)
 PUBLIC = "public"
 SIGNED = "signed"
+PAGE = "page"
 
 TWILIO_TOKEN = "matrix-token"
 PUBLIC_URL = "https://loa.example.vn"
@@ -253,9 +256,10 @@ def _gateway_report() -> Call:
 
 @dataclass(frozen=True)
 class Row:
-    allowed: frozenset[str] | str  # the roles, or PUBLIC, or SIGNED
+    allowed: frozenset[str] | str  # the roles, or PUBLIC, or SIGNED, or PAGE
     call: Callable[[World], Call]
     audited: bool = False  # a successful call changes state, under the caller's key
+    page_status: int = 200  # PAGE: what every caller gets (redirects followed)
 
 
 def _public(path: str) -> Callable[[World], Call]:
@@ -288,6 +292,12 @@ MATRIX: dict[tuple[str, str], Row] = {
         lambda w: _twilio("/webhooks/twilio/inbound", {"From": "+84912000001", "Body": "Xin chao"}),
     ),
     ("POST", "/webhooks/gateway/{name}/status"): Row(SIGNED, lambda w: _gateway_report()),
+    # The operator page: without its cookie, to the sign-in form; a form without its token is
+    # refused whatever key comes in a header.
+    ("GET", "/"): Row(PAGE, _public("/")),
+    ("GET", "/login"): Row(PAGE, _public("/login")),
+    ("POST", "/login"): Row(PAGE, _public("/login"), page_status=403),
+    ("POST", "/logout"): Row(PAGE, _public("/logout"), page_status=403),
     # Campaigns and their waves.
     ("GET", C): Row(PROVINCE, lambda w: Call(C)),
     ("POST", C): Row(PLANNERS, lambda w: Call(C, json=SPEC), audited=True),
@@ -570,7 +580,7 @@ def test_every_route_has_a_row_and_every_change_is_audited(client: TestClient) -
         key
         for key, row in MATRIX.items()
         if key[0] in ("POST", "PUT", "PATCH", "DELETE")
-        and row.allowed not in (PUBLIC, SIGNED)
+        and row.allowed not in (PUBLIC, SIGNED, PAGE)
         and not row.audited
         and key not in WRITES_NOTHING
     )
@@ -619,6 +629,13 @@ def _check(
         )
         status = response.status_code
         case = f"{method} {path} as {who}{' ' + how if how else ''}: {status}"
+        if row.allowed == PAGE:
+            expected = str(row.page_status)
+            if status != row.page_status:
+                problems.append(f"{case}, expected {expected}: {response.text[:200]}")
+            elif _audit_count(engine) != before:
+                problems.append(f"{case}: the page wrote to the audit log")
+            continue
         if row.allowed == PUBLIC or how == "signed":
             expected = "2xx"
         elif how == "unsigned":

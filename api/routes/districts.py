@@ -86,7 +86,7 @@ def _day(value: str) -> date:
         ) from None
 
 
-def _base_url(request: Request, settings: Settings) -> str:
+def public_base_url(request: Request, settings: Settings) -> str:
     # LOA_PUBLIC_URL when set (behind a proxy the request's own URL is the proxy's inside one).
     return settings.public_url or str(request.base_url)
 
@@ -113,7 +113,7 @@ def _serve(
     (broadcast/cache.py), with its strong ETag; 304 when the client has it."""
     area = allowed_area(session, caller, code)
     local_day = _day(day)
-    base_url = _base_url(request, settings)
+    base_url = public_base_url(request, settings)
     serialise, media_type = FORMATS[fmt]
 
     def make() -> tuple[bytes, str]:
