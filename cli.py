@@ -1294,9 +1294,10 @@ def stats(
     timezone: str | None,
     as_json: bool,
 ) -> None:
-    """Delivery statistics: `loa stats 3` shows campaign 3's waves by status; with --group-by
-    (or no campaign) the same figures as GET /api/v1/stats, grouped and filtered as asked."""
-    if campaign_id is not None and group_by is None:
+    """Delivery statistics: `loa stats 3` shows campaign 3's waves by status; with --group-by or
+    a filter (or no campaign) the same figures as GET /api/v1/stats, grouped and filtered."""
+    options = (group_by, campaign_filter, wave_id, channel, area, day_from, day_to, timezone)
+    if campaign_id is not None and all(option is None for option in options):
         _campaign_stats(campaign_id, as_json)
         return
     from stats.rollup import MEASURES, key_columns, query_stats
@@ -1320,19 +1321,20 @@ def stats(
     if as_json:
         click.echo(json.dumps([row.model_dump() for row in rows], ensure_ascii=False, indent=2))
         return
+    if not rows:
+        click.echo("no messages or plays match")
+        return
     columns = key_columns(groups)
     table = [[*columns, *(m.replace("delivery_rate", "rate") for m in MEASURES)]]
     for row in rows:
         table.append(
             [_cell(row.key.get(c)) for c in columns] + [_cell(getattr(row, m)) for m in MEASURES]
         )
-    if not rows:
-        click.echo("no messages or plays match")
-        return
     _print_table(table, right_from=len(columns))
 
 
 def _cell(value: object) -> str:
+    """A table cell: '-' for none, rates as fractions, money with thousands separators."""
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -194,6 +194,9 @@ def test_the_cli_prints_the_same_figures(
 
     by_campaign = run_loa("stats", "--campaign", str(lived["sms"]), "--json", env=env).stdout
     assert json.loads(by_campaign)[0]["targeted"] == 8
+    # A campaign with a filter: the rollup's figures for it, not the per-wave view.
+    filtered = run_loa("stats", str(lived["sms"]), "--channel", "sms", "--json", env=env).stdout
+    assert [row["targeted"] for row in json.loads(filtered)] == [8]
     refused = run_loa("stats", "--group-by", "county", env=env, check=False)
     assert refused.returncode == 1 and "cannot group by 'county'" in refused.stderr
     bad_day = run_loa("stats", "--from", "2026-13-01", env=env, check=False)

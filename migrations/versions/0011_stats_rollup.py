@@ -28,8 +28,8 @@ Local days are made from these hours at query time (stats/rollup.py).
 PostgreSQL: statement-level triggers with transition tables, so that a claim of 500 messages is
 one aggregated upsert, not 1,000; rows are upserted in key order, so that concurrent workers lock
 rollup rows in the same order and cannot deadlock on them. (Transition tables cannot be combined
-with `UPDATE OF columns`: the update trigger runs for every UPDATE of the outbox and finds the
-rows whose key or segments changed by joining the old and new rows on id.)
+with `UPDATE OF columns`: the update trigger runs for every UPDATE of the outbox, and a row whose
+key and segments did not change adds and takes away the same, which writes nothing.)
 SQLite: row-level triggers (it has no transition tables), limited to updates of the key columns.
 
 Beware on SQLite: a later migration that rebuilds `outbox` or `broadcast_play` (batch_alter_table
@@ -62,7 +62,7 @@ ROLLUPS = {
 }
 FILLFACTOR = 70
 # The outbox columns a rollup key or measure is made of: an update touching none of them (a new
-# due_at, a lease) cannot change the rollup.
+# due_at, a lease) cannot change the rollup, and SQLite's row trigger does not run for it.
 _OUTBOX_COLUMNS = (
     "wave_id",
     "channel",
@@ -150,22 +150,20 @@ def _pg_function(name: str, body: str) -> str:
     """
 
 
-def _pg_changed(old: str, new: str) -> str:
-    columns = ", ".join(f"{{r}}.{c}" for c in _OUTBOX_COLUMNS)
-    return f"({columns.format(r=old)}) IS DISTINCT FROM ({columns.format(r=new)})"
-
-
 def _pg_functions() -> dict[str, str]:
     old, new = _message_key("o", "postgresql"), _message_key("x", "postgresql")
     return {
         "stats_rollup_outbox_insert": _pg_upserts(
             f"SELECT {_select(new)}, 1, coalesce(x.segments, 0) FROM new_rows x"
         ),
+        # Every old row taken out of its key and every new row added to its own, summed per key:
+        # a row whose key and segments did not change cancels out, and its key is not written
+        # (the upsert keeps only non-zero sums). No join of the old and new rows on id: the
+        # planner knows nothing of transition tables and chose a nested loop, 500 x 500 row
+        # comparisons for each statement of a batch of 500.
         "stats_rollup_outbox_update": _pg_upserts(
-            f"SELECT v.* FROM old_rows o JOIN new_rows x ON x.id = o.id, LATERAL (VALUES "
-            f"({_select(old)}, -1, -coalesce(o.segments, 0)), "
-            f"({_select(new)}, 1, coalesce(x.segments, 0))) AS v "
-            f"WHERE {_pg_changed('o', 'x')}"
+            f"SELECT {_select(old)}, -1, -coalesce(o.segments, 0) FROM old_rows o UNION ALL "
+            f"SELECT {_select(new)}, 1, coalesce(x.segments, 0) FROM new_rows x"
         ),
         "stats_rollup_outbox_delete": _pg_upserts(
             f"SELECT {_select(old)}, -1, -coalesce(o.segments, 0) FROM old_rows o"
