@@ -7,8 +7,9 @@ suppressed the same way when a worker claims it if the consent was withdrawn mea
 Consent is withdrawn by deleting its row (`remove_consent`), and also when the person sends an
 opt-out keyword (audience/suppression.py apply_inbound). A suppression wins over a consent:
 recording one by hand or by import never takes a number off the suppression list. The one
-exception is the person's own opt-in keyword by SMS (LOA_OPT_IN_KEYWORDS, e.g. DKQC), which lifts
-the opt-out that the same number sent earlier, and nothing else.
+exception is the person's own opt-in keyword by SMS from that number (LOA_OPT_IN_KEYWORDS, e.g.
+DKQC), which lifts the number's opt-out (the person's own refusal, however it was recorded: the
+later word of the same person stands), and no other reason.
 """
 
 from __future__ import annotations

@@ -93,7 +93,9 @@ class Settings(BaseSettings):
     # Inbound SMS bodies that mean "I agree to receive advertising" (the reply to the one consent
     # request, labelled DKQC, that Decree 91/2020 allows): the sender's consent is recorded, and an
     # opt-out the same number sent earlier is lifted. Same comparison; none may be an opt-out.
-    opt_in_keywords: str = "DKQC,DK QC,DONG Y"
+    # Not "đồng ý" ("I agree"): people answer care messages with it, and it must not be taken
+    # for consent to advertising.
+    opt_in_keywords: str = "DKQC,DK QC"
     # Decree 91/2020/ND-CP content rules for advertising (qc), checked when a campaign is planned,
     # approved and launched: the text starts with `qc_label`; it tells how to refuse further
     # adverts by naming one of `qc_refusal_keywords` (comma-separated; each must be an opt-out

@@ -335,6 +335,9 @@ def test_numbers_are_whole_for_admins_and_planners_only(
         assert record["attributes"] is None and record["name"] == "Nguyễn Văn An"
         found = client.get(f"{API}/recipients", params={"tag": "nong-dan"}, headers=keys[role])
         assert all("***" in r["phone"] for r in found.json()["items"])
+        # Nor may they search by number, which would unmask numbers one guess at a time.
+        probe = client.get(f"{API}/recipients", params={"phone": "0912000001"}, headers=keys[role])
+        assert (probe.status_code, probe.json()["error"]["field"]) == (403, "phone")
     assert client.get(url, headers=keys["district"]).status_code == 403
     assert client.get(url).status_code == 401
     assert client.get(f"{API}/recipients/999999", headers=keys["admin"]).status_code == 404

@@ -435,7 +435,8 @@ def test_the_openapi_description_declares_what_the_api_checks(client: TestClient
             for status in ("401", "422", "500"):
                 declared = operation["responses"][status]["content"]["application/json"]
                 assert declared["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, where
-            if method == "post":
+            if method == "post" and not path.startswith("/api/v1/apikeys"):
+                # API keys excepted: a replay would need the secret, which is stored nowhere.
                 headers = {
                     p["name"] for p in operation.get("parameters", []) if p["in"] == "header"
                 }

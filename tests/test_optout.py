@@ -83,7 +83,7 @@ OPT_IN = parse_keywords(Settings().opt_in_keywords, "opt_in_keywords")
     [
         ("DKQC", InboundKind.OPT_IN),
         ("dk qc", InboundKind.OPT_IN),
-        ("Đồng ý.", InboundKind.OPT_IN),
+        ("Đồng ý.", InboundKind.OTHER),  # "I agree" answers anything: not consent to adverts
         # Only the keyword alone is consent: a sentence around it, even a yes-sounding one, is not.
         ("không DKQC", InboundKind.OTHER),
         ("DKQC 0912000001", InboundKind.OTHER),

@@ -339,7 +339,7 @@ def test_an_opt_in_by_sms_records_consent_and_lifts_only_the_senders_own_opt_out
         True,
         False,
     )
-    listed = inbound("0912000002", "Đồng ý")
+    listed = inbound("0912000002", "DK QC")
     assert (listed.consented, listed.opt_out_lifted, listed.suppressed) == (True, False, True)
     assert _suppressions(engine) == {"+84912000002": ("do_not_contact", None)}
     with session_scope(engine) as session:

@@ -12,13 +12,14 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ClockDep, ReadSessionDep, SessionDep, require_roles
-from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
 from loa.apikeys import Caller, Role, create_key, list_keys, revoke_key
 from loa.models import ApiKey
 from loa.paging import DEFAULT_PAGE
 
-router = APIRouter(prefix="/api/v1/apikeys", tags=["apikeys"], route_class=IdempotentRoute)
+# Not an IdempotentRoute: a replay would have to return the new key's secret, which must be
+# stored nowhere (loa/apikeys.py); revoking is idempotent by itself.
+router = APIRouter(prefix="/api/v1/apikeys", tags=["apikeys"])
 
 Admin = Annotated[Caller, Depends(require_roles(Role.ADMIN))]
 Prefix = Annotated[str, PathParam(pattern=r"^[0-9a-f]{1,16}$", description="the key's prefix")]

@@ -31,6 +31,7 @@ from audience.segments import mask_phone
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
 from loa.db import MAX_BIGINT, session_scope
+from loa.errors import Forbidden
 from loa.models import Recipient
 from loa.paging import DEFAULT_PAGE
 from loa.settings import Settings
@@ -234,7 +235,14 @@ def search(
     limit: Limit = DEFAULT_PAGE,
 ) -> Page[RecipientPublic]:
     """Recipients matching every filter given, by id. Numbers are masked for approver and
-    operator keys."""
+    operator keys, who may not search by number either: a thousand searches would unmask any
+    number, and one would tell whether a number is on the list."""
+    if phone is not None and caller.role not in FULL_VIEW:
+        raise Forbidden(
+            f"API key {caller.prefix} has the role {caller.role}, which sees numbers masked; "
+            "searching by number needs planner or admin",
+            field="phone",
+        )
     query = RecipientQuery(phone=phone, name=name, area=area, tag=tag)
     rows, next_after = search_recipients(session, query, after=after, limit=limit)
     tags = tags_of(session, [r.id for r in rows if r.id is not None])
