@@ -420,14 +420,19 @@ def push_emergencies(
     settings: Settings,
     clock: Clock,
     sleep: Sleep = asyncio.sleep,
+    unroutable: set[int] | None = None,
 ) -> list[PushResult]:
     """Push each emergency item not pushed yet to every endpoint serving its communes, and again
     to the endpoints where its push may succeed if repeated; one row per (item, endpoint) records
-    the outcome (a repeat updates it, attempts adding up)."""
+    the outcome (a repeat updates it, attempts adding up). `unroutable`: the items no endpoint
+    serves, skipped (they leave no row to say so) and added to (each is reported once)."""
     with session_scope(engine) as session:
         pending = _emergencies(session, now=now, base_url=_base_url(settings))
+    skip = unroutable if unroutable is not None else set()
     done: list[PushResult] = []
     for emergency in pending:
+        if emergency.item_id in skip:
+            continue
         sent = asyncio.run(
             push_emergency(
                 config,
@@ -441,6 +446,8 @@ def push_emergencies(
                 only=emergency.retry,
             )
         )
+        if not sent.results:
+            skip.add(emergency.item_id)
         if sent.uncovered and emergency.retry is None:
             log.warning(
                 "emergency item %d: no loudspeaker endpoint serves commune(s) %s",
@@ -491,6 +498,10 @@ class _Memory:
     retry: bool = False
     next_round: datetime | None = None
     last_error: str | None = None  # logged once, not every tick
+    # Emergency items that no configured endpoint serves (for these endpoints); forgotten when
+    # the endpoints change.
+    unroutable: set[int] = field(default_factory=set)
+    unroutable_for: tuple[Any, ...] | None = None
     busy: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -572,8 +583,17 @@ class PushTrigger:
         memory, sleep = self._memory, self._sleep
         # Every call pushes new emergencies and, as a round does, repeats the emergency pushes
         # that may succeed now (see the module's docstring).
+        endpoints = fingerprint[2]
+        if memory.unroutable_for != endpoints:
+            memory.unroutable, memory.unroutable_for = set(), endpoints
         urgent = push_emergencies(
-            engine, config, now=now, settings=self._settings, clock=self._clock, sleep=sleep
+            engine,
+            config,
+            now=now,
+            settings=self._settings,
+            clock=self._clock,
+            sleep=sleep,
+            unroutable=memory.unroutable,
         )
         memory.emergency_key = key
         again = any(r.outcome.value in RETRIED for r in urgent)

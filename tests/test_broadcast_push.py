@@ -257,6 +257,35 @@ def test_an_emergency_push_that_may_succeed_is_repeated_at_the_next_round_to_tha
     assert ("emergency", "40", MAY_8, "accepted", 2) in _pushes(engine)
 
 
+def test_an_emergency_no_endpoint_serves_is_reported_once(
+    engine: Engine,
+    world: dict[str, Any],
+    clock: FakeClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    province = world["province"]
+    only_40 = _write_endpoints(tmp_path / "only-40.yaml", {"40": province})
+    settings = world["settings"].model_copy(update={"loudspeaker_endpoints_file": only_40})
+    world["trigger"] = PushTrigger(settings, system_clock, sleep=world["sleeps"])
+    world["settings"] = settings
+    emergency = {
+        "name": "Báo lũ",
+        "channel": "loudspeaker",
+        "at": "2026-05-08 06:00",
+        "audience": {"areas": ["18301"]},  # under district 440, which has no endpoint here
+        "audio": world["sha"],
+        "priority": "emergency",
+    }
+    launch_broadcast(engine, settings, clock(), emergency)
+    with caplog.at_level("WARNING", logger="broadcast.push"):
+        for seconds in (0, 61, 122):
+            _tick(engine, world, clock() + timedelta(seconds=seconds))
+    warnings = [r.getMessage() for r in caplog.records if "no loudspeaker endpoint" in r.message]
+    assert warnings == ["emergency item 1: no loudspeaker endpoint serves commune(s) 18301"]
+    assert [p for p in _pushes(engine) if p[0] == "emergency"] == []
+
+
 def test_a_failing_endpoint_is_recorded_and_retried_at_the_next_round(
     engine: Engine, world: dict[str, Any], clock: FakeClock
 ) -> None:
