@@ -34,6 +34,7 @@ from api.deps import (
 )
 from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
+from api.routes.districts import scoped_area
 from api.upload import uploaded_file
 from audio.ingest import AddResult, Source, add_audio
 from audio.store import SHA256_PATTERN, asset_path, get_asset, list_assets
@@ -271,9 +272,8 @@ def show(caller: CallerDep, session: ReadSessionDep, sha256: Sha256) -> AudioOut
 
 
 def _own_area(session: Session, caller: Caller) -> Area:
-    area = session.get(Area, caller.area_code) if caller.area_code else None
-    if area is None:  # an area is never deleted while a key names it (a foreign key)
-        raise Forbidden(f"API key {caller.prefix} has no area")
+    area = scoped_area(session, caller, None)
+    assert area is not None  # a district key's own area (only district keys come here)
     return area
 
 

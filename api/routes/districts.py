@@ -77,6 +77,17 @@ def allowed_area(session: Session, caller: Caller, code: str, *, reporting: bool
     return area
 
 
+def scoped_area(session: Session, caller: Caller, code: str | None) -> Area | None:
+    """The area a read is limited to: `code`, if the caller may read it (allowed_area); when
+    none is named, a district key's own area (a district key never reads beyond it) and, for the
+    province's roles, None: everything."""
+    if code is None and caller.role == Role.DISTRICT:
+        if caller.area_code is None:
+            raise Forbidden(f"API key {caller.prefix} is a district key without an area")
+        code = caller.area_code
+    return allowed_area(session, caller, code) if code is not None else None
+
+
 def _day(value: str) -> date:
     try:
         return date.fromisoformat(value)
@@ -241,12 +252,15 @@ def plays_page(
 ) -> Page[Play]:
     """Reported plays (of the district, and between the dates, when given) in order of start,
     a page at a time: what plays.csv exports whole. A district key gets its own area's."""
-    if district is None and caller.role == Role.DISTRICT:
-        district = caller.area_code
-    path = allowed_area(session, caller, district).path if district else None
+    area = scoped_area(session, caller, district)
     start, end = utc_bounds(since, until)
     plays, next_after = list_plays(
-        session, area_path=path, since=start, until=end, after=after, limit=limit
+        session,
+        area_path=area.path if area else None,
+        since=start,
+        until=end,
+        after=after,
+        limit=limit,
     )
     return Page(items=plays, next_after=next_after)
 
@@ -262,13 +276,11 @@ def plays_csv(
 ) -> StreamingResponse:
     """Every reported play (of the district, and between the dates, when given) as CSV, in
     order of start. A district key gets its own area's plays whatever `district` it omits."""
-    if district is None and caller.role == Role.DISTRICT:
-        district = caller.area_code
-    path = allowed_area(session, caller, district).path if district else None
+    area = scoped_area(session, caller, district)
     start, end = utc_bounds(since, until)
     name = f"plays-{district or 'all'}.csv"
     return StreamingResponse(
-        export_plays_csv(engine, area_path=path, since=start, until=end),
+        export_plays_csv(engine, area_path=area.path if area else None, since=start, until=end),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )

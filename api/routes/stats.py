@@ -16,10 +16,9 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from api.deps import ReadSessionDep, SettingsDep, require_roles
-from api.routes.districts import allowed_area
+from api.routes.districts import scoped_area
 from loa.apikeys import Caller, Role
 from loa.db import MAX_INTEGER
-from loa.errors import Forbidden
 from loa.settings import Settings
 from stats.rollup import GROUPS, StatsRow, query_stats, stats_csv
 
@@ -80,10 +79,9 @@ ParamsDep = Annotated[StatsParams, Depends(_params)]
 def _area_for(session: Session, caller: Caller, area_code: str | None) -> str | None:
     """The area filter the caller may use: a district key's own area when it gives none."""
     if caller.role != Role.DISTRICT:
-        return area_code
-    if caller.area_code is None:
-        raise Forbidden(f"API key {caller.prefix} is a district key without an area")
-    return allowed_area(session, caller, area_code or caller.area_code).code
+        return area_code  # an unknown code is query_stats's 422, not allowed_area's 404
+    area = scoped_area(session, caller, area_code)
+    return area.code if area else None
 
 
 def _report(
