@@ -44,7 +44,6 @@ from loa.clock import Clock, system_clock
 from loa.errors import InvalidInput, LoaError, NotAuthenticated, TooLarge
 from loa.models import WorkerKind
 from loa.settings import Settings
-from scheduler.dispatch import new_worker_id
 from scheduler.heartbeat import Heartbeat
 from scheduler.service import DispatchWorker, SchedulerService
 from web import pages
@@ -108,14 +107,7 @@ def create_app(
             worker.start()
         # The API process is seen too: a node behind the load balancer that stops answering
         # drops out of /health's list on every other node.
-        heartbeat = Heartbeat(
-            engine,
-            worker_id=new_worker_id(),
-            kind=WorkerKind.SERVE,
-            clock=clock,
-            every_seconds=settings.heartbeat_seconds,
-            forget_after_days=settings.heartbeat_forget_days,
-        )
+        heartbeat = Heartbeat.from_settings(engine, settings, kind=WorkerKind.SERVE, clock=clock)
 
         async def beat() -> None:
             while True:

@@ -24,6 +24,8 @@ from sqlmodel import Session, col, select
 from loa.clock import Clock
 from loa.db import session_scope, upsert_insert
 from loa.models import Worker, WorkerKind
+from loa.settings import Settings
+from scheduler.dispatch import new_worker_id
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,26 @@ class Heartbeat:
         self._last: datetime | None = None
         self._leader = False
         self._writing = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls,
+        engine: Engine,
+        settings: Settings,
+        *,
+        kind: WorkerKind,
+        clock: Clock,
+        worker_id: str | None = None,
+    ) -> Heartbeat:
+        """This process's heartbeat as LOA_HEARTBEAT_SECONDS and LOA_HEARTBEAT_FORGET_DAYS say."""
+        return cls(
+            engine,
+            worker_id=worker_id or new_worker_id(),
+            kind=kind,
+            clock=clock,
+            every_seconds=settings.heartbeat_seconds,
+            forget_after_days=settings.heartbeat_forget_days,
+        )
 
     def beat(self, *, is_leader: bool = False) -> bool:
         """Write the heartbeat if it is due. True when written."""

@@ -58,13 +58,8 @@ class SchedulerService:
         self._settings = settings
         self._clock = clock
         self._leadership = leadership or leadership_for(engine)
-        self.heartbeat = Heartbeat(
-            engine,
-            worker_id=new_worker_id(),
-            kind=WorkerKind.SCHEDULER,
-            clock=clock,
-            every_seconds=settings.heartbeat_seconds,
-            forget_after_days=settings.heartbeat_forget_days,
+        self.heartbeat = Heartbeat.from_settings(
+            engine, settings, kind=WorkerKind.SCHEDULER, clock=clock
         )
         self._aps = BackgroundScheduler(timezone=UTC)
         # The tick job and the wake-ups run on APScheduler's thread pool: one at a time. Once
@@ -181,13 +176,8 @@ class DispatchWorker:
         self._threads: list[threading.Thread] = []
         # One row for the process, whichever of its loops beats: a loop beats between batches,
         # so a process whose every loop is stuck stops being seen.
-        self.heartbeat = Heartbeat(
-            engine,
-            worker_id=self.worker_id,
-            kind=WorkerKind.WORKER,
-            clock=clock,
-            every_seconds=settings.heartbeat_seconds,
-            forget_after_days=settings.heartbeat_forget_days,
+        self.heartbeat = Heartbeat.from_settings(
+            engine, settings, kind=WorkerKind.WORKER, clock=clock, worker_id=self.worker_id
         )
 
     def _reconcile(self) -> None:
