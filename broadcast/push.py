@@ -213,27 +213,54 @@ def _record(
 ) -> None:
     with session_scope(engine) as session:
         for job, result in zip(jobs, results, strict=True):
-            reason = None if result.reason is None else result.reason[:REASON_CHARS]
-            row = session.get(BroadcastPush, job.retry_of) if job.retry_of is not None else None
-            if row is None:
-                row = BroadcastPush(
-                    kind=PLAYLIST,
-                    area_code=job.area_code,
-                    local_date=job.day,
-                    etag=job.etag,
-                    request_id=result.request_id,
-                    outcome=result.outcome.value,
-                    attempts=result.attempts,
-                    reason=reason,
-                    pushed_at=now,
-                )
-            else:
-                row.request_id = result.request_id
-                row.outcome = result.outcome.value
-                row.attempts += result.attempts
-                row.reason = reason
-                row.pushed_at = now
-            session.add(row)
+            _save_push(
+                session,
+                job.retry_of,
+                result,
+                kind=PLAYLIST,
+                area_code=job.area_code,
+                day=job.day,
+                etag=job.etag,
+                now=now,
+            )
+
+
+def _save_push(
+    session: Session,
+    retry_of: int | None,
+    result: PushResult,
+    *,
+    kind: str,
+    area_code: str,
+    day: date,
+    etag: str,
+    now: datetime,
+    item_id: int | None = None,
+) -> None:
+    """What became of a push: a new row, or the row of the same content pushed before
+    (`retry_of`), whose attempts add up."""
+    reason = None if result.reason is None else result.reason[:REASON_CHARS]
+    row = session.get(BroadcastPush, retry_of) if retry_of is not None else None
+    if row is None:
+        row = BroadcastPush(
+            kind=kind,
+            area_code=area_code,
+            local_date=day,
+            etag=etag,
+            item_id=item_id,
+            request_id=result.request_id,
+            outcome=result.outcome.value,
+            attempts=result.attempts,
+            reason=reason,
+            pushed_at=now,
+        )
+    else:
+        row.request_id = result.request_id
+        row.outcome = result.outcome.value
+        row.attempts += result.attempts
+        row.reason = reason
+        row.pushed_at = now
+    session.add(row)
 
 
 def _log_failure(what: str, result: PushResult) -> None:
@@ -459,31 +486,17 @@ def push_emergencies(
             for result in sent.results:
                 if not result.accepted:
                     _log_failure(f"emergency item {emergency.item_id}", result)
-                reason = None if result.reason is None else result.reason[:REASON_CHARS]
-                row_id = emergency.rows.get(result.area_code)
-                row = session.get(BroadcastPush, row_id) if row_id is not None else None
-                if row is None:
-                    row = BroadcastPush(
-                        kind=EMERGENCY,
-                        area_code=result.area_code,
-                        local_date=emergency.day,
-                        etag=etag,
-                        item_id=emergency.item_id,
-                        request_id=result.request_id,
-                        outcome=result.outcome.value,
-                        attempts=result.attempts,
-                        reason=reason,
-                        pushed_at=now,
-                    )
-                else:
-                    row.request_id, row.outcome, row.reason = (
-                        result.request_id,
-                        result.outcome.value,
-                        reason,
-                    )
-                    row.attempts += result.attempts
-                    row.pushed_at = now
-                session.add(row)
+                _save_push(
+                    session,
+                    emergency.rows.get(result.area_code),
+                    result,
+                    kind=EMERGENCY,
+                    area_code=result.area_code,
+                    day=emergency.day,
+                    etag=etag,
+                    now=now,
+                    item_id=emergency.item_id,
+                )
         done.extend(sent.results)
     return done
 

@@ -9,13 +9,14 @@ are left out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from loa.models import MessageStatus, StatsRollupWave, Wave
+from loa.models import Campaign, MessageStatus, StatsRollupWave, Wave
 from scheduler.lifecycle import get_campaign
 from stats.rollup import LOUDSPEAKER
 
@@ -47,11 +48,18 @@ class CampaignStats(BaseModel):
 
 
 def campaign_stats(session: Session, campaign_id: int) -> CampaignStats:
-    campaign = get_campaign(session, campaign_id)
+    return campaigns_stats(session, [get_campaign(session, campaign_id)])[0]
+
+
+def campaigns_stats(session: Session, campaigns: Sequence[Campaign]) -> list[CampaignStats]:
+    """The stats of each of `campaigns`, in their order: two queries whatever their number (their
+    waves, and the rollup rows of those waves)."""
+    ids = [c.id for c in campaigns]
     all_waves = session.scalars(
-        select(Wave).where(col(Wave.campaign_id) == campaign_id).order_by(col(Wave.position))
+        select(Wave)
+        .where(col(Wave.campaign_id).in_(ids))
+        .order_by(col(Wave.campaign_id), col(Wave.position))
     ).all()
-    waves = [w for w in all_waves if w.parent_id is None]
     # An occurrence counts under the wave of the spec it belongs to.
     spec_wave: dict[int, int] = {w.id: w.parent_id or w.id for w in all_waves if w.id is not None}
     occurrences: dict[int, int] = {}
@@ -68,17 +76,17 @@ def campaign_stats(session: Session, campaign_id: int) -> CampaignStats:
         )
         .group_by(col(StatsRollupWave.wave_id), col(StatsRollupWave.status))
     ).all()
-    per_wave: dict[int, dict[str, int]] = {w.id: _zero() for w in waves if w.id is not None}
+    per_wave: dict[int, dict[str, int]] = {
+        w.id: _zero() for w in all_waves if w.id is not None and w.parent_id is None
+    }
     for wave_id, status, n in counts:
         per_wave[spec_wave[wave_id]][status] += int(n)  # PostgreSQL sums bigints as numeric
-    totals = _zero()
-    wave_stats = []
-    for wave in waves:
-        assert wave.id is not None
+    waves_of: dict[int, list[WaveStats]] = {}
+    for wave in all_waves:
+        if wave.id is None or wave.parent_id is not None:
+            continue
         by_status = per_wave[wave.id]
-        for status, n in by_status.items():
-            totals[status] += n
-        wave_stats.append(
+        waves_of.setdefault(wave.campaign_id, []).append(
             WaveStats(
                 wave_id=wave.id,
                 name=wave.name,
@@ -91,7 +99,15 @@ def campaign_stats(session: Session, campaign_id: int) -> CampaignStats:
                 by_status=by_status,
             )
         )
+    return [_campaign(campaign, waves_of.get(campaign.id or 0, [])) for campaign in campaigns]
+
+
+def _campaign(campaign: Campaign, waves: list[WaveStats]) -> CampaignStats:
     assert campaign.id is not None
+    totals = _zero()
+    for wave in waves:
+        for status, n in wave.by_status.items():
+            totals[status] += n
     return CampaignStats(
         campaign_id=campaign.id,
         name=campaign.name,
@@ -99,5 +115,5 @@ def campaign_stats(session: Session, campaign_id: int) -> CampaignStats:
         timezone=campaign.timezone,
         total=sum(totals.values()),
         by_status=totals,
-        waves=wave_stats,
+        waves=waves,
     )

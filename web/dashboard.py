@@ -19,7 +19,7 @@ from loa.apikeys import Caller, Role
 from loa.errors import Forbidden
 from loa.models import Area, Campaign, MessageStatus
 from loa.settings import Settings
-from stats.campaign import campaign_stats
+from stats.campaign import campaigns_stats
 from stats.rollup import query_stats
 
 RECENT_CAMPAIGNS: Final = 20
@@ -90,24 +90,20 @@ class CampaignProgress:
 def recent_campaigns(session: Session, limit: int = RECENT_CAMPAIGNS) -> list[CampaignProgress]:
     """The most recent campaigns, newest first, with their counts by status (stats/campaign.py,
     the same figures as GET /api/v1/campaigns/{id}/stats)."""
-    ids = session.scalars(select(col(Campaign.id)).order_by(col(Campaign.id).desc()).limit(limit))
-    shown = []
-    for campaign_id in ids:
-        assert campaign_id is not None
-        stats = campaign_stats(session, campaign_id)
-        shown.append(
-            CampaignProgress(
-                id=stats.campaign_id,
-                name=stats.name,
-                status=stats.status,
-                progress=progress(stats.by_status),
-                waves=[
-                    WaveProgress(w.wave_id, w.name, w.channel, w.status, progress(w.by_status))
-                    for w in stats.waves
-                ],
-            )
+    campaigns = session.scalars(select(Campaign).order_by(col(Campaign.id).desc()).limit(limit))
+    return [
+        CampaignProgress(
+            id=stats.campaign_id,
+            name=stats.name,
+            status=stats.status,
+            progress=progress(stats.by_status),
+            waves=[
+                WaveProgress(w.wave_id, w.name, w.channel, w.status, progress(w.by_status))
+                for w in stats.waves
+            ],
         )
-    return shown
+        for stats in campaigns_stats(session, list(campaigns))
+    ]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from scheduler.lifecycle import (
     resume_campaign,
 )
 from scheduler.plan import CampaignPlan, plan_campaign
-from scheduler.spec import validate_spec
+from scheduler.spec import CampaignSpec, validate_spec
 from stats.campaign import CampaignStats, campaign_stats
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"], route_class=IdempotentRoute)
@@ -67,6 +67,12 @@ def _public(campaign: Campaign) -> CampaignPublic:
     return CampaignPublic.model_validate(campaign, from_attributes=True)
 
 
+def _spec(raw: Any) -> CampaignSpec:
+    if isinstance(raw, bytes):  # FastAPI passes a body that is not declared as JSON through raw
+        raise InvalidInput(f"{SOURCE}: send the spec as JSON, with Content-Type: application/json")
+    return validate_spec(raw, source=SOURCE)
+
+
 @router.post("", status_code=201)
 def create(
     caller: Planner,
@@ -76,11 +82,9 @@ def create(
     settings: SettingsDep,
 ) -> CampaignPublic:
     """Create a draft campaign. The spec is validated whole; errors name the wave and field."""
-    if isinstance(raw, bytes):  # FastAPI passes a body that is not declared as JSON through raw
-        raise InvalidInput(f"{SOURCE}: send the spec as JSON, with Content-Type: application/json")
     campaign = create_campaign(
         session,
-        spec=validate_spec(raw, source=SOURCE),
+        spec=_spec(raw),
         actor=caller.actor,
         now=clock(),
         settings=settings,
@@ -100,12 +104,10 @@ def edit(
 ) -> CampaignPublic:
     """Replace a draft's spec (name, waves and their templates), validated whole; 409 once it
     is approved (what was approved is what is sent)."""
-    if isinstance(raw, bytes):
-        raise InvalidInput(f"{SOURCE}: send the spec as JSON, with Content-Type: application/json")
     campaign = edit_campaign(
         session,
         campaign_id,
-        spec=validate_spec(raw, source=SOURCE),
+        spec=_spec(raw),
         actor=caller.actor,
         now=clock(),
         settings=settings,
