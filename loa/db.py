@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import socket
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -28,12 +31,20 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
 
 from loa.errors import DatabaseUnavailable
 from loa.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The SQLSTATEs with which PostgreSQL rolls back one transaction to settle a conflict with
+# another: deadlock_detected and serialization_failure. Nothing of the transaction remains, so
+# its unit of work can run again from the start.
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 
 # BIGINT primary keys on PostgreSQL; on SQLite only "INTEGER PRIMARY KEY" is the auto rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -178,3 +189,36 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     """One unit of work: commits on success, rolls back on any error."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether the database rolled the transaction back to settle a conflict (a deadlock, a
+    serialization failure), so that running it again may succeed."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in CONFLICT_SQLSTATES
+
+
+def run_transaction(engine: Engine, work: Callable[[Session], T], *, attempts: int = 3) -> T:
+    """`work(session)` in one unit of work, run again from the start (a new transaction) when
+    the database rolled it back to settle a conflict with another transaction.
+
+    For work whose caller cannot easily try again itself: a provider's delivery report that
+    answered 500 would depend on the provider retrying the webhook. The rollup triggers lock
+    their rows in key order within one statement, but a transaction of several statements can
+    still meet another in a cycle; PostgreSQL then cancels one of the two whole. `work` must
+    keep no state across calls (build its results inside)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(engine) as session:
+                return work(session)
+        except DBAPIError as exc:
+            if attempt == attempts or not is_conflict(exc):
+                raise
+            log.warning(
+                "transaction rolled back by the database (%s), running it again (%d of %d)",
+                getattr(exc.orig, "sqlstate", "?"),
+                attempt + 1,
+                attempts,
+            )
+            # A short random pause, so the two transactions do not meet again in step.
+            time.sleep(random.uniform(0, 0.02 * attempt))
+    raise AssertionError("unreachable: the last attempt returns or raises")

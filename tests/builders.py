@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+import psycopg
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
 from loa.db import session_scope
@@ -120,3 +122,16 @@ def add_consent(session: Session, phone: str, *, now: datetime) -> None:
     """Recorded consent to advertising, which `qc` waves need (LOA_QC_REQUIRES_CONSENT)."""
     session.add(Consent(phone=phone, source="manual", given_at=now))
     session.flush()
+
+
+def raise_conflict(session: Session) -> None:
+    """Ends the session's transaction as PostgreSQL does when it cancels one side of a deadlock:
+    on PostgreSQL the server itself raises SQLSTATE 40P01; SQLite has no such error (its writers
+    queue for one lock), so there the driver-level error is made by hand."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text(
+                "DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = 'deadlock_detected'; END $$"
+            )
+        )
+    raise OperationalError("(test)", {}, psycopg.errors.DeadlockDetected("deadlock detected"))

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import Engine, select, update
-from sqlmodel import col
+from sqlmodel import Session, col
 from twilio.http import AsyncHttpClient
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
@@ -26,8 +26,9 @@ from channels.twilio import TwilioChannel, config_from_settings
 from loa.db import session_scope
 from loa.models import Consent, DeliveryEvent, OutboxMessage, Recipient, Suppression
 from loa.settings import Settings
+from scheduler.delivery import ReportResult, apply_delivery_report
 from scheduler.dispatch import dispatch_once, record_results
-from tests.builders import add_areas, add_recipient, launch_and_fire
+from tests.builders import add_areas, add_recipient, launch_and_fire, raise_conflict
 from tests.conftest import FakeClock
 
 TOKEN = "twilio-auth-token-for-tests"
@@ -388,3 +389,26 @@ def test_without_an_auth_token_every_webhook_is_refused(
         answer = _post(c, INBOUND_URL, {"From": "+84912000001", "Body": "STOP"})
     assert answer.status_code == 403
     assert "LOA_TWILIO_AUTH_TOKEN" in answer.json()["error"]["message"]
+
+
+def test_a_report_whose_transaction_the_database_cancels_is_applied_on_the_next_attempt(
+    client: TestClient, engine: Engine, sent: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadlock between a report and a worker cancels one transaction whole; the report is
+    applied again at once rather than answered 500 and left to Twilio's retry."""
+    calls: list[int] = []
+
+    def deadlocked_once(session: Session, **kwargs: Any) -> ReportResult:
+        calls.append(1)
+        result = apply_delivery_report(session, **kwargs)
+        if len(calls) == 1:
+            raise_conflict(session)
+        return result
+
+    monkeypatch.setattr("api.routes.webhooks.apply_delivery_report", deadlocked_once)
+    phone = PHONES[1]
+    answer = _post(client, sent[phone], _report(phone, "delivered"))
+    assert answer.status_code == 200 and answer.json()["effect"] == "moved"
+    assert len(calls) == 2
+    # One delivered event: the cancelled attempt's event went with its transaction.
+    assert _state(engine, phone) == ("delivered", _sid(phone), None, ["sent", "delivered"])

@@ -20,17 +20,19 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlmodel import Session
 
 from api.deps import ClockDep, EngineDep
 from channels.base import RecipientProblem
 from channels.gateway_config import Gateway, HmacAuth, ReportMapping
 from channels.http_gateway import adapter_name, dig, message_id_from_request_id
-from loa.db import session_scope
+from loa.db import run_transaction
 from loa.errors import Forbidden, InvalidInput, LoaError, NotFound
 from loa.models import MessageStatus
 from scheduler.delivery import (
@@ -170,22 +172,19 @@ async def gateway_status(
         raise _refuse(request, exc) from None
     adapter = adapter_name(name)
 
-    def apply() -> list[dict[str, Any]]:
-        answers: list[dict[str, Any]] = []
-        now = clock()
-        applied: list[tuple[_Report, ReportResult | None]] = []
-        with session_scope(engine) as session:
-            for item in reports:
-                if item.status is None:
-                    applied.append((item, None))
-                    answers.append({"effect": IGNORED, "status": item.reported})
-                    continue
-                if item.message_id is None and item.provider_id is None:
-                    # A request id not Loa's.
-                    result = ReportResult(ReportEffect.UNKNOWN_MESSAGE)
-                    applied.append((item, result))
-                    answers.append({"effect": result.effect})
-                    continue
+    Applied = list[tuple[_Report, ReportResult | None, dict[str, Any]]]
+
+    def record(session: Session, now: datetime) -> Applied:
+        # Built anew by each attempt of the transaction.
+        applied: Applied = []
+        for item in reports:
+            if item.status is None:
+                applied.append((item, None, {"effect": IGNORED, "status": item.reported}))
+            elif item.message_id is None and item.provider_id is None:
+                # A request id not Loa's.
+                unknown = ReportResult(ReportEffect.UNKNOWN_MESSAGE)
+                applied.append((item, unknown, {"effect": unknown.effect}))
+            else:
                 result = apply_delivery_report(
                     session,
                     channel="sms",
@@ -199,16 +198,19 @@ async def gateway_status(
                     + (f" (error {item.error_code})" if item.error_code else ""),
                     now=now,
                 )
-                applied.append((item, result))
-                answers.append(
-                    {
-                        "effect": result.effect,
-                        "message_id": result.message_id,
-                        "status": result.status,
-                    }
-                )
+                answer = {
+                    "effect": result.effect,
+                    "message_id": result.message_id,
+                    "status": result.status,
+                }
+                applied.append((item, result, answer))
+        return applied
+
+    def apply() -> list[dict[str, Any]]:
+        now = clock()
+        applied = run_transaction(engine, lambda session: record(session, now))
         # Counted and logged once committed: a request that failed half-way counts nothing.
-        for item, outcome in applied:
+        for item, outcome, _ in applied:
             observe_report(
                 outcome,
                 adapter=adapter,
@@ -217,6 +219,6 @@ async def gateway_status(
                 provider_id=item.provider_id,
                 now=now,
             )
-        return answers
+        return [answer for _, _, answer in applied]
 
     return {"results": await run_in_threadpool(apply)}

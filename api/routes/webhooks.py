@@ -28,7 +28,7 @@ from api.deps import ClockDep, EngineDep, SettingsDep
 from audience.segments import mask_phone
 from audience.suppression import apply_inbound
 from channels.twilio import MESSAGE_PARAM, classify_error, public_url
-from loa.db import session_scope
+from loa.db import run_transaction
 from loa.errors import Forbidden, InvalidInput, LoaError
 from loa.models import MessageStatus
 from loa.settings import Settings
@@ -139,8 +139,9 @@ async def twilio_status(
 
     def apply() -> dict[str, Any]:
         now = clock()
-        with session_scope(engine) as session:
-            result = apply_delivery_report(
+        result = run_transaction(
+            engine,
+            lambda session: apply_delivery_report(
                 session,
                 channel="sms",
                 adapter="twilio",
@@ -151,7 +152,8 @@ async def twilio_status(
                 problem=verdict.problem if verdict else None,
                 detail=f"twilio: {reported}" + (f" (error {raw_code})" if raw_code else ""),
                 now=now,
-            )
+            ),
+        )
         observe_report(
             result, adapter="twilio", status=status, reported=reported, provider_id=sid, now=now
         )
@@ -172,8 +174,9 @@ async def twilio_inbound(
         raise _refuse(request, InvalidInput("the request has no Body", field="Body"))
 
     def apply() -> None:
-        with session_scope(engine) as session:
-            result = apply_inbound(
+        result = run_transaction(
+            engine,
+            lambda session: apply_inbound(
                 session,
                 sender,
                 params["Body"],
@@ -181,7 +184,8 @@ async def twilio_inbound(
                 keywords=settings.opt_out_keywords,
                 opt_in_keywords=settings.opt_in_keywords,
                 actor="twilio:inbound",
-            )
+            ),
+        )
         # Masked: logs are kept and read more widely than the suppression list.
         log.info("inbound SMS from %s: %s", mask_phone(result.phone), result.kind)
 
