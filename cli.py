@@ -347,6 +347,74 @@ def recipients_import(
         click.echo(f"rejected rows written to {report}")
 
 
+@recipients.command("search")
+@click.option("--phone", default=None, help="Any usual form: 0912 345 678, 84912345678, +84...")
+@click.option("--name", default=None, help="The start of the name, case as written.")
+@click.option("--area", default=None, help="An area code; its sub-areas too.")
+@click.option("--tag", default=None)
+@_limit_option
+@_after_option
+def recipients_search(
+    phone: str | None,
+    name: str | None,
+    area: str | None,
+    tag: str | None,
+    limit: int,
+    after: str | None,
+) -> None:
+    """Recipients matching every filter given, by id, a page at a time (the search of
+    GET /api/v1/recipients; the CLI reads the database, so it shows whole numbers)."""
+    from audience.lookup import RecipientQuery, search_recipients, tags_of
+
+    engine = _open_database(_settings())
+    query = RecipientQuery(phone=phone, name=name, area=area, tag=tag)
+    with session_scope(engine) as session:
+        rows, next_after = search_recipients(session, query, after=after, limit=limit)
+        tags = tags_of(session, [r.id for r in rows if r.id is not None])
+    table = [["id", "phone", "name", "area", "carrier", "tags"]]
+    for r in rows:
+        converted = " (converted)" if r.phone_converted else ""
+        table.append(
+            [
+                str(r.id),
+                r.phone + converted,
+                r.name or "",
+                r.area_code or "",
+                r.carrier or "",
+                ",".join(tags.get(r.id or 0, [])),
+            ]
+        )
+    if rows:
+        _print_table(table)
+    elif after is None:
+        click.echo("no recipient matches")
+    _echo_page_end(len(rows), next_after)
+
+
+@recipients.command("show")
+@click.argument("recipient_id", type=int)
+def recipients_show(recipient_id: int) -> None:
+    """One recipient with its tags and attributes."""
+    from audience.lookup import get_recipient, tags_of
+
+    engine = _open_database(_settings())
+    with session_scope(engine) as session:
+        recipient = get_recipient(session, recipient_id)
+        tags = tags_of(session, [recipient_id]).get(recipient_id, [])
+    converted = " (an old 11-digit number, converted)" if recipient.phone_converted else ""
+    click.echo(f"recipient {recipient.id}: {recipient.phone}{converted}")
+    click.echo(f"  name: {recipient.name or '-'}")
+    click.echo(f"  area: {recipient.area_code or '-'}")
+    click.echo(f"  carrier (from the prefix, an estimate): {recipient.carrier or '-'}")
+    click.echo(f"  tags: {', '.join(tags) or '-'}")
+    for key, value in sorted(recipient.attributes.items()):
+        click.echo(f"  {key}: {value}")
+    click.echo(
+        f"  created {recipient.created_at:%Y-%m-%d %H:%M}, "
+        f"changed {recipient.updated_at:%Y-%m-%d %H:%M} (UTC)"
+    )
+
+
 @contextmanager
 def _import_progress(file: Path) -> Iterator[Callable[[int, float | None], None] | None]:
     """A progress bar on stderr while an import runs, when stderr is a terminal (in a pipe or a
@@ -1259,6 +1327,53 @@ def apikey_revoke(prefix: str) -> None:
     with session_scope(engine) as session:
         revoked = revoke_key(session, prefix, actor=_actor(), now=system_clock())
     click.echo(f"API key {revoked.prefix} ({revoked.name!r}, {revoked.role}) revoked")
+
+
+@main.command("audit")
+@click.option("--entity", default=None, help="campaign, segment, suppression, api_key, ...")
+@click.option("--entity-id", default=None)
+@click.option("--actor", default=None, help="key:<prefix>, cli:<user>, channel:twilio, ...")
+@click.option("--since", type=click.DateTime(), default=None, help="At or after (local time).")
+@click.option("--until", type=click.DateTime(), default=None, help="Before (local time).")
+@_limit_option
+@_after_option
+def audit(
+    entity: str | None,
+    entity_id: str | None,
+    actor: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    after: str | None,
+) -> None:
+    """The audit log, newest first: who changed what, when (the office's local time), before
+    and after."""
+    from loa.audit import AuditFilter, list_entries
+
+    settings = _settings()
+    zone = ZoneInfo(settings.default_timezone)
+    flt = AuditFilter(
+        entity=entity,
+        entity_id=entity_id,
+        actor=actor,
+        # Times typed at a terminal are the office's local time.
+        since=since.replace(tzinfo=zone) if since else None,
+        until=until.replace(tzinfo=zone) if until else None,
+    )
+    engine = _open_database(settings)
+    with session_scope(engine) as session:
+        rows, next_after = list_entries(session, flt, after=after, limit=limit)
+    for row in rows:
+        click.echo(
+            f"{row.at.astimezone(zone):%Y-%m-%d %H:%M:%S} {row.actor} {row.action} "
+            f"{row.entity} {row.entity_id}"
+        )
+        for label, state in (("before", row.before), ("after", row.after)):
+            if state is not None:
+                click.echo(f"    {label}: {json.dumps(state, ensure_ascii=False, default=str)}")
+    if not rows and after is None:
+        click.echo("no audit entries match")
+    _echo_page_end(len(rows), next_after)
 
 
 # --- statistics -------------------------------------------------------------------------------
