@@ -76,9 +76,7 @@ async def current_versions(request: Request) -> Versions:
     versions: Versions | None = request.scope.get(_VERSIONS)
     if versions is None:
         freshness: Freshness = request.app.state.freshness
-        versions = freshness.peek()
-        if versions is None:
-            versions = await run_in_threadpool(freshness.read, request.app.state.engine)
+        versions = await freshness.current(request.app.state.engine)
         request.scope[_VERSIONS] = versions
     return versions
 

@@ -19,6 +19,7 @@ write, and a dict's get and set are atomic.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
@@ -74,6 +76,7 @@ class Freshness:
         self._monotonic = monotonic
         self._read_at = -math.inf
         self._versions: Versions | None = None
+        self._pending: tuple[float, asyncio.Future[Versions]] | None = None  # the read running
         self._lock = threading.Lock()
 
     def peek(self) -> Versions | None:
@@ -82,6 +85,28 @@ class Freshness:
         if versions is not None and self._monotonic() - self._read_at < self._every:
             return versions
         return None
+
+    async def current(self, engine: Engine) -> Versions:
+        """The versions, read in a thread when older than `every`. One read at a time: the
+        requests that find them old while a read that began after they became old is running
+        wait for that read (at thousands of pulls a second, each would otherwise start its own);
+        called in the event loop only."""
+        versions = self.peek()
+        if versions is not None:
+            return versions
+        now = self._monotonic()
+        pending = self._pending
+        if pending is None or pending[0] < now - self._every:
+            task = asyncio.ensure_future(run_in_threadpool(self.read, engine))
+            pending = self._pending = (now, task)
+
+            def done(_: object, mine: tuple[float, asyncio.Future[Versions]] = pending) -> None:
+                if self._pending is mine:
+                    self._pending = None
+
+            task.add_done_callback(done)
+        # Shielded: a request that goes away does not cancel the read the others wait for.
+        return await asyncio.shield(pending[1])
 
     def read(self, engine: Engine) -> Versions:
         # The age counts from before the read: a change committed while it ran is seen by the

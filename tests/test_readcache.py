@@ -6,6 +6,7 @@ triggers of migration 0015 count exactly the changes the caches must see."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import Engine, event, select, text, update
 from sqlmodel import col
 
 from api.app import create_app
-from api.readcache import Freshness, KeyCache, read_versions
+from api.readcache import Freshness, KeyCache, Versions, read_versions
 from loa.apikeys import Caller, Role, create_key, revoke_key, stamp_last_used, verify_key
 from loa.db import session_scope
 from loa.models import ApiKey, Area, Campaign
@@ -228,6 +229,27 @@ def test_an_expired_key_is_refused_at_once_and_refusals_are_not_cached(
     assert bounded.get(url("440"), headers=auth(world["440"])).status_code == 200
     for _ in range(2):
         assert bounded.get(url("440"), headers=auth(wrong)).status_code == 401
+
+
+def test_requests_that_find_the_versions_old_share_one_read(engine: Engine) -> None:
+    reads: list[Versions] = []
+
+    class Counted(Freshness):
+        def read(self, engine: Engine) -> Versions:
+            reads.append(super().read(engine))
+            return reads[-1]
+
+    slow = FakeMonotonic()
+    freshness = Counted(every=60, monotonic=slow)
+
+    async def requests(n: int) -> list[Versions]:
+        return list(await asyncio.gather(*(freshness.current(engine) for _ in range(n))))
+
+    assert asyncio.run(requests(20)) == reads * 20 and len(reads) == 1
+    assert asyncio.run(requests(5)) == reads * 5 and len(reads) == 1  # still fresh
+    slow.now += 60
+    asyncio.run(requests(5))
+    assert len(reads) == 2
 
 
 def test_the_cache_stamps_last_use_once_a_minute(engine: Engine, clock: FakeClock) -> None:
