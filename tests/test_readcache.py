@@ -9,18 +9,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, select, text, update
+from sqlalchemy import Engine, event, inspect, select, text, update
 from sqlmodel import col
 
 from api.app import create_app
 from api.readcache import Freshness, KeyCache, Versions, read_versions
+from loa import schema
 from loa.apikeys import Caller, Role, create_key, revoke_key, stamp_last_used, verify_key
-from loa.db import session_scope
+from loa.db import make_engine, session_scope
 from loa.models import ApiKey, Area, Campaign
 from loa.settings import Settings
 from scheduler.lifecycle import cancel_campaign
@@ -94,6 +96,25 @@ def test_the_triggers_are_there_at_head(engine: Engine) -> None:
         else:
             names = conn.scalars(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
         assert set(names) >= TRIGGERS
+
+
+def test_0015_downgrades_and_upgrades(empty_db_url: str, tmp_path: Path) -> None:
+    from alembic import command
+
+    engine = make_engine(Settings(database_url=empty_db_url, data_dir=tmp_path))
+    config = schema._alembic_config()
+    schema.upgrade(engine)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0014")
+    assert "cache_generation" not in inspect(engine).get_table_names()
+    with session_scope(engine) as session:  # no trigger is left to write to the dropped table
+        session.add(Area(code="42", name="Hà Tĩnh", level="province", path="/42/"))
+    schema.upgrade(engine)
+    with session_scope(engine) as session:
+        session.execute(update(Area).values(name="Tỉnh Hà Tĩnh"))
+    assert _generations(engine)[1] >= 1
+    engine.dispose()
 
 
 def test_the_generations_move_on_what_the_caches_must_see(engine: Engine, clock: FakeClock) -> None:
