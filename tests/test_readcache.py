@@ -273,6 +273,40 @@ def test_requests_that_find_the_versions_old_share_one_read(engine: Engine) -> N
     assert len(reads) == 2
 
 
+def test_the_versions_are_read_again_behind_the_requests_past_half_their_age(
+    engine: Engine,
+) -> None:
+    reads: list[Versions] = []
+
+    class Counted(Freshness):
+        def read(self, engine: Engine) -> Versions:
+            reads.append(super().read(engine))
+            return reads[-1]
+
+    slow = FakeMonotonic()
+    freshness = Counted(every=60, monotonic=slow)
+
+    async def settle() -> None:  # the reads started and not awaited
+        await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
+
+    async def requests() -> None:
+        first = await freshness.current(engine)
+        slow.now += 29
+        assert await freshness.current(engine) is first
+        await settle()
+        assert len(reads) == 1  # under half their age: not read
+        slow.now += 1
+        assert await freshness.current(engine) is first  # answered from what it held...
+        await settle()
+        assert len(reads) == 2  # ...and read again behind it
+        slow.now += 59  # 89 s after the first read, 59 s after the second
+        assert await freshness.current(engine) is reads[1]
+        await settle()
+        assert len(reads) == 3
+
+    asyncio.run(requests())
+
+
 def test_the_cache_stamps_last_use_once_a_minute(engine: Engine, clock: FakeClock) -> None:
     with session_scope(engine) as session:
         session.add(Area(code="42", name="Hà Tĩnh", level="province", path="/42/"))
