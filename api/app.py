@@ -19,6 +19,7 @@ from api.deps import refuse_nul_characters
 from api.errors import ERROR_RESPONSES, LastResort, error_response
 from api.limits import BodySizeLimit
 from api.metrics import RequestMetrics, metrics_registry
+from api.readcache import AreaPaths, Freshness, KeyCache
 from api.routes import (
     apikeys,
     audio,
@@ -135,6 +136,9 @@ def create_app(
     app.state.engine = engine
     app.state.clock = clock
     app.state.playlists = PlaylistCache(max_age=settings.playlist_cache_seconds)
+    app.state.freshness = Freshness(every=settings.cache_recheck_seconds)
+    app.state.api_keys = KeyCache()
+    app.state.areas = AreaPaths()
     # The gateways' configuration, validated whole now: a bad file stops the API from starting
     # rather than failing each delivery report.
     app.state.gateways = load_gateways(settings.gateways_file) if settings.gateways_file else {}

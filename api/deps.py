@@ -3,20 +3,28 @@ request, and the caller behind the API key with the role checks (the one place a
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from loa.apikeys import Caller, Role, verify_key
+from api.readcache import Freshness, KeyCache, Versions
+from loa.apikeys import Caller, Role, stamp_last_used, verify_key
 from loa.clock import Clock
 from loa.db import read_only, session_scope
 from loa.errors import Forbidden, InvalidInput, NotAuthenticated
 from loa.settings import Settings
+
+log = logging.getLogger(__name__)
+_VERSIONS = "loa.versions"  # the request's Versions, in its ASGI scope
 
 
 # The three below only read the app's state: `async` so that FastAPI calls them in the event
@@ -62,33 +70,87 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer loa_<p
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def get_caller(
-    engine: EngineDep,
-    clock: ClockDep,
+async def current_versions(request: Request) -> Versions:
+    """The data's versions for this request (api/readcache.py): the process's, when read less
+    than LOA_CACHE_RECHECK_SECONDS ago, else read now; then the same for the whole request."""
+    versions: Versions | None = request.scope.get(_VERSIONS)
+    if versions is None:
+        freshness: Freshness = request.app.state.freshness
+        versions = await freshness.current(request.app.state.engine)
+        request.scope[_VERSIONS] = versions
+    return versions
+
+
+async def get_caller(
+    request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> Caller:
+    """The caller, from the process's cache of verified keys when it has the key for the current
+    generation of the key table (no query, no thread); else from the database, in a thread."""
     presented = bearer.credentials if bearer is not None else header_key
     if not presented:
         raise NotAuthenticated(
             "no API key: send 'Authorization: Bearer <key>' (or 'X-API-Key: <key>'); "
             "an administrator creates keys with: loa apikey create --role ROLE"
         )
+    state = request.app.state
+    now = state.clock()
+    generation = (await current_versions(request)).keys
+    keys: KeyCache = state.api_keys
+    try:
+        caller, stamp_due = keys.lookup(presented, now=now, generation=generation)
+    except KeyError:
+        return await run_in_threadpool(_verify, state.engine, keys, presented, now, generation)
+    if stamp_due:
+        _stamp_later(state.engine, caller.key_id, now)
+    return caller
+
+
+def _verify(
+    engine: Engine, cache: KeyCache, presented: str, now: datetime, generation: int
+) -> Caller:
     # Its own short transaction, not the request's: the key's last-use stamp is kept when the
     # request fails, and the key row is never held locked for the length of a request.
     with session_scope(engine) as session:
-        return verify_key(session, presented, now=clock())
+        caller = verify_key(session, presented, now=now)
+    cache.remember(presented, caller, now=now, generation=generation)
+    return caller
+
+
+# The stamps being written: a reference keeps each task alive until it is done.
+_stamping: set[asyncio.Future[None]] = set()
+
+
+def _stamp_later(engine: Engine, key_id: int, now: datetime) -> None:
+    """last_used_at, written in a thread after the request has its caller (it waits for none)."""
+
+    def stamp() -> None:
+        with session_scope(engine) as session:
+            stamp_last_used(session, key_id, now=now)
+
+    future = asyncio.get_running_loop().run_in_executor(None, stamp)
+    _stamping.add(future)
+    future.add_done_callback(_stamped)
+
+
+def _stamped(future: asyncio.Future[None]) -> None:
+    _stamping.discard(future)
+    if not future.cancelled() and (error := future.exception()) is not None:
+        # A hint for people, not worth failing anything for; said, so that it is not lost.
+        log.warning("could not stamp an API key's last use: %s", error.__class__.__name__)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def require_roles(*roles: Role) -> Callable[[Caller], Caller]:
+def require_roles(*roles: Role) -> Callable[[Caller], Awaitable[Caller]]:
     """A dependency: the caller, if its key has one of `roles`; else 403."""
     allowed = frozenset(roles)
     needed = " or ".join(roles)
 
-    def caller_with_role(caller: CallerDep) -> Caller:
+    # async: pure memory, no hand-off to a thread.
+    async def caller_with_role(caller: CallerDep) -> Caller:
         if caller.role not in allowed:
             raise Forbidden(
                 f"API key {caller.prefix} has the role {caller.role}; this needs {needed}"

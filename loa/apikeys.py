@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, or_, select, update
 from sqlmodel import Session, col
 
 from loa import audit
@@ -46,6 +46,8 @@ class Caller:
     name: str
     role: Role
     area_code: str | None
+    # Kept so that a cache of verified keys (api/readcache.py) refuses an expired key at once.
+    expires_at: datetime | None = None
 
     @property
     def actor(self) -> str:
@@ -137,13 +139,19 @@ def create_key(
     return NewKey(key=f"loa_{prefix}_{secret}", api_key=api_key)
 
 
+def parse_key(presented: str) -> tuple[str, str]:
+    """(prefix, secret) of `loa_<prefix>_<secret>`; ("", "") when it is not shaped so."""
+    scheme, _, rest = presented.strip().partition("_")
+    prefix, _, secret = rest.partition("_")
+    return (prefix, secret) if scheme == "loa" and prefix and secret else ("", "")
+
+
 def verify_key(session: Session, presented: str, *, now: datetime) -> Caller:
     """The caller behind a presented key, or NotAuthenticated saying only unknown, revoked or
     expired. The secret is checked first, so that a guessed prefix learns nothing."""
-    scheme, _, rest = presented.strip().partition("_")
-    prefix, _, secret = rest.partition("_")
+    prefix, secret = parse_key(presented)
     api_key = None
-    if scheme == "loa" and prefix and secret:
+    if prefix:
         api_key = session.scalars(select(ApiKey).where(col(ApiKey.prefix) == prefix)).one_or_none()
     # The hash is computed and compared even for an unknown prefix, so that the answer takes as
     # long whether the prefix exists or not.
@@ -166,6 +174,23 @@ def verify_key(session: Session, presented: str, *, now: datetime) -> Caller:
         name=api_key.name,
         role=Role(api_key.role),
         area_code=api_key.area_code,
+        expires_at=api_key.expires_at,
+    )
+
+
+def stamp_last_used(session: Session, key_id: int, *, now: datetime) -> None:
+    """The key's last-use stamp, unless another process wrote one in the last minute: for a
+    key verified from a cache, off the request's path."""
+    session.execute(
+        update(ApiKey)
+        .where(
+            col(ApiKey.id) == key_id,
+            or_(
+                col(ApiKey.last_used_at).is_(None),
+                col(ApiKey.last_used_at) <= now - LAST_USED_EVERY,
+            ),
+        )
+        .values(last_used_at=now)
     )
 
 

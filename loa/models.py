@@ -366,6 +366,16 @@ class ApiKey(SQLModel, table=True):
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class CacheGeneration(SQLModel, table=True):
+    """A counter per table ('api_key', 'area') that database triggers bump on the changes the
+    API's in-process caches must see (migration 0015, api/readcache.py)."""
+
+    __tablename__ = "cache_generation"
+
+    name: str = Field(primary_key=True, max_length=32)
+    value: int = Field(sa_type=BigInteger)
+
+
 class AuditEntry(SQLModel, table=True):
     __tablename__ = "audit_log"
     __table_args__ = (Index("ix_audit_log_entity", "entity", "entity_id", "at"),)

@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     # How long the API keeps a serialised playlist at most; the broadcast data's version retires
     # it sooner (broadcast/cache.py). 0: no cache.
     playlist_cache_seconds: float = Field(default=300, ge=0)
+    # How stale the API's in-process caches (verified keys, area paths, playlists) may be: the
+    # data's versions are read at most this often (api/readcache.py), so a revoked key is
+    # refused, and a changed playlist served, in every process at most this long after the
+    # change commits. 0: read on every request.
+    cache_recheck_seconds: float = Field(default=1.0, ge=0)
     # Audio for loudspeakers (audio/): files larger than this are refused (413 from the API);
     # lengths outside these bounds are refused.
     audio_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)

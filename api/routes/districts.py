@@ -11,22 +11,33 @@ centre polling over a slow link downloads a playlist only when it changed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from datetime import date
+from collections.abc import Callable, Hashable
+from datetime import date, datetime
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
+from sqlalchemy import Engine
 from sqlmodel import Session
 
-from api.deps import CallerDep, ClockDep, EngineDep, ReadSessionDep, SessionDep, SettingsDep
+from api.deps import (
+    CallerDep,
+    ClockDep,
+    EngineDep,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    current_versions,
+)
 from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
+from api.readcache import AreaPaths, Versions
 from broadcast.cache import PlaylistCache
 from broadcast.formats import to_m3u8, to_xspf
-from broadcast.playlist import Playlist, broadcast_version, district_playlist, get_area
+from broadcast.playlist import Playlist, district_playlist, get_area
 from broadcast.plays import (
     Play,
     PlayCounts,
@@ -39,6 +50,7 @@ from broadcast.plays import (
 )
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
+from loa.db import read_only, session_scope
 from loa.errors import Forbidden, InvalidInput, UnsupportedMediaType
 from loa.models import Area
 from loa.paging import DEFAULT_PAGE
@@ -60,10 +72,26 @@ PROVINCE_ROLES: Final = frozenset({Role.ADMIN, Role.PLANNER, Role.APPROVER, Role
 def allowed_area(session: Session, caller: Caller, code: str, *, reporting: bool = False) -> Area:
     """The area, if the caller may read it (or, `reporting`, report plays for it); else 403."""
     area = get_area(session, code)
+    own = _own_area(session, caller)
+    check_access(caller, code, area.path, own.path if own else None, reporting=reporting)
+    return area
+
+
+def _own_area(session: Session, caller: Caller) -> Area | None:
+    if caller.role == Role.DISTRICT and caller.area_code:
+        return session.get(Area, caller.area_code)
+    return None
+
+
+def check_access(
+    caller: Caller, code: str, path: str, own_path: str | None, *, reporting: bool = False
+) -> None:
+    """The access rule, on paths (the playlist routes check it from cached paths): 403 unless
+    the caller may read the area `code` at `path` (or, `reporting`, report plays for it);
+    `own_path` is a district key's own area's path."""
     if caller.role == Role.DISTRICT:
-        own = session.get(Area, caller.area_code) if caller.area_code else None
-        if own is not None and area.path.startswith(own.path):
-            return area
+        if own_path is not None and path.startswith(own_path):
+            return
         raise Forbidden(
             f"API key {caller.prefix} is for area {caller.area_code}; area {code} is not in it"
         )
@@ -74,7 +102,6 @@ def allowed_area(session: Session, caller: Caller, code: str, *, reporting: bool
         )
     if caller.role not in PROVINCE_ROLES:
         raise Forbidden(f"API key {caller.prefix} has the role {caller.role}")
-    return area
 
 
 def scoped_area(session: Session, caller: Caller, code: str | None) -> Area | None:
@@ -110,9 +137,8 @@ FORMATS: Final[dict[str, tuple[Callable[[Playlist], bytes], str]]] = {
 }
 
 
-def _serve(
+async def _serve(
     request: Request,
-    session: Session,
     caller: Caller,
     settings: Settings,
     clock: Clock,
@@ -120,27 +146,85 @@ def _serve(
     day: str,
     fmt: str,
 ) -> Response:
-    """The playlist in `fmt`, from the process's cache while the broadcast data is unchanged
-    (broadcast/cache.py), with its strong ETag; 304 when the client has it."""
-    area = allowed_area(session, caller, code)
-    local_day = _day(day)
+    """The playlist in `fmt`, with its strong ETag; 304 when the client has it. A warm pull is
+    answered from memory in the event loop: the area paths the access rule compares and the
+    body (api/readcache.py, broadcast/cache.py), for the data's current versions. Anything
+    missing is read in one thread, in one read-only transaction."""
+    versions = await current_versions(request)
+    state = request.app.state
+    now = clock()
     base_url = public_base_url(request, settings)
-    serialise, media_type = FORMATS[fmt]
-
-    def make() -> tuple[bytes, str]:
-        playlist = district_playlist(
-            session, area.code, local_day, settings=settings, base_url=base_url
+    areas: AreaPaths = state.areas
+    cache: PlaylistCache = state.playlists
+    path = areas.get(code, versions.areas)
+    own_path = (
+        areas.get(caller.area_code, versions.areas)
+        if caller.role == Role.DISTRICT and caller.area_code
+        else None
+    )
+    found: tuple[bytes, str] | None = None
+    if path is not None and (own_path is not None or caller.role != Role.DISTRICT):
+        check_access(caller, code, path, own_path)
+        found = cache.peek(_key(fmt, code, _day(day), base_url, versions), now)
+    if found is None:
+        found = await run_in_threadpool(
+            _from_database,
+            state.engine,
+            settings,
+            caller,
+            code,
+            day,
+            fmt,
+            base_url,
+            versions,
+            now,
+            areas,
+            cache,
         )
-        body = serialise(playlist)
-        return body, f'"{hashlib.sha256(body).hexdigest()}"'
-
-    cache: PlaylistCache = request.app.state.playlists
-    key = (fmt, area.code, local_day, base_url, broadcast_version(session))
-    body, etag = cache.get(key, clock(), make)
+    body, etag = found
     headers = {"ETag": etag, "Cache-Control": PLAYLIST_CACHE}
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    return Response(body, media_type=media_type, headers=headers)
+    return Response(body, media_type=FORMATS[fmt][1], headers=headers)
+
+
+def _from_database(
+    engine: Engine,
+    settings: Settings,
+    caller: Caller,
+    code: str,
+    day: str,
+    fmt: str,
+    base_url: str,
+    versions: Versions,
+    now: datetime,
+    areas: AreaPaths,
+    cache: PlaylistCache,
+) -> tuple[bytes, str]:
+    """What _serve did not find in memory, read and kept. The transaction begins after
+    `versions` was read, so what it reads is at least that new: kept under those versions, it
+    is replaced when they move."""
+    with session_scope(read_only(engine)) as session:
+        area = get_area(session, code)
+        own = _own_area(session, caller)
+        check_access(caller, code, area.path, own.path if own else None)
+        areas.remember(versions.areas, {a.code: a.path for a in (area, own) if a is not None})
+        local_day = _day(day)
+        serialise = FORMATS[fmt][0]
+
+        def make() -> tuple[bytes, str]:
+            playlist = district_playlist(
+                session, area.code, local_day, settings=settings, base_url=base_url
+            )
+            body = serialise(playlist)
+            return body, f'"{hashlib.sha256(body).hexdigest()}"'
+
+        return cache.get(_key(fmt, area.code, local_day, base_url, versions), now, make)
+
+
+def _key(fmt: str, code: str, day: date, base_url: str, versions: Versions) -> Hashable:
+    # Not the key table's generation: a revoked key does not change a playlist.
+    return (fmt, code, day, base_url, versions.broadcast, versions.areas)
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
@@ -156,10 +240,9 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     response_model=Playlist,
     responses={304: {"description": "unchanged since the ETag given"}},
 )
-def playlist_json(
+async def playlist_json(
     request: Request,
     caller: CallerDep,
-    session: ReadSessionDep,
     settings: SettingsDep,
     clock: ClockDep,
     code: AreaCode,
@@ -167,35 +250,33 @@ def playlist_json(
 ) -> Response:
     """The day's playlist of the communes under the area: items in play order, and the
     overflow (what does not fit its slot)."""
-    return _serve(request, session, caller, settings, clock, code, date, "json")
+    return await _serve(request, caller, settings, clock, code, date, "json")
 
 
 @router.get("/api/v1/districts/{code}/playlist.m3u8", responses={304: {}})
-def playlist_m3u8(
+async def playlist_m3u8(
     request: Request,
     caller: CallerDep,
-    session: ReadSessionDep,
     settings: SettingsDep,
     clock: ClockDep,
     code: AreaCode,
     date: DateQuery,
 ) -> Response:
     """The same playlist as extended M3U (UTF-8)."""
-    return _serve(request, session, caller, settings, clock, code, date, "m3u8")
+    return await _serve(request, caller, settings, clock, code, date, "m3u8")
 
 
 @router.get("/api/v1/districts/{code}/playlist.xspf", responses={304: {}})
-def playlist_xspf(
+async def playlist_xspf(
     request: Request,
     caller: CallerDep,
-    session: ReadSessionDep,
     settings: SettingsDep,
     clock: ClockDep,
     code: AreaCode,
     date: DateQuery,
 ) -> Response:
     """The same playlist as XSPF 1."""
-    return _serve(request, session, caller, settings, clock, code, date, "xspf")
+    return await _serve(request, caller, settings, clock, code, date, "xspf")
 
 
 class PlaysAnswer(BaseModel):
