@@ -1,10 +1,17 @@
-"""Delivery statistics from the rollup (stats_rollup, kept by database triggers: migration 0011).
+"""Delivery statistics from the rollups (kept by database triggers: migrations 0011 and 0016).
 
-Nothing here reads the outbox or the delivery events: a query aggregates rollup rows (one per
-wave x channel x commune x carrier x adapter x status x error code x UTC hour; without the commune
-in stats_rollup_wave, which answers whatever needs no area), joined with the small wave and area
-tables. Its cost follows the number of rollup rows read, bounded by the waves, communes, carriers
-and statuses there are, not by the number of messages or events.
+Nothing here reads the outbox or the delivery events: a query aggregates rollup rows, joined with
+the small wave and area tables. Its cost follows the number of rollup rows read, bounded by the
+waves, communes, carriers and statuses there are, not by the number of messages or events. Three
+rollups, and the smallest that can answer a question answers it (_table):
+- stats_rollup_wave (wave x channel x carrier x adapter x status x error code x UTC hour): every
+  question with neither an area to group or filter by;
+- stats_rollup_area (commune x channel x status x error code x carrier x adapter x message class:
+  no wave, no time): a question by area with no campaign, wave or day to group or filter by.
+  Its size does not grow with the waves sent or the days gone by;
+- stats_rollup (wave x channel x commune x carrier x adapter x status x error code x UTC hour):
+  the rest, by area with a campaign or wave (read by the waves' range of its primary key) or
+  days (read by the communes' hours, ix_stats_rollup_area_hour).
 
 What the measures count, from each message's current status (a message is in exactly one):
 - targeted:   every message of the waves (all statuses): the people the waves were for;
@@ -56,7 +63,16 @@ from sqlmodel import Session, col
 
 from loa.clock import out_of_range
 from loa.errors import InvalidInput
-from loa.models import Area, AreaLevel, Campaign, MessageStatus, StatsRollup, StatsRollupWave, Wave
+from loa.models import (
+    Area,
+    AreaLevel,
+    Campaign,
+    MessageStatus,
+    StatsRollup,
+    StatsRollupArea,
+    StatsRollupWave,
+    Wave,
+)
 from loa.settings import Settings
 from scheduler.pricing import ANY, PriceRule, price_rules
 
@@ -97,6 +113,7 @@ EPOCH: Final = date(1970, 1, 1)
 
 R = StatsRollup.__table__  # type: ignore[attr-defined]
 R_WAVE = StatsRollupWave.__table__  # type: ignore[attr-defined]
+R_AREA = StatsRollupArea.__table__  # type: ignore[attr-defined]
 
 
 class StatsRow(BaseModel):
@@ -207,25 +224,24 @@ def _aggregate(
     statuses in Python: a dozen conditional sums per row cost more than the scan), with the
     segments priced as they are summed.
 
-    Without an area to group or filter by, the rollup without areas answers (a few rows per
-    wave). With one, two levels: the full rollup summed per commune and the rest of the key,
-    then, only then, those rows joined with the area table and summed per area level: the join
-    sees hundreds of rows, not the whole rollup."""
-    by_area = bool(set(AREA_GROUPS) & set(query.group_by)) or area_code is not None
-    table = R if by_area else R_WAVE
+    The smallest rollup that can answer reads (_table). By area, two levels: the rollup summed
+    per commune and the rest of the key, then, only then, those rows joined with the area table
+    and summed per area level: the join sees hundreds of rows, not the whole rollup."""
+    table = _table(query, campaign_id, wave_id, area_code)
     wave = aliased(Wave)
     rules = price_rules(prices)
     # The wave table only when something needs it: a by-day or by-carrier question reads the
-    # rollup alone.
-    needs_wave = bool({"campaign", "wave"} & set(query.group_by)) or any(
-        r.message_class != ANY for r in rules
+    # rollup alone, and stats_rollup_area holds the class prices may depend on.
+    needs_wave = bool({"campaign", "wave"} & set(query.group_by)) or (
+        table is not R_AREA and any(r.message_class != ANY for r in rules)
     )
     source = table.join(wave, wave.id == table.c.wave_id) if needs_wave else table
     where = _filters(session, query, table, campaign_id, wave_id, channel, area_code)
     keys = _base_keys(session, query, table, wave, source, where)
     keys["channel"] = table.c.channel.label("channel")
     keys["status"] = table.c.status.label("status")
-    price = _price(session, rules, prices.sms_price_per_segment, table, wave)
+    message_class = table.c.message_class if table is R_AREA else wave.message_class
+    price = _price(session, rules, prices.sms_price_per_segment, table, message_class)
     sums = [
         func.sum(table.c.n).label("n"),
         func.sum(table.c.segments).label("segments"),
@@ -239,6 +255,20 @@ def _aggregate(
     outer_keys = [base.c[k] for k in keys if k != "area_code"] + area_columns
     outer_sums = [func.sum(base.c[m]).label(m) for m in ("n", "segments", "cost")]
     return select(*outer_keys, *outer_sums).select_from(joined).group_by(*outer_keys)
+
+
+def _table(
+    query: _Query, campaign_id: int | None, wave_id: int | None, area_code: str | None
+) -> Any:
+    """The rollup that answers: the one without areas when no area is asked for; the one without
+    waves and hours when an area is but no campaign, wave or day is; else the full one."""
+    if not set(AREA_GROUPS) & set(query.group_by) and area_code is None:
+        return R_WAVE
+    by_wave = bool({"campaign", "wave"} & set(query.group_by)) or (
+        campaign_id is not None or wave_id is not None
+    )
+    by_time = "day" in query.group_by or query.hours != (None, None)
+    return R if by_wave or by_time else R_AREA
 
 
 def _filters(
@@ -311,9 +341,12 @@ def _base_keys(
     return keys
 
 
-def _price(session: Session, rules: list[PriceRule], flat: float, table: Any, wave: Any) -> Any:
+def _price(
+    session: Session, rules: list[PriceRule], flat: float, table: Any, message_class: Any
+) -> Any:
     """The price of a segment of each rollup row as SQL: the first of the rules that matches
-    the row's adapter, carrier and wave class (scheduler/pricing.py orders them), else the flat
+    the row's adapter, carrier and class (`message_class`: the wave's, or the row's own in
+    stats_rollup_area; scheduler/pricing.py orders the rules), else the flat
     price (LOA_SMS_PRICE_PER_SEGMENT, 0 when none). One expression summed in the statement,
     instead of keeping every adapter, carrier and class apart to price them afterwards.
 
@@ -339,7 +372,7 @@ def _price(session: Session, rules: list[PriceRule], flat: float, table: Any, wa
             if value != ANY:
                 tests.append(table.c[name].in_(spellings[name]))
         if rule.message_class != ANY:
-            tests.append(wave.message_class == rule.message_class)
+            tests.append(message_class == rule.message_class)
         whens.append((and_(true(), *tests), literal(rule.price, Float)))
     return case(*whens, else_=literal(flat, Float)) if whens else literal(flat, Float)
 

@@ -78,8 +78,17 @@ def test_the_triggers_are_there_at_head(engine: Engine) -> None:
         "stats_rollup_outbox_delete",
         "stats_rollup_play_insert",
         "stats_rollup_play_delete",
+        "stats_rollup_area_outbox_insert",
+        "stats_rollup_area_outbox_update",
+        "stats_rollup_area_outbox_delete",
+        "stats_rollup_area_play_insert",
+        "stats_rollup_area_play_delete",
     } <= set(names)
-    assert "stats_rollup" in inspect(engine).get_table_names()
+    if engine.dialect.name == "postgresql":
+        assert {"stats_rollup_outbox_truncate", "stats_rollup_play_truncate"} <= set(names)
+    assert {"stats_rollup", "stats_rollup_wave", "stats_rollup_area"} <= set(
+        inspect(engine).get_table_names()
+    )
 
 
 # --- query_stats --------------------------------------------------------------------------------
@@ -281,3 +290,58 @@ def test_offset_stretches_find_the_hour_summer_time_starts() -> None:
         (april, -240),
     ]
     assert _stretches("Asia/Ho_Chi_Minh", march, april) == [(april, 420)]
+
+
+@pytest.mark.parametrize(
+    "prices",
+    [
+        {"scripted": {"viettel": {"*": 500}, "*": {"*": 300}}},
+        {"scripted": {"*": {"qc": 1, "info": 200}}, "*": {"mobifone": {"*": 7}}},
+        {},
+    ],
+)
+def test_questions_by_area_read_the_rollup_without_waves_and_give_the_same_figures(
+    engine: Engine, priced: Settings, lived: dict[str, int], prices: dict[str, Any]
+) -> None:
+    """A question by area with no campaign, wave or day reads stats_rollup_area (migration 0016);
+    the same question with a day range that covers everything reads stats_rollup. Both agree,
+    costs by class included (stats_rollup_area keeps the wave's class)."""
+    from stats.rollup import R_AREA, R, _check, _table
+
+    settings = priced.model_copy(update={"sms_prices": prices, "sms_price_per_segment": 0.5})
+    for group_by, kwargs in [
+        (["district"], {}),
+        (["province", "district", "channel"], {}),
+        (["commune", "error_code"], {"area_code": "440"}),
+        (["commune", "carrier", "adapter"], {}),
+        ([], {"area_code": "42", "channel": "sms"}),
+    ]:
+        query = _check(group_by, None, None, "Asia/Ho_Chi_Minh")
+        assert _table(query, None, None, kwargs.get("area_code")) is R_AREA
+        coarse = _query(engine, settings, group_by=group_by, **kwargs)
+        fine = _query(engine, settings, group_by=group_by, day_from=date(2000, 1, 1), **kwargs)
+        assert coarse == fine
+        assert coarse and any(r.targeted for r in coarse)
+    everything = _query(engine, settings, group_by=["province"])
+    assert sum(r.cost for r in everything) == pytest.approx(_query(engine, settings)[0].cost)
+    query = _check(["district", "day"], None, None, "UTC")
+    assert _table(query, None, None, None) is R
+    assert _table(_check(["district"], None, None, "UTC"), lived["sms"], None, None) is R
+
+
+def test_a_truncate_of_the_outbox_or_the_plays_empties_their_share_of_the_rollups(
+    engine: Engine, lived: dict[str, int]
+) -> None:
+    """TRUNCATE fires no delete trigger; migration 0016's TRUNCATE triggers clear what the table
+    put in each rollup (PostgreSQL; SQLite has no TRUNCATE)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no TRUNCATE")
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE outbox"))
+    assert_exact(engine)
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM stats_rollup_area WHERE n <> 0")) == 2
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE broadcast_play"))
+    assert_exact(engine)
+    assert stored_rollup(engine) == {}
