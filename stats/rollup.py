@@ -14,7 +14,10 @@ rollups, and the smallest that can answer a question answers it (_table):
   days (read by the communes' hours, ix_stats_rollup_area_hour).
 
 What the measures count, from each message's current status (a message is in exactly one):
-- targeted:   every message of the waves (all statuses): the people the waves were for;
+- targeted:   every message of the waves (all statuses): the people the waves were for. SMS
+              only: a loudspeaker wave is not in the outbox and reaches a commune, not a list of
+              people; its slots scheduled are not counted anywhere (the rollup holds plays
+              reported), and adding them here would add communes x slots to people;
 - pending:    planned, claimed, sending: not decided yet;
 - sent:       sent, delivered, undelivered: a provider accepted it (whatever came of it after);
 - delivered:  delivered (the provider's report says so);
