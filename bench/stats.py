@@ -19,8 +19,9 @@ The data, seeded with set-based SQL (generate_series, INSERT ... SELECT) in minu
 The outbox rows are inserted with the rollup triggers in place: the triggers fill the rollup,
 as they do in production. They are inserted in their final status, so the keys a message passes
 through on its way (planned, claimed, sending), which dispatch leaves in the rollups at n = 0,
-are added after (`_seed_zero_keys`; `--reuse --zero-keys` adds them to a database seeded before
-they were). The event table's secondary indexes are built after its load.
+are added after (`_seed_zero_keys`), and those of the waves done deleted, as the tick does
+(`--reuse --zero-keys` does both on a database seeded before). The event table's secondary
+indexes are built after its load.
 
 Then `loa serve --no-worker --no-scheduler` runs in a subprocess (the real app, one uvicorn
 process) and this process asks typical questions over HTTP, one at a time, with an operator key:
@@ -55,6 +56,7 @@ from loa.apikeys import Role, create_key
 from loa.db import make_engine, read_only, session_scope
 from loa.models import Campaign, Wave
 from loa.settings import Settings
+from stats.prune import prune_zero_keys
 from stats.rollup import query_stats
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -449,6 +451,20 @@ def _seed_zero_keys(engine: Engine) -> int:
     return added
 
 
+def _prune_done_waves(engine: Engine) -> int:
+    """What the tick does when it finds a wave done (stats/prune.py): its keys at zero deleted.
+    The waves with messages still pending keep theirs. Returns the rows deleted."""
+    with session_scope(engine) as session:
+        done = session.scalars(
+            text(
+                "SELECT w.id FROM wave w WHERE NOT EXISTS (SELECT 1 FROM outbox o "
+                "WHERE o.wave_id = w.id AND o.status IN ('planned', 'claimed', 'sending', "
+                "'unknown'))"
+            )
+        ).all()
+        return prune_zero_keys(session, list(done))
+
+
 def seed(engine: Engine, args: argparse.Namespace) -> None:
     steps: list[tuple[str, Callable[[], object]]] = [
         ("areas", lambda: _seed_areas(engine, args.districts, args.communes)),
@@ -459,6 +475,7 @@ def seed(engine: Engine, args: argparse.Namespace) -> None:
         ),
         ("plays", lambda: _seed_plays(engine)),
         ("the keys dispatch leaves at zero", lambda: _seed_zero_keys(engine)),
+        ("those of the waves done deleted, as the tick does", lambda: _prune_done_waves(engine)),
         ("delivery events", lambda: _seed_events(engine, args.events)),
     ]
     for name, step in steps:
@@ -666,6 +683,7 @@ def main() -> None:
             print(f"seeded in {time.perf_counter() - started:.0f} s", flush=True)
         elif args.zero_keys:
             print(f"added {_seed_zero_keys(engine):,} keys at zero to stats_rollup", flush=True)
+            print(f"deleted {_prune_done_waves(engine):,} of the waves done", flush=True)
         print("rows: " + ", ".join(f"{t} {n:,}" for t, n in sizes(engine).items()), flush=True)
         measure(engine, args.url, tmp, args.requests, not args.no_export)
         engine.dispose()
