@@ -366,6 +366,10 @@ def test_a_done_wave_keeps_no_keys_at_zero(
             ).all()
             assert rows and all(n or segments for _, n, segments in rows), rows
             assert not {"planned", "claimed", "sending"} & {status for status, _, _ in rows}
+        # The rollup without waves keeps no zero at all once a wave is done.
+        assert not conn.scalar(
+            text("SELECT count(*) FROM stats_rollup_area WHERE n = 0 AND segments = 0")
+        )
     assert_exact(engine)
 
 
@@ -396,7 +400,7 @@ def test_pruning_skips_a_key_another_transaction_holds_postgresql(
         )
         with session_scope(engine) as session:
             session.execute(text("SET LOCAL lock_timeout = '2s'"))
-            assert prune_zero_keys(session, [wave]) == 1
+            assert prune_zero_keys(session, [wave]) >= 1
         holder.rollback()
     with engine.connect() as conn:
         left = conn.scalars(text("SELECT area_code FROM stats_rollup WHERE n = 0")).all()
