@@ -168,8 +168,9 @@ def query_stats(
     InvalidInput naming the field for an unknown group, time zone or area, or a reversed range."""
     query = _check(group_by, day_from, day_to, timezone)
     stmt = _aggregate(session, query, prices, campaign_id, wave_id, channel, area_code)
-    rows = session.execute(stmt).mappings().all()
-    return _named(session, _fold(rows, query), query.group_by)
+    result = session.execute(stmt)
+    columns = list(result.keys())
+    return _named(session, _fold(result.all(), columns, query), query.group_by)
 
 
 def _check(
@@ -521,28 +522,40 @@ _SUMMED_OF: Final = {
 _SEGMENTS, _COST, _PLAYS = (_SUMMED.index(m) for m in ("segments", "cost", "plays"))
 
 
-def _fold(rows: Sequence[Any], query: _Query) -> list[StatsRow]:
-    """The statement's rows (per key, channel and status) as StatsRows: each status counted in
-    its measures, and summed over the statuses (and channels, when not asked for). Summed in
-    plain lists, and a StatsRow made once per key without validation: setting a pydantic model's
-    fields for each of a few thousand rows, or validating each key, cost more than the
-    statement."""
+def _fold(rows: Sequence[Any], columns: Sequence[str], query: _Query) -> list[StatsRow]:
+    """The statement's rows (per key, channel and status; `columns` name their fields) as
+    StatsRows: each status counted in its measures, and summed over the statuses (and channels,
+    when not asked for). Summed in plain lists by the key as stored, each key turned into what
+    it shows (a day's date, None for '') once, and a StatsRow made once per key without
+    validation: setting a pydantic model's fields, or converting and validating each key, for
+    each of a few thousand rows cost more than the statement."""
     # Campaign and wave names are added after (_named): the statement has ids only.
     names = [c for c in key_columns(query.group_by) if c not in ("campaign_name", "wave_name")]
-    folded: dict[tuple[Any, ...], list[Any]] = {}
+    at = {name: i for i, name in enumerate(columns)}
+    key_at = [at[name] for name in names]
+    n_at, segments_at, cost_at = at["n"], at["segments"], at["cost"]
+    channel_at, status_at = at["channel"], at["status"]
+    stored: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
-        key = tuple(_key_value(name, row[name]) for name in names)
-        sums = folded.get(key)
+        key = tuple([row[i] for i in key_at])
+        sums = stored.get(key)
         if sums is None:
-            sums = folded[key] = [0] * len(_SUMMED)
-        n = int(row["n"] or 0)
-        if row["channel"] == LOUDSPEAKER:
-            sums[_PLAYS] += n if row["status"] == "played" else 0
+            sums = stored[key] = [0] * len(_SUMMED)
+        n = int(row[n_at] or 0)
+        if row[channel_at] == LOUDSPEAKER:
+            sums[_PLAYS] += n if row[status_at] == "played" else 0
             continue
-        for i in _SUMMED_OF.get(row["status"], ()):
+        for i in _SUMMED_OF.get(row[status_at], ()):
             sums[i] += n
-        sums[_SEGMENTS] += int(row["segments"] or 0)
-        sums[_COST] += float(row["cost"] or 0)
+        sums[_SEGMENTS] += int(row[segments_at] or 0)
+        sums[_COST] += float(row[cost_at] or 0)
+    folded: dict[tuple[Any, ...], list[Any]] = {}
+    for key, sums in stored.items():
+        # '' and NULL (an area level a commune lacks) both show as None: one row.
+        shown = tuple(_key_value(name, value) for name, value in zip(names, key, strict=True))
+        into = folded.setdefault(shown, [0] * len(_SUMMED))
+        for i, value in enumerate(sums):
+            into[i] += value
     result = []
     for key, sums in folded.items():
         measures = dict(zip(_SUMMED, sums, strict=True))
