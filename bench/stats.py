@@ -17,7 +17,11 @@ The data, seeded with set-based SQL (generate_series, INSERT ... SELECT) in minu
   most, retries for some) up to exactly `--events`; and a month of loudspeaker plays in every
   commune (with their events).
 The outbox rows are inserted with the rollup triggers in place: the triggers fill the rollup,
-as they do in production. The event table's secondary indexes are built after its load.
+as they do in production. They are inserted in their final status, so the keys a message passes
+through on its way (planned, claimed, sending), which dispatch leaves in the rollups at n = 0,
+are added after (`_seed_zero_keys`), and those of the waves done deleted, as the tick does
+(`--reuse --zero-keys` does both on a database seeded before). The event table's secondary
+indexes are built after its load.
 
 Then `loa serve --no-worker --no-scheduler` runs in a subprocess (the real app, one uvicorn
 process) and this process asks typical questions over HTTP, one at a time, with an operator key:
@@ -52,6 +56,7 @@ from loa.apikeys import Role, create_key
 from loa.db import make_engine, read_only, session_scope
 from loa.models import Campaign, Wave
 from loa.settings import Settings
+from stats.prune import prune_zero_keys
 from stats.rollup import query_stats
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -412,6 +417,54 @@ def _seed_plays(engine: Engine) -> None:
         )
 
 
+# The keys a message passes through on its way to a final status: planned and claimed (no adapter
+# yet), sending (its adapter). Dispatch leaves them at n = 0 once the wave is done, and they stay.
+ZERO_KEYS = (
+    "LATERAL (VALUES ('', 'planned'), ('', 'claimed'), (r.adapter, 'sending')) "
+    "AS z(adapter, status)"
+)
+
+
+def _seed_zero_keys(engine: Engine) -> int:
+    """What dispatch leaves behind in the rollups and the outbox inserts of this seed do not: for
+    each wave, commune, carrier and hour with a message that was tried, its planned, claimed and
+    sending keys at zero. No answer changes (they count nothing); the rollups read grow by them.
+    Returns the rows added to stats_rollup."""
+    tried = "r.channel = 'sms' AND r.adapter <> '' AND r.error_code = ''"
+    added = 0
+    with engine.begin() as conn:
+        for table, key in (
+            ("stats_rollup", "wave_id, channel, area_code, carrier, hour"),
+            ("stats_rollup_wave", "wave_id, channel, carrier, hour"),
+            ("stats_rollup_area", "area_code, channel, carrier, message_class"),
+        ):
+            columns = f"{key}, adapter, status, error_code, n, segments"
+            result = conn.execute(
+                text(
+                    f"INSERT INTO {table} ({columns}) "
+                    f"SELECT DISTINCT {', '.join('r.' + k for k in key.split(', '))}, z.adapter, "
+                    f"z.status, '', 0, 0 FROM {table} r, {ZERO_KEYS} WHERE {tried} "
+                    "ON CONFLICT DO NOTHING"
+                )
+            )
+            added = result.rowcount if table == "stats_rollup" else added
+    return added
+
+
+def _prune_done_waves(engine: Engine) -> int:
+    """What the tick does when it finds a wave done (stats/prune.py): its keys at zero deleted.
+    The waves with messages still pending keep theirs. Returns the rows deleted."""
+    with session_scope(engine) as session:
+        done = session.scalars(
+            text(
+                "SELECT w.id FROM wave w WHERE NOT EXISTS (SELECT 1 FROM outbox o "
+                "WHERE o.wave_id = w.id AND o.status IN ('planned', 'claimed', 'sending', "
+                "'unknown'))"
+            )
+        ).all()
+        return prune_zero_keys(session, list(done))
+
+
 def seed(engine: Engine, args: argparse.Namespace) -> None:
     steps: list[tuple[str, Callable[[], object]]] = [
         ("areas", lambda: _seed_areas(engine, args.districts, args.communes)),
@@ -421,6 +474,8 @@ def seed(engine: Engine, args: argparse.Namespace) -> None:
             lambda: _seed_outbox(engine, _campaigns(engine), args.chunk),
         ),
         ("plays", lambda: _seed_plays(engine)),
+        ("the keys dispatch leaves at zero", lambda: _seed_zero_keys(engine)),
+        ("those of the waves done deleted, as the tick does", lambda: _prune_done_waves(engine)),
         ("delivery events", lambda: _seed_events(engine, args.events)),
     ]
     for name, step in steps:
@@ -441,6 +496,7 @@ def sizes(engine: Engine) -> dict[str, int]:
                 "delivery_event",
                 "broadcast_play",
                 "stats_rollup",
+                "stats_rollup_area",
                 "area",
             )
         }
@@ -609,6 +665,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--reuse", action="store_true", help="measure an already seeded database")
     parser.add_argument("--no-export", action="store_true")
+    parser.add_argument(
+        "--zero-keys",
+        action="store_true",
+        help="with --reuse: add the keys dispatch leaves at zero to a database seeded without them",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = worker_env(args.url, tmp)
@@ -620,6 +681,9 @@ def main() -> None:
             started = time.perf_counter()
             seed(engine, args)
             print(f"seeded in {time.perf_counter() - started:.0f} s", flush=True)
+        elif args.zero_keys:
+            print(f"added {_seed_zero_keys(engine):,} keys at zero to stats_rollup", flush=True)
+            print(f"deleted {_prune_done_waves(engine):,} of the waves done", flush=True)
         print("rows: " + ", ".join(f"{t} {n:,}" for t, n in sizes(engine).items()), flush=True)
         measure(engine, args.url, tmp, args.requests, not args.no_export)
         engine.dispose()

@@ -520,6 +520,9 @@ class StatsRollup(SQLModel, table=True):
     'loudspeaker' are plays (status: played, skipped, failed); every other row is messages."""
 
     __tablename__ = "stats_rollup"
+    # A day-bounded question by area reads its communes' hours (migration 0016). No column a
+    # trigger updates is indexed, so the updates stay HOT.
+    __table_args__ = (Index("ix_stats_rollup_area_hour", "area_code", "hour"),)
 
     # The key, in the order of the primary key: a wave or campaign filter reads a range of it.
     wave_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
@@ -547,6 +550,25 @@ class StatsRollupWave(SQLModel, table=True):
     status: str = Field(primary_key=True, max_length=16)
     error_code: str = Field(primary_key=True, max_length=32)
     hour: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    n: int = Field(sa_type=BigInteger)
+    segments: int = Field(sa_type=BigInteger)
+
+
+class StatsRollupArea(SQLModel, table=True):
+    """StatsRollup without the wave and the hour, kept by triggers of migration 0016: one row
+    per commune x channel x status x error code x carrier x adapter x message class (the wave's,
+    as LOA_SMS_PRICES prices by it). Its size is bounded by those, not by the waves sent or the
+    time gone by: it answers questions by area over every campaign and all time."""
+
+    __tablename__ = "stats_rollup_area"
+
+    area_code: str = Field(primary_key=True, max_length=16)
+    channel: str = Field(primary_key=True, max_length=32)
+    status: str = Field(primary_key=True, max_length=16)
+    error_code: str = Field(primary_key=True, max_length=32)
+    carrier: str = Field(primary_key=True, max_length=32)
+    adapter: str = Field(primary_key=True, max_length=64)
+    message_class: str = Field(primary_key=True, max_length=16)
     n: int = Field(sa_type=BigInteger)
     segments: int = Field(sa_type=BigInteger)
 

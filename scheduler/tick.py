@@ -35,6 +35,7 @@ from scheduler.lifecycle import cancel_planned_messages
 from scheduler.outbox import end_planned_messages
 from scheduler.series import SeriesReport, make_due_occurrences
 from scheduler.windows import next_open
+from stats.prune import prune_zero_keys
 
 if TYPE_CHECKING:  # broadcast/ imports the scheduler's modules
     from broadcast.push import PushTrigger
@@ -238,8 +239,12 @@ def _close_finished(engine: Engine, *, now: datetime, report: TickReport) -> Non
                 .returning(col(Campaign.id))
             )
         )
+        # Their keys left at zero (claimed, sending...) will not be needed again.
+        pruned = prune_zero_keys(session, report.waves_done)
         for wave_id in report.waves_done:
             log.info("wave %d done: nothing left to send", wave_id, extra={"wave_id": wave_id})
+        if pruned:
+            log.info("%d statistics keys at zero deleted", pruned)
         for campaign_id in report.campaigns_completed:
             log.info("campaign %d completed", campaign_id, extra={"campaign_id": campaign_id})
             audit.record(

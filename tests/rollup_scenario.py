@@ -155,10 +155,46 @@ def without_area(
     return {k: (counts[k], segments[k]) for k in counts if counts[k] or segments[k]}
 
 
+AREA_KEY = ("area_code", "channel", "status", "error_code", "carrier", "adapter", "message_class")
+
+
+def by_area(
+    rollup: dict[tuple[Any, ...], tuple[int, int]], classes: dict[int, str]
+) -> dict[tuple[Any, ...], tuple[int, int]]:
+    """The rollup summed over waves and hours, with each wave's class (`classes`: wave id ->
+    class), as stats_rollup_area holds it."""
+    counts: Counter[tuple[Any, ...]] = Counter()
+    segments: Counter[tuple[Any, ...]] = Counter()
+    for key, (n, segs) in rollup.items():
+        named = dict(zip(KEY, key, strict=True))
+        coarse = tuple(
+            classes.get(named["wave_id"], "") if k == "message_class" else named[k]
+            for k in AREA_KEY
+        )
+        counts[coarse] += n
+        segments[coarse] += segs
+    return {k: (counts[k], segments[k]) for k in counts if counts[k] or segments[k]}
+
+
+def stored_area_rollup(engine: Engine) -> dict[tuple[Any, ...], tuple[int, int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM stats_rollup_area")).mappings().all()
+    assert all(r["n"] >= 0 and r["segments"] >= 0 for r in rows), rows
+    return {
+        tuple(r[k] for k in AREA_KEY): (r["n"], r["segments"])
+        for r in rows
+        if r["n"] or r["segments"]
+    }
+
+
 def assert_exact(engine: Engine) -> None:
+    """Each rollup table against a GROUP BY over every outbox row and play."""
     direct = direct_rollup(engine)
     assert stored_rollup(engine) == direct
     assert stored_rollup(engine, "stats_rollup_wave") == without_area(direct)
+    with engine.connect() as conn:
+        classes = {i: c for i, c in conn.execute(text("SELECT id, message_class FROM wave"))}
+    assert stored_area_rollup(engine) == by_area(direct, classes)
 
 
 def statuses(engine: Engine, wave: str = "A") -> dict[str, str]:

@@ -32,6 +32,7 @@ EXPECTED_TABLES = {
     "audio_asset",
     "stats_rollup",
     "stats_rollup_wave",
+    "stats_rollup_area",
     "worker",
     "idempotency_key",
 }

@@ -78,8 +78,17 @@ def test_the_triggers_are_there_at_head(engine: Engine) -> None:
         "stats_rollup_outbox_delete",
         "stats_rollup_play_insert",
         "stats_rollup_play_delete",
+        "stats_rollup_area_outbox_insert",
+        "stats_rollup_area_outbox_update",
+        "stats_rollup_area_outbox_delete",
+        "stats_rollup_area_play_insert",
+        "stats_rollup_area_play_delete",
     } <= set(names)
-    assert "stats_rollup" in inspect(engine).get_table_names()
+    if engine.dialect.name == "postgresql":
+        assert {"stats_rollup_outbox_truncate", "stats_rollup_play_truncate"} <= set(names)
+    assert {"stats_rollup", "stats_rollup_wave", "stats_rollup_area"} <= set(
+        inspect(engine).get_table_names()
+    )
 
 
 # --- query_stats --------------------------------------------------------------------------------
@@ -281,3 +290,118 @@ def test_offset_stretches_find_the_hour_summer_time_starts() -> None:
         (april, -240),
     ]
     assert _stretches("Asia/Ho_Chi_Minh", march, april) == [(april, 420)]
+
+
+@pytest.mark.parametrize(
+    "prices",
+    [
+        {"scripted": {"viettel": {"*": 500}, "*": {"*": 300}}},
+        {"scripted": {"*": {"qc": 1, "info": 200}}, "*": {"mobifone": {"*": 7}}},
+        {},
+    ],
+)
+def test_questions_by_area_read_the_rollup_without_waves_and_give_the_same_figures(
+    engine: Engine, priced: Settings, lived: dict[str, int], prices: dict[str, Any]
+) -> None:
+    """A question by area with no campaign, wave or day reads stats_rollup_area (migration 0016);
+    the same question with a day range that covers everything reads stats_rollup. Both agree,
+    costs by class included (stats_rollup_area keeps the wave's class)."""
+    from stats.rollup import R_AREA, R, _check, _table
+
+    settings = priced.model_copy(update={"sms_prices": prices, "sms_price_per_segment": 0.5})
+    for group_by, kwargs in [
+        (["district"], {}),
+        (["province", "district", "channel"], {}),
+        (["commune", "error_code"], {"area_code": "440"}),
+        (["commune", "carrier", "adapter"], {}),
+        ([], {"area_code": "42", "channel": "sms"}),
+    ]:
+        query = _check(group_by, None, None, "Asia/Ho_Chi_Minh")
+        assert _table(query, None, None, kwargs.get("area_code")) is R_AREA
+        coarse = _query(engine, settings, group_by=group_by, **kwargs)
+        fine = _query(engine, settings, group_by=group_by, day_from=date(2000, 1, 1), **kwargs)
+        assert coarse == fine
+        assert coarse and any(r.targeted for r in coarse)
+    everything = _query(engine, settings, group_by=["province"])
+    assert sum(r.cost for r in everything) == pytest.approx(_query(engine, settings)[0].cost)
+    query = _check(["district", "day"], None, None, "UTC")
+    assert _table(query, None, None, None) is R
+    assert _table(_check(["district"], None, None, "UTC"), lived["sms"], None, None) is R
+
+
+def test_a_truncate_of_the_outbox_or_the_plays_empties_their_share_of_the_rollups(
+    engine: Engine, lived: dict[str, int]
+) -> None:
+    """TRUNCATE fires no delete trigger; migration 0016's TRUNCATE triggers clear what the table
+    put in each rollup (PostgreSQL; SQLite has no TRUNCATE)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no TRUNCATE")
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE outbox"))
+    assert_exact(engine)
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM stats_rollup_area WHERE n <> 0")) == 2
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE broadcast_play"))
+    assert_exact(engine)
+    assert stored_rollup(engine) == {}
+
+
+def test_a_done_wave_keeps_no_keys_at_zero(
+    engine: Engine, priced: Settings, lived: dict[str, int], clock: FakeClock
+) -> None:
+    """Each message passed through keys it left at zero (planned, claimed, sending); once the
+    tick finds the wave done, they are deleted (stats/prune.py), and the figures stay exact."""
+    run_tick(engine, now=clock(), settings=priced)
+    with engine.connect() as conn:
+        done = conn.scalars(
+            text("SELECT id FROM wave WHERE status = 'done' AND campaign_id = :c"),
+            {"c": lived["sms"]},
+        ).all()
+        assert done
+        for table in ("stats_rollup", "stats_rollup_wave"):
+            rows = conn.execute(
+                text(f"SELECT status, n, segments FROM {table} WHERE wave_id = :w"),
+                {"w": done[0]},
+            ).all()
+            assert rows and all(n or segments for _, n, segments in rows), rows
+            assert not {"planned", "claimed", "sending"} & {status for status, _, _ in rows}
+        # The rollup without waves keeps no zero at all once a wave is done.
+        assert not conn.scalar(
+            text("SELECT count(*) FROM stats_rollup_area WHERE n = 0 AND segments = 0")
+        )
+    assert_exact(engine)
+
+
+def test_pruning_skips_a_key_another_transaction_holds_postgresql(
+    engine: Engine, lived: dict[str, int]
+) -> None:
+    """A worker's trigger may be adding to a key at zero: pruning does not wait for its lock
+    (a wait could deadlock with the worker's next upsert), it leaves that key for later."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    from stats.prune import prune_zero_keys
+
+    zero = (
+        "INSERT INTO stats_rollup (wave_id, channel, area_code, carrier, adapter, status, "
+        "error_code, hour, n, segments) VALUES (:w, 'sms', :a, 'Viettel', '', 'claimed', '', 1, "
+        "0, 0)"
+    )
+    with engine.connect() as conn:
+        wave = conn.scalar(
+            text("SELECT min(id) FROM wave WHERE campaign_id = :c"), {"c": lived["sms"]}
+        )
+    with engine.begin() as conn:
+        for area in ("18301", "18302"):
+            conn.execute(text(zero), {"w": wave, "a": area})
+    with engine.connect() as holder:
+        holder.execute(
+            text("SELECT 1 FROM stats_rollup WHERE area_code = '18301' AND n = 0 FOR UPDATE")
+        )
+        with session_scope(engine) as session:
+            session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert prune_zero_keys(session, [wave]) >= 1
+        holder.rollback()
+    with engine.connect() as conn:
+        left = conn.scalars(text("SELECT area_code FROM stats_rollup WHERE n = 0")).all()
+    assert left == ["18301"]

@@ -1,6 +1,7 @@
-"""Two workers dispatch the same wave at once while delivery reports come in, on PostgreSQL: the
-rollup triggers of their transactions upsert the same rows, in key order, so no transaction
-deadlocks (PostgreSQL's own deadlock counter stays put) and the rollup still matches the outbox."""
+"""Two workers dispatch two waves at once while delivery reports come in, on PostgreSQL: the
+rollup triggers of their transactions upsert the same rows in key order (stats_rollup_area's,
+which both waves share, before the others), so no transaction deadlocks (PostgreSQL's own
+deadlock counter stays put) and the rollups still match the outbox."""
 
 from __future__ import annotations
 
@@ -91,7 +92,10 @@ def test_two_workers_and_reports_at_once_neither_deadlock_nor_miscount_postgresq
         "audience": {"areas": ["42", "40"]},
         "template": "x",
     }
-    launch(engine, {"name": "C", "waves": [wave]}, settings, datetime(2026, 5, 8, tzinfo=UTC))
+    # Two waves of one class: their messages share stats_rollup_area's rows (no wave in its key),
+    # whichever worker sends them.
+    waves = [wave, {**wave, "name": "W2"}]
+    launch(engine, {"name": "C", "waves": waves}, settings, datetime(2026, 5, 8, tzinfo=UTC))
     run_tick(engine, now=FIRE, settings=settings)
     deadlocks_before = _deadlocks(engine)
 
