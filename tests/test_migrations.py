@@ -35,6 +35,7 @@ EXPECTED_TABLES = {
     "stats_rollup_area",
     "worker",
     "idempotency_key",
+    "cache_generation",
 }
 
 

@@ -29,7 +29,7 @@ broadcast_play: 'loudspeaker'), in the TRUNCATE's transaction. SQLite has no TRU
 `DELETE FROM` without WHERE runs the delete triggers when there are any).
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-12 10:00:00.000000
 """
 
@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0016"
-down_revision: str | None = "0014"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
