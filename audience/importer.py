@@ -22,7 +22,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from json.encoder import encode_basestring as _json_string
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 import psycopg
 from sqlalchemy import (
@@ -35,6 +35,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -47,14 +48,13 @@ from audience.sourcefile import open_table
 from loa import audit
 from loa.db import upsert_insert
 from loa.errors import ImportFileError, InvalidInput
-from loa.models import Area, Recipient, RecipientDate, RecipientTag
+from loa.models import Area, Recipient, RecipientDate
 
 # Rows per write. Large enough that a chunk's fixed costs (a few statements, a COPY) vanish,
 # small enough that a chunk's rows stay a few MB.
 CHUNK_SIZE: Final = 10_000
 
 RECIPIENT: Final = SQLModel.metadata.tables[Recipient.__tablename__]
-RECIPIENT_TAG: Final = SQLModel.metadata.tables[RecipientTag.__tablename__]
 RECIPIENT_DATE: Final = SQLModel.metadata.tables[RecipientDate.__tablename__]
 AREA: Final = SQLModel.metadata.tables[Area.__tablename__]
 
@@ -90,8 +90,8 @@ IMPORT_LOCK: Final = 0x10A51A9
 # Told after each chunk: rows read so far, and how far through the file (0 to 1) when known.
 Progress = Callable[[int, "float | None"], None]
 
-_NAME_MAX: Final = 200  # the widths of the recipient and recipient_tag columns
-_TAG_MAX: Final = 64
+_NAME_MAX: Final = 200  # the width of recipient.name
+_TAG_MAX: Final = 64  # a tag's length (recipient.tags)
 _ATTRIBUTE_KEY_MAX: Final = 200  # recipient_date.attribute
 _VN_DATE: Final = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})", re.ASCII)
 _ISO_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
@@ -531,13 +531,6 @@ def _flush(
         new = {phone for phone in phones if phone not in existing}
         if not dry_run:
             ids = _upsert_recipients(session, batch, now)
-            tag_rows = [
-                {"recipient_id": ids[row.phone], "tag": tag} for row in batch for tag in row.tags
-            ]
-            if tag_rows:
-                session.execute(
-                    upsert_insert(bind, RECIPIENT_TAG).on_conflict_do_nothing(), tag_rows
-                )
             _replace_dates(bind, batch, ids)
     for row in batch:
         number = int(row.phone[1:])
@@ -574,9 +567,14 @@ _PG_COPY_BATCH: Final = (
 )
 # An attribute value in ISO form is a real date: _attribute_value has checked it (see _ISO_DATE).
 _PG_ISO: Final = "'^[0-9]{4}-[0-9]{2}-[0-9]{2}$'"
+# A recipient's tags united with the file's, distinct and sorted by code point (as Python sorts
+# them for a new recipient, whatever the database's collation); unchanged when the file adds none.
+_PG_MERGED_TAGS: Final = """CASE WHEN excluded.tags <@ r.tags THEN r.tags
+                ELSE ARRAY(SELECT DISTINCT t COLLATE "C" FROM unnest(r.tags || excluded.tags) AS t
+                           ORDER BY 1) END"""
 
 
-# One statement per chunk: the merge of _upsert_recipients, then the tags and the dates of
+# One statement per chunk: the merge of _upsert_recipients (tags included), then the dates of
 # _replace_dates, joined to the new ids in the server; it answers with the phones it inserted.
 def _pg_merge(undate: bool) -> TextClause:
     # Removing dates costs a probe of recipient_date per recipient: skipped when no value of the
@@ -589,9 +587,10 @@ def _pg_merge(undate: bool) -> TextClause:
     return text(
         f"""
     WITH upserted AS (
-        INSERT INTO recipient AS r
-            (phone, name, area_code, carrier, phone_converted, attributes, created_at, updated_at)
-        SELECT phone, name, area_code, carrier, phone_converted, attributes, :now, :now
+        INSERT INTO recipient AS r (phone, name, area_code, carrier, phone_converted, attributes,
+            tags, created_at, updated_at)
+        SELECT phone, name, area_code, carrier, phone_converted, attributes,
+            string_to_array(tags, '{TAG_SEPARATOR}'), :now, :now
         FROM {_PG_BATCH}
         ON CONFLICT (phone) DO UPDATE SET
             name = coalesce(excluded.name, r.name),
@@ -599,6 +598,7 @@ def _pg_merge(undate: bool) -> TextClause:
             carrier = excluded.carrier,
             phone_converted = excluded.phone_converted,
             attributes = r.attributes || excluded.attributes,
+            tags = {_PG_MERGED_TAGS},
             updated_at = excluded.updated_at
         -- A row the file does not change is left alone: no new row version, no index entries,
         -- no WAL (a monthly re-export of the same list changes few rows).
@@ -606,6 +606,7 @@ def _pg_merge(undate: bool) -> TextClause:
             IS DISTINCT FROM (coalesce(excluded.name, r.name),
                 coalesce(excluded.area_code, r.area_code), excluded.carrier,
                 excluded.phone_converted, r.attributes || excluded.attributes)
+            OR NOT excluded.tags <@ r.tags
         -- xmax is 0 on a row version that this statement inserted, and our transaction's id
         -- on one it updated: the usual way to tell the two apart in an upsert's RETURNING.
         RETURNING r.id, r.phone, r.xmax = 0 AS inserted
@@ -614,23 +615,6 @@ def _pg_merge(undate: bool) -> TextClause:
     -- follows the attributes, and an unchanged row's attributes already hold the file's values).
     written AS (
         SELECT u.id, b.attributes FROM upserted AS u JOIN {_PG_BATCH} AS b ON b.phone = u.phone
-    ),
-    -- Every recipient of the chunk, for the tags: those the upsert wrote, and those it left
-    -- unchanged, read from the statement's snapshot (complete, since imports hold IMPORT_LOCK:
-    -- no other transaction adds recipients meanwhile).
-    ids AS (
-        SELECT id, phone FROM upserted
-        UNION ALL
-        SELECT r.id, r.phone
-        FROM {_PG_BATCH} AS b JOIN recipient AS r ON r.phone = b.phone
-        WHERE NOT EXISTS (SELECT FROM upserted AS u WHERE u.phone = b.phone)
-    ),
-    tagged AS (
-        INSERT INTO recipient_tag (recipient_id, tag)
-        SELECT ids.id, t.tag
-        FROM ids JOIN {_PG_BATCH} AS b ON b.phone = ids.phone,
-            unnest(string_to_array(b.tags, '{TAG_SEPARATOR}')) AS t(tag)
-        ON CONFLICT DO NOTHING
     ){undated if undate else ""},
     dated AS (
         INSERT INTO recipient_date AS d (recipient_id, attribute, value)
@@ -657,13 +641,13 @@ def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) ->
     assert isinstance(driver, psycopg.Connection)
     # The COPY text is built here rather than with psycopg's write_row(), which adapts each value
     # in Python (a JSON dump, a list to an array literal) at several times the cost, on the
-    # thread that competes with the reading side for the GIL. Tags travel as one string:
-    # TAG_SEPARATOR cannot occur inside a tag.
+    # thread that competes with the reading side for the GIL. Tags travel as one string, sorted
+    # (the order recipient.tags keeps): TAG_SEPARATOR cannot occur inside a tag.
     lines = [
         f"{row.phone}\t{_copy_text(row.name)}\t{_copy_text(row.area_code)}\t"
         f"{_copy_text(row.carrier)}\t{'t' if row.converted else 'f'}\t"
         f"{_copy_json(row.attributes)}\t"
-        f"{_copy_text(TAG_SEPARATOR.join(row.tags))}\n"
+        f"{_copy_text(TAG_SEPARATOR.join(sorted(row.tags)))}\n"
         for row in batch
     ]
     with driver.cursor() as cursor, cursor.copy(_PG_COPY_BATCH) as copy:
@@ -732,6 +716,15 @@ def _replace_dates(bind: Connection, batch: Sequence[_Row], ids: dict[str, int])
         )
 
 
+# SQLite's union of the stored tags and the file's, distinct and in code-point order (BINARY
+# collation of UTF-8), as minified JSON like json() gives the stored value. json_group_array
+# takes the rows in the order the subquery gives them.
+_SQLITE_MERGED_TAGS: Final[ColumnElement[Any]] = literal_column(
+    "(SELECT json_group_array(value) FROM (SELECT value FROM json_each(recipient.tags) "
+    "UNION SELECT value FROM json_each(excluded.tags) ORDER BY value))"
+)
+
+
 def _upsert_recipients(session: Session, batch: Sequence[_Row], now: datetime) -> dict[str, int]:
     """SQLite's merge (PostgreSQL's is _pg_merge): the recipients' ids by phone."""
     insert = upsert_insert(session.connection(), RECIPIENT)
@@ -745,8 +738,13 @@ def _upsert_recipients(session: Session, batch: Sequence[_Row], now: datetime) -
         "carrier": new.carrier,
         "phone_converted": new.phone_converted,
         "attributes": func.json_patch(current.attributes, new.attributes),
+        "tags": _SQLITE_MERGED_TAGS,
     }
-    stored = {**{key: current[key] for key in merged}, "attributes": func.json(current.attributes)}
+    stored = {
+        **{key: current[key] for key in merged},
+        "attributes": func.json(current.attributes),
+        "tags": func.json(current.tags),
+    }
     upsert = insert.on_conflict_do_update(
         index_elements=[current.phone],
         set_={**merged, "updated_at": new.updated_at},
@@ -766,6 +764,7 @@ def _upsert_recipients(session: Session, batch: Sequence[_Row], now: datetime) -
                 "carrier": row.carrier,
                 "phone_converted": row.converted,
                 "attributes": row.attributes,
+                "tags": sorted(row.tags),
                 "created_at": now,
                 "updated_at": now,
             }
