@@ -582,7 +582,8 @@ def _pg_merge(undate: bool) -> TextClause:
     undated = f""",
     undated AS (
         DELETE FROM recipient_date AS d USING written, jsonb_each_text(written.attributes) AS e
-        WHERE d.recipient_id = written.id AND d.attribute = e.key AND e.value !~ {_PG_ISO}
+        WHERE NOT written.inserted
+            AND d.recipient_id = written.id AND d.attribute = e.key AND e.value !~ {_PG_ISO}
     )"""
     return text(
         f"""
@@ -614,13 +615,23 @@ def _pg_merge(undate: bool) -> TextClause:
     -- The recipients the upsert wrote: only their dates can have changed (recipient_date
     -- follows the attributes, and an unchanged row's attributes already hold the file's values).
     written AS (
-        SELECT u.id, b.attributes FROM upserted AS u JOIN {_PG_BATCH} AS b ON b.phone = u.phone
+        SELECT u.id, u.inserted, b.attributes
+        FROM upserted AS u JOIN {_PG_BATCH} AS b ON b.phone = u.phone
     ){undated if undate else ""},
-    dated AS (
-        INSERT INTO recipient_date AS d (recipient_id, attribute, value)
-        SELECT written.id, e.key, CAST(e.value AS date)
+    written_dates AS (
+        SELECT written.id, written.inserted, e.key, CAST(e.value AS date) AS value
         FROM written, jsonb_each_text(written.attributes) AS e
         WHERE e.value ~ {_PG_ISO} AND length(e.key) <= {_ATTRIBUTE_KEY_MAX}
+    ),
+    -- A new recipient has no dates yet (ids are never reused): a plain insert, without the
+    -- arbiter index probe and speculative insertion that ON CONFLICT costs on every row.
+    dated_new AS (
+        INSERT INTO recipient_date (recipient_id, attribute, value)
+        SELECT id, key, value FROM written_dates WHERE inserted
+    ),
+    dated AS (
+        INSERT INTO recipient_date AS d (recipient_id, attribute, value)
+        SELECT id, key, value FROM written_dates WHERE NOT inserted
         ON CONFLICT (recipient_id, attribute) DO UPDATE SET value = excluded.value
         WHERE d.value IS DISTINCT FROM excluded.value
     )
