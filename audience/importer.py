@@ -12,11 +12,14 @@ either the file is imported with its report, or nothing is.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import re
+import threading
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -231,6 +234,7 @@ def import_recipients(
     pending: dict[str, _Row] = {}
     display = display or str(path)
     with (
+        _fewer_collections(),
         _ChunkWriter(session, now, dry_run, report) as writer,
         open_table(path, display=display, max_line_bytes=max_line_bytes, sheet=sheet) as table,
     ):
@@ -262,6 +266,37 @@ def import_recipients(
     if progress is not None:
         progress(report.rows_read, 1.0)
     return report
+
+
+# The cyclic garbage collector's first threshold while an import runs. An import allocates about
+# ten containers a row (the cells, the row, its attributes and tags) that reference counting
+# frees, few cycles; at the default (700) the collector ran every 70 rows and, each time the
+# chunk of 10,000 pending rows had moved to the older generations, walked every live object of
+# the process: a quarter of the reading's CPU (10.4 s -> 7.7 s for a million rows with it
+# raised). Collections still run, a hundred times less often; cyclic garbage stays bounded.
+_IMPORT_GC_THRESHOLD: Final = 70_000
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_saved: tuple[int, int, int] = (0, 0, 0)
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Raise the collector's first threshold for the import's duration; restored when the last
+    import of the process ends (the setting is the process's, shared with its other threads)."""
+    global _gc_users, _gc_saved
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_saved = gc.get_threshold()
+            gc.set_threshold(max(_IMPORT_GC_THRESHOLD, _gc_saved[0]), *_gc_saved[1:])
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0:
+                gc.set_threshold(*_gc_saved)
 
 
 def audit_import(

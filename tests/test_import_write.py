@@ -235,3 +235,32 @@ def test_an_error_while_writing_a_chunk_in_the_background_reaches_the_caller(
     assert calls["n"] == 3  # nothing more was written after the failure
     assert state(engine)["recipients"] == {}
     engine.dispose()
+
+
+def test_the_collector_threshold_is_raised_during_an_import_and_restored_after(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import raises the garbage collector's first threshold (it allocates containers by
+    the million, few cycles) and gives the process its own back, also when the import fails."""
+    import gc
+
+    monkeypatch.setattr(audience.importer, "CHUNK_SIZE", 2)
+    load(engine)
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    with session_scope(engine) as session:
+        import_recipients(
+            session,
+            write(tmp_path, "1.csv", FIRST),
+            now=NOW,
+            progress=lambda _rows, _done: seen.append(gc.get_threshold()),
+        )
+    # Told after each chunk (raised), and once more when the import is over (restored).
+    assert len(seen) > 2 and all(t == (70_000, *before[1:]) for t in seen[:-1])
+    assert seen[-1] == before
+    assert gc.get_threshold() == before
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(FIRST.encode() + b"0912000009,\xff\xfe\n")
+    with pytest.raises(Exception, match="not UTF-8"), session_scope(engine) as session:
+        import_recipients(session, bad, now=NOW)
+    assert gc.get_threshold() == before
