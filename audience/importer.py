@@ -699,8 +699,11 @@ def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) ->
     with driver.cursor() as cursor, cursor.copy(_PG_COPY_BATCH) as copy:
         copy.write("".join(lines))
     # A temporary table has no statistics until analysed: the planner would guess its size and
-    # read the whole recipient table once per chunk instead of looking the phones up.
-    bind.execute(text(f"ANALYZE {_PG_BATCH}"))
+    # read the whole recipient table once per chunk instead of looking the phones up. The phone
+    # column alone is enough for that (the joins are on it), and costs a sixth of analysing all
+    # seven columns (the JSON ones above all): 0.4 s instead of 2.6 s of the server's CPU for a
+    # million rows.
+    bind.execute(text(f"ANALYZE {_PG_BATCH} (phone)"))
     undate = any(not _ISO_DATE.fullmatch(v) for row in batch for v in row.attributes.values())
     merge = _PG_MERGE if undate else _PG_MERGE_DATES_ONLY
     return set(bind.execute(merge, {"now": now}).scalars())
