@@ -121,11 +121,11 @@ class Recipient(SQLModel, table=True):
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     phone: str = Field(max_length=20, unique=True)  # E.164
     name: str | None = Field(default=None, max_length=200)
-    # No foreign keys on recipient, recipient_tag and recipient_date (migration 0007): checked row
-    # by row they were a quarter of a large import's time. The importer writes only area codes
-    # that are in the area table (read in the same transaction), tag and date rows only for the
-    # recipient ids its own statement returned, and nothing deletes areas or recipients; a
-    # deletion of recipients must remove their tag and date rows itself.
+    # No foreign keys on recipient and recipient_date (migration 0007): checked row by row they
+    # were a quarter of a large import's time. The importer writes only area codes that are in
+    # the area table (read in the same transaction), date rows only for the recipient ids its own
+    # statement returned, and nothing deletes areas or recipients; a deletion of recipients must
+    # remove their date rows itself.
     area_code: str | None = Field(default=None, max_length=16)
     carrier: str | None = Field(default=None, max_length=32)  # from the prefix: an estimate
     phone_converted: bool = False  # an old 11-digit 01xx number converted with the 2018 table
