@@ -264,3 +264,25 @@ def test_the_collector_threshold_is_raised_during_an_import_and_restored_after(
     with pytest.raises(Exception, match="not UTF-8"), session_scope(engine) as session:
         import_recipients(session, bad, now=NOW)
     assert gc.get_threshold() == before
+
+
+def test_merged_tags_are_distinct_and_in_code_point_order_on_both_databases(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """recipient.tags is kept sorted as Python sorts (code points), whatever the database's
+    collation: a new recipient's tags are sorted in Python, merged ones in SQL."""
+    load(engine)
+    with session_scope(engine) as session:
+        import_recipients(
+            session, write(tmp_path, "1.csv", "phone,nhom\n0912000001,nông-dân|Zeta|b\n"), now=NOW
+        )
+    with session_scope(engine) as session:
+        import_recipients(
+            session,
+            write(tmp_path, "2.csv", "phone,nhom\n0912000001,ánh|a-b|Zeta|ab\n"),
+            now=LATER,
+        )
+    with session_scope(engine) as session:
+        stored = session.scalars(select(col(Recipient.tags))).one()
+    assert stored == sorted({"nông-dân", "Zeta", "b", "ánh", "a-b", "ab"})
+    assert stored == ["Zeta", "a-b", "ab", "b", "nông-dân", "ánh"]
