@@ -54,8 +54,9 @@ from loa.errors import ImportFileError, InvalidInput
 from loa.models import Area, Recipient, RecipientDate
 
 # Rows per write. Large enough that a chunk's fixed costs (a few statements, a COPY) vanish,
-# small enough that a chunk's rows stay a few MB.
-CHUNK_SIZE: Final = 10_000
+# small enough that a chunk's rows stay a few MB. 20,000 rather than 10,000: 1.5 s less for a
+# fresh import of a million rows and 1 s less again, for 18 MB more peak memory (235 MB).
+CHUNK_SIZE: Final = 20_000
 
 RECIPIENT: Final = SQLModel.metadata.tables[Recipient.__tablename__]
 RECIPIENT_DATE: Final = SQLModel.metadata.tables[RecipientDate.__tablename__]
@@ -271,7 +272,7 @@ def import_recipients(
 # The cyclic garbage collector's first threshold while an import runs. An import allocates about
 # ten containers a row (the cells, the row, its attributes and tags) that reference counting
 # frees, few cycles; at the default (700) the collector ran every 70 rows and, each time the
-# chunk of 10,000 pending rows had moved to the older generations, walked every live object of
+# chunk of pending rows had moved to the older generations, walked every live object of
 # the process: a quarter of the reading's CPU (10.4 s -> 7.7 s for a million rows with it
 # raised). Collections still run, a hundred times less often; cyclic garbage stays bounded.
 _IMPORT_GC_THRESHOLD: Final = 70_000
