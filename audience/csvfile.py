@@ -137,7 +137,8 @@ def _rows(reader: Any, skipped: int, display: str) -> Iterator[tuple[int, list[s
         for cells in reader:
             start = skipped + previous_end + 1
             previous_end = reader.line_num
-            if any(cell.strip() for cell in cells):
+            # The first cell decides for almost every row, without a generator per row.
+            if cells and (cells[0].strip() or any(cell.strip() for cell in cells)):
                 yield start, cells
     except csv.Error as exc:
         raise ImportFileError(

@@ -37,7 +37,7 @@ def audience_condition(audience: dict[str, Any], *, dialect: str) -> ColumnEleme
     if areas := audience.get("areas"):
         conditions.append(in_areas(areas))
     if tags := audience.get("tags"):
-        conditions.append(any_tag(tags))
+        conditions.append(any_tag(tags, dialect))
     if on := audience.get("date"):
         conditions.append(
             dated(on["attribute"], col(RecipientDate.value) == date.fromisoformat(on["on"]))

@@ -56,8 +56,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy import Boolean, ColumnElement, and_, exists, func, literal, not_, or_, select, true
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Text,
+    and_,
+    exists,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
@@ -71,7 +83,6 @@ from loa.models import (
     CampaignStatus,
     Recipient,
     RecipientDate,
-    RecipientTag,
     Segment,
     Wave,
     WaveStatus,
@@ -271,17 +282,25 @@ def in_areas(codes: Sequence[str]) -> ColumnElement[bool]:
     )
 
 
-def any_tag(tags: Sequence[str]) -> ColumnElement[bool]:
-    return exists(
-        select(1).where(
-            col(RecipientTag.recipient_id) == col(Recipient.id), col(RecipientTag.tag).in_(tags)
-        )
-    )
+def any_tag(tags: Sequence[str], dialect: str) -> ColumnElement[bool]:
+    """Recipients carrying any of `tags`: on PostgreSQL the GIN index ix_recipient_tags (array
+    overlap); SQLite reads each row's JSON array."""
+    if dialect == "postgresql":
+        return col(Recipient.tags).op("&&", return_type=Boolean)(_tag_array(tags))
+    tag = func.json_each(col(Recipient.tags)).table_valued("value").alias("tag")
+    return exists(select(1).select_from(tag).where(tag.c.value.in_(list(tags))))
 
 
-def all_tags(tags: Sequence[str]) -> ColumnElement[bool]:
-    # One EXISTS per tag: each an index lookup on (tag, recipient_id), no grouping.
-    return and_(*(any_tag([tag]) for tag in dict.fromkeys(tags)))
+def all_tags(tags: Sequence[str], dialect: str) -> ColumnElement[bool]:
+    """Recipients carrying every one of `tags` (array containment on PostgreSQL, GIN)."""
+    distinct = list(dict.fromkeys(tags))
+    if dialect == "postgresql":
+        return col(Recipient.tags).op("@>", return_type=Boolean)(_tag_array(distinct))
+    return and_(*(any_tag([tag], dialect) for tag in distinct))
+
+
+def _tag_array(tags: Sequence[str]) -> ColumnElement[Any]:
+    return literal(list(tags), ARRAY(Text()))
 
 
 def dated(attribute: str, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -359,9 +378,9 @@ def filter_condition(
     if flt.areas:
         conditions.append(in_areas(flt.areas))
     if flt.tags:
-        conditions.append(any_tag(flt.tags))
+        conditions.append(any_tag(flt.tags, dialect))
     if flt.all_tags:
-        conditions.append(all_tags(flt.all_tags))
+        conditions.append(all_tags(flt.all_tags, dialect))
     for key, test in (flt.attributes or {}).items():
         conditions.append(attribute_condition(key, test, today=today, dialect=dialect))
     return and_(true(), *conditions)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import random
 import resource
 import statistics
@@ -228,11 +229,43 @@ def _fresh_engine(url: str | None, tmp: Path) -> Engine:
     return engine
 
 
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _backend_cpu(pid: int | None) -> float | None:
+    """CPU seconds of a PostgreSQL backend, when the server runs on this machine (/proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _timed_import(engine: Engine, path: Path) -> tuple[float, ImportReport]:
-    started = time.perf_counter()
+    """Wall time of one import; prints the CPU time of this process and of the server's backend
+    beside it (the machine may be shared: CPU time says what the import itself cost)."""
+    started, cpu = time.perf_counter(), _process_cpu()
     with session_scope(engine) as session:
+        pid = None
+        if engine.dialect.name == "postgresql":
+            pid = session.execute(text("SELECT pg_backend_pid()")).scalar()
+        backend = _backend_cpu(pid)
         report = import_recipients(session, path, now=T0)
-    return time.perf_counter() - started, report
+        backend_after = _backend_cpu(pid)
+    elapsed = time.perf_counter() - started
+    server = (
+        f", server backend {backend_after - backend:.1f} s"
+        if backend is not None and backend_after is not None
+        else ""
+    )
+    print(
+        f"    CPU: this process {_process_cpu() - cpu:.1f} s{server}; "
+        f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
+        flush=True,
+    )
+    return elapsed, report
 
 
 def one_run(url: str | None, path: Path) -> tuple[float, float]:

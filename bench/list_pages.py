@@ -52,9 +52,8 @@ LOAD = [
               CASE WHEN g % 100000 = 7 THEN 'Khuc Van ' || g ELSE 'Nguyen Van ' || g END,
               (10000 + g % 1000)::text, 'Viettel', false, '{}'::jsonb, now(), now()
        FROM generate_series(1, :n) g""",
-    """INSERT INTO recipient_tag (recipient_id, tag)
-       SELECT id, 'nong-dan' FROM recipient WHERE id % 3 = 0
-       UNION ALL SELECT id, 'hiem' FROM recipient WHERE id % 50000 = 1""",
+    """UPDATE recipient SET tags = ARRAY['nong-dan'] WHERE id % 3 = 0""",
+    """UPDATE recipient SET tags = tags || ARRAY['hiem'] WHERE id % 50000 = 1""",
 ]
 
 

@@ -1,7 +1,7 @@
 """Segment counts on PostgreSQL: how long `loa segments count` takes over N recipients (default
 200,000 in 1,000 communes of 10 districts, three tags, a card expiry date each), and the query
 plans, to check that the count is set-based and uses recipient_date, ix_recipient_area_id and
-ix_recipient_tag_tag.
+ix_recipient_tags (GIN).
 
     python -m bench.segment_count [--recipients 200000] [--database-url URL] [--explain]
 """
@@ -63,10 +63,13 @@ LOAD = [
                   'gender', CASE WHEN g % 2 = 0 THEN 'nu' ELSE 'nam' END),
               now(), now()
        FROM generate_series(1, :n) g""",
-    """INSERT INTO recipient_tag (recipient_id, tag)
-       SELECT id, 'nong-dan' FROM recipient WHERE id % 3 = 0
-       UNION ALL SELECT id, 'ho-ngheo' FROM recipient WHERE id % 7 = 0
-       UNION ALL SELECT id, 'tieu-thuong' FROM recipient WHERE id % 5 = 1""",
+    """UPDATE recipient SET tags = ARRAY(
+           SELECT t FROM unnest(ARRAY[
+               CASE WHEN id % 7 = 0 THEN 'ho-ngheo' END,
+               CASE WHEN id % 3 = 0 THEN 'nong-dan' END,
+               CASE WHEN id % 5 = 1 THEN 'tieu-thuong' END]) AS t
+           WHERE t IS NOT NULL)
+       WHERE id % 7 = 0 OR id % 3 = 0 OR id % 5 = 1""",
     """INSERT INTO recipient_date (recipient_id, attribute, value)
        SELECT id, 'card_expiry', (attributes ->> 'card_expiry')::date FROM recipient""",
 ]

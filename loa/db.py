@@ -22,6 +22,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     Table,
+    Text,
     any_,
     bindparam,
     create_engine,
@@ -55,6 +56,9 @@ MAX_INTEGER = 2**31 - 1
 MAX_BIGINT = 2**63 - 1
 # JSONB on PostgreSQL for indexable attributes; JSON text elsewhere.
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+# A list of short strings (a recipient's tags): text[] on PostgreSQL, for its GIN index and its
+# array operators (&&, @>); a JSON array as text on SQLite, read with json_each().
+TagList = JSON().with_variant(ARRAY(Text()), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

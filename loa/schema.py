@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+from sqlalchemy.schema import SchemaItem
 
 import migrations
 from loa.errors import SchemaOutOfDate
@@ -49,3 +51,17 @@ def require_current(engine: Engine) -> str:
             f"this version of Loa needs {head}: run `loa db upgrade` first"
         )
     return head
+
+
+def exists_on(dialect: str) -> Callable[[SchemaItem, str | None, str, bool, object], bool]:
+    """An alembic include_object hook: leaves out of a comparison the schema items declared for
+    another database only (`.ddl_if(dialect=...)`, such as the GIN index on recipient.tags), which
+    alembic's autogenerate does not itself honour."""
+
+    def include(
+        item: SchemaItem, _name: str | None, _kind: str, _reflected: bool, _other: object
+    ) -> bool:
+        condition = getattr(item, "_ddl_if", None)
+        return condition is None or condition.dialect in (None, dialect)
+
+    return include

@@ -5,6 +5,7 @@ from sqlmodel import SQLModel
 
 import loa.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from loa.db import make_engine
+from loa.schema import exists_on
 from loa.settings import Settings
 
 config = context.config
@@ -18,6 +19,7 @@ def run_migrations(connection) -> None:  # type: ignore[no-untyped-def]
         # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=exists_on(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
 from loa.db import session_scope
-from loa.models import Area, Consent, OutboxMessage, Recipient, RecipientDate, RecipientTag
+from loa.models import Area, Consent, OutboxMessage, Recipient, RecipientDate
 from loa.settings import Settings
 from scheduler.lifecycle import approve_campaign, create_campaign, launch_campaign
 from scheduler.spec import validate_spec
@@ -50,14 +50,13 @@ def add_recipient(
         area_code=area,
         carrier="Viettel",
         attributes=attributes or {},
+        tags=sorted(set(tags)),
         created_at=now,
         updated_at=now,
     )
     session.add(recipient)
     session.flush()
     assert recipient.id is not None
-    for tag in tags:
-        session.add(RecipientTag(recipient_id=recipient.id, tag=tag))
     # As the importer keeps them: every ISO date attribute is indexed in recipient_date.
     for key, value in (attributes or {}).items():
         try:

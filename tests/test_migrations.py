@@ -17,7 +17,6 @@ from loa.settings import Settings
 EXPECTED_TABLES = {
     "area",
     "recipient",
-    "recipient_tag",
     "recipient_date",
     "suppression",
     "template",
@@ -53,7 +52,11 @@ def test_upgrade_from_empty_builds_the_schema_the_code_expects(
     assert set(inspect(engine).get_table_names()) >= EXPECTED_TABLES
     with engine.connect() as conn:
         diff = compare_metadata(
-            MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
+            MigrationContext.configure(
+                conn,
+                opts={"compare_type": True, "include_object": schema.exists_on(engine.name)},
+            ),
+            SQLModel.metadata,
         )
     assert diff == []
     engine.dispose()
@@ -190,10 +193,13 @@ def test_0007_keeps_recipients_tags_and_dates_and_downgrades(
     empty_db_url: str, tmp_path: Path
 ) -> None:
     """Dropping the recipient tables' foreign keys rebuilds them on SQLite: nothing in them may
-    be lost, and the phone stays unique."""
+    be lost, and the phone stays unique. The tags move into recipient.tags (0017) and back."""
     from alembic import command
-    from sqlalchemy import text
+    from sqlalchemy import select, text
     from sqlalchemy.exc import IntegrityError
+
+    from loa.db import session_scope
+    from loa.models import Recipient
 
     engine = make_engine(Settings(database_url=empty_db_url, data_dir=tmp_path))
     config = schema._alembic_config()
@@ -215,7 +221,12 @@ def test_0007_keeps_recipients_tags_and_dates_and_downgrades(
                 f"created_at, updated_at) VALUES (7, '+84912000001', '42', '{{}}', false, {t}, {t})"
             )
         )
-        conn.execute(text("INSERT INTO recipient_tag (recipient_id, tag) VALUES (7, 'nong-dan')"))
+        conn.execute(
+            text(
+                "INSERT INTO recipient_tag (recipient_id, tag) "
+                "VALUES (7, 'nong-dan'), (7, 'ho-ngheo')"
+            )
+        )
         conn.execute(
             text(
                 "INSERT INTO recipient_date (recipient_id, attribute, value) "
@@ -227,15 +238,26 @@ def test_0007_keeps_recipients_tags_and_dates_and_downgrades(
         with engine.connect() as conn:
             return (
                 conn.execute(text("SELECT id, phone, area_code FROM recipient")).all(),
-                conn.execute(text("SELECT recipient_id, tag FROM recipient_tag")).all(),
                 conn.execute(text("SELECT recipient_id, attribute FROM recipient_date")).all(),
             )
 
+    def tags() -> list[tuple[int | None, str]]:
+        """The tags, from recipient_tag before 0017 and from recipient.tags after it."""
+        with session_scope(engine) as session:
+            if "recipient_tag" in inspect(engine).get_table_names():
+                rows = session.execute(text("SELECT recipient_id, tag FROM recipient_tag"))
+                return sorted((id_, tag) for id_, tag in rows)
+            return [(r.id, tag) for r in session.scalars(select(Recipient)) for tag in r.tags]
+
     expected = contents()
+    assert tags() == [(7, "ho-ngheo"), (7, "nong-dan")]
     for step in ("head", "0006", "head"):
         migrate(step, down=step == "0006")
         assert contents() == expected
-    for table in ("recipient", "recipient_tag", "recipient_date"):
+        # Moved both ways, and stored sorted in the column.
+        assert tags() == [(7, "ho-ngheo"), (7, "nong-dan")]
+    assert "recipient_tag" not in inspect(engine).get_table_names()
+    for table in ("recipient", "recipient_date"):
         assert not inspect(engine).get_foreign_keys(table)
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(

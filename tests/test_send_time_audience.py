@@ -7,13 +7,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, select, update
 from sqlmodel import col
 
 from audience.segments import create_segment
 from channels.registry import channel_lookup
 from loa.db import session_scope
-from loa.models import DeliveryEvent, OutboxMessage, Recipient, RecipientDate, RecipientTag
+from loa.models import DeliveryEvent, OutboxMessage, Recipient, RecipientDate
 from loa.settings import Settings
 from scheduler.dispatch import LEFT_AUDIENCE, dispatch_once
 from scheduler.tick import run_tick
@@ -89,7 +89,7 @@ def test_who_left_the_areas_tags_or_segment_after_expansion_is_not_sent(
         session.execute(
             update(Recipient).where(col(Recipient.phone) == MOVES).values(area_code="16801")
         )
-        session.execute(delete(RecipientTag).where(col(RecipientTag.recipient_id) == ids[UNTAGGED]))
+        session.execute(update(Recipient).where(col(Recipient.id) == ids[UNTAGGED]).values(tags=[]))
         session.execute(
             update(Recipient)
             .where(col(Recipient.phone) == RENEWED)

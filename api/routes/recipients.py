@@ -26,7 +26,7 @@ from api.idempotency import IdempotentRoute
 from api.paging import After, Limit, Page
 from api.upload import SOURCE, uploaded_file
 from audience.importer import ImportReport, audit_import, import_recipients, parse_column_mapping
-from audience.lookup import RecipientQuery, get_recipient, search_recipients, tags_of
+from audience.lookup import RecipientQuery, get_recipient, search_recipients
 from audience.segments import mask_phone
 from loa.apikeys import Caller, Role
 from loa.clock import Clock
@@ -198,7 +198,7 @@ class RecipientPublic(BaseModel):
     updated_at: datetime
 
 
-def _public(recipient: Recipient, tags: list[str], caller: Caller) -> RecipientPublic:
+def _public(recipient: Recipient, caller: Caller) -> RecipientPublic:
     full = caller.role in FULL_VIEW
     assert recipient.id is not None
     return RecipientPublic(
@@ -209,7 +209,7 @@ def _public(recipient: Recipient, tags: list[str], caller: Caller) -> RecipientP
         area_code=recipient.area_code,
         carrier=recipient.carrier,
         phone_converted=recipient.phone_converted,
-        tags=tags,
+        tags=sorted(recipient.tags),
         attributes=recipient.attributes if full else None,
         created_at=recipient.created_at,
         updated_at=recipient.updated_at,
@@ -245,10 +245,7 @@ def search(
         )
     query = RecipientQuery(phone=phone, name=name, area=area, tag=tag)
     rows, next_after = search_recipients(session, query, after=after, limit=limit)
-    tags = tags_of(session, [r.id for r in rows if r.id is not None])
-    return Page(
-        items=[_public(r, tags.get(r.id or 0, []), caller) for r in rows], next_after=next_after
-    )
+    return Page(items=[_public(r, caller) for r in rows], next_after=next_after)
 
 
 @router.get("/{recipient_id}")
@@ -258,4 +255,4 @@ def read(
     session: ReadSessionDep,
 ) -> RecipientPublic:
     recipient = get_recipient(session, recipient_id)
-    return _public(recipient, tags_of(session, [recipient_id]).get(recipient_id, []), caller)
+    return _public(recipient, caller)
