@@ -364,13 +364,12 @@ def recipients_search(
 ) -> None:
     """Recipients matching every filter given, by id, a page at a time (the search of
     GET /api/v1/recipients; the CLI reads the database, so it shows whole numbers)."""
-    from audience.lookup import RecipientQuery, search_recipients, tags_of
+    from audience.lookup import RecipientQuery, search_recipients
 
     engine = _open_database(_settings())
     query = RecipientQuery(phone=phone, name=name, area=area, tag=tag)
     with session_scope(engine) as session:
         rows, next_after = search_recipients(session, query, after=after, limit=limit)
-        tags = tags_of(session, [r.id for r in rows if r.id is not None])
     table = [["id", "phone", "name", "area", "carrier", "tags"]]
     for r in rows:
         converted = " (converted)" if r.phone_converted else ""
@@ -381,7 +380,7 @@ def recipients_search(
                 r.name or "",
                 r.area_code or "",
                 r.carrier or "",
-                ",".join(tags.get(r.id or 0, [])),
+                ",".join(sorted(r.tags)),
             ]
         )
     if rows:
@@ -395,18 +394,17 @@ def recipients_search(
 @click.argument("recipient_id", type=int)
 def recipients_show(recipient_id: int) -> None:
     """One recipient with its tags and attributes."""
-    from audience.lookup import get_recipient, tags_of
+    from audience.lookup import get_recipient
 
     engine = _open_database(_settings())
     with session_scope(engine) as session:
         recipient = get_recipient(session, recipient_id)
-        tags = tags_of(session, [recipient_id]).get(recipient_id, [])
     converted = " (an old 11-digit number, converted)" if recipient.phone_converted else ""
     click.echo(f"recipient {recipient.id}: {recipient.phone}{converted}")
     click.echo(f"  name: {recipient.name or '-'}")
     click.echo(f"  area: {recipient.area_code or '-'}")
     click.echo(f"  carrier (from the prefix, an estimate): {recipient.carrier or '-'}")
-    click.echo(f"  tags: {', '.join(tags) or '-'}")
+    click.echo(f"  tags: {', '.join(sorted(recipient.tags)) or '-'}")
     for key, value in sorted(recipient.attributes.items()):
         click.echo(f"  {key}: {value}")
     click.echo(

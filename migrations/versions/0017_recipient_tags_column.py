@@ -9,7 +9,7 @@ SQLite has no index that looks inside a JSON array: its tag filters read the row
 the embedded database's lists (tens of thousands).
 
 Revision ID: 0017
-Revises: 0014
+Revises: 0016
 Create Date: 2026-11-30 23:00:00.000000
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import ARRAY
 
 revision: str = "0017"
-down_revision: str | None = "0014"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
