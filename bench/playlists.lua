@@ -13,6 +13,14 @@ function init(args)
   math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
 end
 
+-- LOA_BENCH_PAUSE_MS: each connection waits this long after each answer before its next pull
+-- (0: back to back, the server saturated).
+local pause = tonumber(os.getenv("LOA_BENCH_PAUSE_MS") or "0")
+
+function delay()
+  return pause
+end
+
 function request()
   return pulls[math.random(#pulls)]
 end

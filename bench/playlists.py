@@ -166,18 +166,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def pull(base: str, keys: dict[str, str], requests: int, concurrency: int) -> list[float]:
-    """`requests` pulls of random districts' playlists by `concurrency` clients; each latency."""
+async def pull(
+    base: str, keys: dict[str, str], requests: int, concurrency: int, *, each: bool = False
+) -> list[float]:
+    """`requests` pulls of random districts' playlists by `concurrency` clients; each latency.
+    `each`: every district once instead (the warm-up), whatever `requests` says."""
     codes = list(keys)
     latencies: list[float] = []
-    remaining = requests
+    remaining = len(codes) if each else requests
 
     async def client() -> None:
         nonlocal remaining
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             while remaining > 0:
                 remaining -= 1
-                code = random.choice(codes)
+                code = codes[remaining] if each else random.choice(codes)
                 started = time.perf_counter()
                 response = await http.get(
                     f"/api/v1/districts/{code}/playlist",
@@ -200,16 +203,28 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_wrk(
-    base: str, keys: dict[str, str], tmp: Path, concurrency: int, seconds: int, server_pid: int
+    base: str,
+    keys: dict[str, str],
+    tmp: Path,
+    concurrency: int,
+    seconds: int,
+    server_pid: int,
+    pause_ms: int,
 ) -> str:
-    """Pull for `seconds` with wrk (one thread, `concurrency` connections); the summary line."""
+    """Pull for `seconds` with wrk (one thread, `concurrency` connections, each waiting
+    `pause_ms` after each answer); the summary line."""
     keys_file = tmp / "keys.txt"
     keys_file.write_text("".join(f"{code} {key}\n" for code, key in keys.items()))
     script = Path(__file__).with_name("playlists.lua")
     cpu_before = cpu_seconds(server_pid)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(script), base],
-        env={**os.environ, "LOA_BENCH_KEYS": str(keys_file), "LOA_BENCH_DATE": DAY},
+        env={
+            **os.environ,
+            "LOA_BENCH_KEYS": str(keys_file),
+            "LOA_BENCH_DATE": DAY,
+            "LOA_BENCH_PAUSE_MS": str(pause_ms),
+        },
         capture_output=True,
         text=True,
         check=True,
@@ -219,7 +234,9 @@ def run_wrk(
     figures = dict(part.split("=") for part in line.split()[1:])
     ms = {k: int(figures[k]) / 1000 for k in ("p50", "p90", "p99", "max")}
     return (
-        f"{figures['requests']} pulls in {seconds} s, {concurrency} connections (wrk): "
+        f"{figures['requests']} pulls in {seconds} s, {concurrency} connections (wrk"
+        + (f", {pause_ms} ms between a connection's pulls" if pause_ms else "")
+        + "): "
         f"{int(figures['requests']) / seconds:.0f}/s, p50 {ms['p50']:.1f} ms, "
         f"p90 {ms['p90']:.1f} ms, p99 {ms['p99']:.1f} ms, max {ms['max']:.1f} ms, "
         f"errors {figures['errors']}; server CPU {cpu * 1000 / int(figures['requests']):.2f} ms "
@@ -236,6 +253,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=7000)
     parser.add_argument("--client", choices=["httpx", "wrk"], default="httpx")
     parser.add_argument("--seconds", type=int, default=30, help="how long wrk pulls")
+    parser.add_argument(
+        "--pause-ms",
+        type=int,
+        default=0,
+        help="wrk: each connection waits this long after each answer (0: back to back, which "
+        "saturates the server)",
+    )
     parser.add_argument(
         "--reuse",
         type=Path,
@@ -281,10 +305,27 @@ def main() -> None:
                         break
                 except httpx.TransportError:
                     time.sleep(0.1)
-            # Warm-up: every district once (connection pools, the statement cache).
-            asyncio.run(pull(base, keys, args.districts, args.concurrency))
+            # Warm-up: every district once (connection pools, the statement cache, the
+            # playlist cache). These first pulls are the cold ones: reported apart.
+            cold = sorted(asyncio.run(pull(base, keys, 0, args.concurrency, each=True)))
+            print(
+                f"warm-up: {len(cold)} first pulls (each district once, cold cache), "
+                f"p50 {statistics.median(cold) * 1000:.1f} ms, "
+                f"p99 {cold[int(len(cold) * 0.99) - 1] * 1000:.1f} ms, "
+                f"max {cold[-1] * 1000:.1f} ms"
+            )
             if args.client == "wrk":
-                print(run_wrk(base, keys, Path(tmp), args.concurrency, args.seconds, server.pid))
+                print(
+                    run_wrk(
+                        base,
+                        keys,
+                        Path(tmp),
+                        args.concurrency,
+                        args.seconds,
+                        server.pid,
+                        args.pause_ms,
+                    )
+                )
                 return
             started = time.perf_counter()
             latencies = asyncio.run(pull(base, keys, args.requests, args.concurrency))
