@@ -15,6 +15,7 @@ import csv
 import gc
 import io
 import re
+import sys
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -235,7 +236,7 @@ def import_recipients(
     pending: dict[str, _Row] = {}
     display = display or str(path)
     with (
-        _fewer_collections(),
+        _import_runtime(),
         _ChunkWriter(session, now, dry_run, report) as writer,
         open_table(path, display=display, max_line_bytes=max_line_bytes, sheet=sheet) as table,
     ):
@@ -269,35 +270,47 @@ def import_recipients(
     return report
 
 
-# The cyclic garbage collector's first threshold while an import runs. An import allocates about
-# ten containers a row (the cells, the row, its attributes and tags) that reference counting
-# frees, few cycles; at the default (700) the collector ran every 70 rows and, each time the
-# chunk of pending rows had moved to the older generations, walked every live object of
-# the process: a quarter of the reading's CPU (10.4 s -> 7.7 s for a million rows with it
-# raised). Collections still run, a hundred times less often; cyclic garbage stays bounded.
+# The interpreter's settings while an import runs (both are the process's, shared with its other
+# threads, and restored when the last import of the process ends):
+# - The cyclic garbage collector's first threshold. An import allocates about ten containers a
+#   row (the cells, the row, its attributes and tags) that reference counting frees, few
+#   cycles; at the default (700) the collector ran every 70 rows and, each time the chunk of
+#   pending rows had moved to the older generations, walked every live object of the process: a
+#   quarter of the reading's CPU (10.4 s -> 7.7 s for a million rows with it raised).
+#   Collections still run, a hundred times less often; cyclic garbage stays bounded.
+# - The GIL's switch interval. The writer thread waits on the server and needs the GIL back
+#   each time psycopg wakes up for its socket, while the reading thread, busy parsing, keeps it
+#   for up to the interval (5 ms by default) each time: the writer spent most of its time
+#   waiting for the GIL, and the server for the writer. At 0.2 ms a fresh import of a million
+#   rows took 15.7 s instead of 21.4 s, again 9.3 s instead of 14.4 s (1 ms: 21.3 and 13.7 s;
+#   0.05 ms: no better than 0.2; docs/benchmarks.md).
 _IMPORT_GC_THRESHOLD: Final = 70_000
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_saved: tuple[int, int, int] = (0, 0, 0)
+_IMPORT_SWITCH_INTERVAL: Final = 0.0002
+_runtime_lock = threading.Lock()
+_runtime_users = 0
+_runtime_saved: tuple[tuple[int, int, int], float] = ((0, 0, 0), 0.0)
 
 
 @contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Raise the collector's first threshold for the import's duration; restored when the last
-    import of the process ends (the setting is the process's, shared with its other threads)."""
-    global _gc_users, _gc_saved
-    with _gc_lock:
-        if _gc_users == 0:
-            _gc_saved = gc.get_threshold()
-            gc.set_threshold(max(_IMPORT_GC_THRESHOLD, _gc_saved[0]), *_gc_saved[1:])
-        _gc_users += 1
+def _import_runtime() -> Iterator[None]:
+    """The collector's threshold raised and the switch interval shortened for the import's
+    duration; restored when the last import of the process ends."""
+    global _runtime_users, _runtime_saved
+    with _runtime_lock:
+        if _runtime_users == 0:
+            threshold, interval = gc.get_threshold(), sys.getswitchinterval()
+            _runtime_saved = (threshold, interval)
+            gc.set_threshold(max(_IMPORT_GC_THRESHOLD, threshold[0]), *threshold[1:])
+            sys.setswitchinterval(min(_IMPORT_SWITCH_INTERVAL, interval))
+        _runtime_users += 1
     try:
         yield
     finally:
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0:
-                gc.set_threshold(*_gc_saved)
+        with _runtime_lock:
+            _runtime_users -= 1
+            if _runtime_users == 0:
+                gc.set_threshold(*_runtime_saved[0])
+                sys.setswitchinterval(_runtime_saved[1])
 
 
 def audit_import(
@@ -513,23 +526,47 @@ class _ChunkWriter:
         self._seen: set[int] = set()
         threaded = not dry_run and session.connection().dialect.name == "postgresql"
         self._executor = ThreadPoolExecutor(1, "loa-import-write") if threaded else None
-        self._in_flight: Future[None] | None = None
+        # The chunk being written and the writer's answer: the phones it inserted.
+        self._in_flight: tuple[list[_Row], Future[set[str]]] | None = None
+        self._first = True  # the first chunk creates the transaction's temporary table
 
     def write(self, rows: Iterable[_Row]) -> None:
         batch = list(rows)  # the caller reuses its dict for the next chunk
         if not batch:
             return
-        args = (self._session, batch, self._now, self._dry_run, self._seen, self._report)
         if self._executor is None:
-            _flush(*args)
+            self._count(batch, _flush(self._session, batch, self._now, self._dry_run))
             return
+        # Everything Python can do for the chunk is done here, on the reading thread, while the
+        # writer waits on the server with the chunk before: the writer's own Python work keeps
+        # the server idle.
+        chunk = _pg_chunk(batch)
         self._wait()
-        self._in_flight = self._executor.submit(_flush, *args)
+        first, self._first = self._first, False
+        future = self._executor.submit(
+            _write_postgresql, self._session.connection(), chunk, self._now, first=first
+        )
+        self._in_flight = (batch, future)
 
     def _wait(self) -> None:
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
-            in_flight.result()  # re-raises the writer's error here, in the reading thread
+            batch, future = in_flight
+            # result() re-raises the writer's error here, in the reading thread.
+            self._count(batch, future.result())
+
+    def _count(self, batch: Sequence[_Row], new: set[str]) -> None:
+        """Inserts and updates into the report; a phone repeated far apart in the file is one
+        recipient, counted once."""
+        for row in batch:
+            number = int(row.phone[1:])
+            if number in self._seen:
+                continue  # already counted for an earlier chunk
+            self._seen.add(number)
+            if row.phone in new:
+                self._report.inserted += 1
+            else:
+                self._report.updated += 1
 
     def __enter__(self) -> _ChunkWriter:
         return self
@@ -541,42 +578,23 @@ class _ChunkWriter:
             elif self._in_flight is not None:
                 # The reading side failed: let the chunk in flight end before the caller rolls
                 # back on the same connection; the reading error is the one to report.
-                wait([self._in_flight])
+                wait([self._in_flight[1]])
         finally:
             if self._executor is not None:
                 self._executor.shutdown()
 
 
-def _flush(
-    session: Session,
-    batch: Sequence[_Row],
-    now: datetime,
-    dry_run: bool,
-    seen: set[int],
-    report: ImportReport,
-) -> None:
+def _flush(session: Session, batch: Sequence[_Row], now: datetime, dry_run: bool) -> set[str]:
+    """SQLite's write of a chunk, and the dry run's check on both databases: the phones that
+    were not there before."""
     bind = session.connection()
-    if not dry_run and bind.dialect.name == "postgresql":
-        new = _write_postgresql(bind, batch, now)  # the upsert tells which rows it inserted
-    else:
-        # Asked before writing so that a dry run can tell what an import would do.
-        phones = [row.phone for row in batch]
-        existing = set(
-            bind.execute(select(RECIPIENT.c.phone).where(_phone_in(phones, bind))).scalars()
-        )
-        new = {phone for phone in phones if phone not in existing}
-        if not dry_run:
-            ids = _upsert_recipients(session, batch, now)
-            _replace_dates(bind, batch, ids)
-    for row in batch:
-        number = int(row.phone[1:])
-        if number in seen:
-            continue  # already counted for an earlier chunk
-        seen.add(number)
-        if row.phone in new:
-            report.inserted += 1
-        else:
-            report.updated += 1
+    # Asked before writing so that a dry run can tell what an import would do.
+    phones = [row.phone for row in batch]
+    existing = set(bind.execute(select(RECIPIENT.c.phone).where(_phone_in(phones, bind))).scalars())
+    if not dry_run:
+        ids = _upsert_recipients(session, batch, now)
+        _replace_dates(bind, batch, ids)
+    return {phone for phone in phones if phone not in existing}
 
 
 def _phone_in(phones: Sequence[str], bind: Connection) -> ColumnElement[bool]:
@@ -680,16 +698,23 @@ _PG_MERGE: Final = _pg_merge(undate=True)
 _PG_MERGE_DATES_ONLY: Final = _pg_merge(undate=False)
 
 
-def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) -> set[str]:
-    """Write a chunk; return the phones that were not there before."""
-    bind.execute(_PG_CREATE_BATCH)  # once per transaction; dropped at its end
-    bind.execute(text(f"TRUNCATE {_PG_BATCH}"))
-    driver = bind.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    # The COPY text is built here rather than with psycopg's write_row(), which adapts each value
-    # in Python (a JSON dump, a list to an array literal) at several times the cost, on the
-    # thread that competes with the reading side for the GIL. Tags travel as one string, sorted
-    # (the order recipient.tags keeps): TAG_SEPARATOR cannot occur inside a tag.
+@dataclass(frozen=True)
+class _PgChunk:
+    """A chunk ready for PostgreSQL: its COPY text, and whether a value of it is not a date."""
+
+    copy_text: str
+    undate: bool
+
+
+def _pg_chunk(batch: Sequence[_Row]) -> _PgChunk:
+    """Made by the reading thread, while the writer waits on the server with the chunk before:
+    made by the writer, it kept the server idle (a third of the writer's time for a fresh
+    import of a million rows was spent here, and the reading side was waiting on the writer).
+
+    The text is built directly rather than with psycopg's write_row(), which adapts each value
+    in Python (a JSON dump, a list to an array literal) at several times the cost. Tags travel as
+    one string, sorted (the order recipient.tags keeps): TAG_SEPARATOR cannot occur inside a
+    tag."""
     lines = [
         f"{row.phone}\t{_copy_text(row.name)}\t{_copy_text(row.area_code)}\t"
         f"{_copy_text(row.carrier)}\t{'t' if row.converted else 'f'}\t"
@@ -697,16 +722,28 @@ def _write_postgresql(bind: Connection, batch: Sequence[_Row], now: datetime) ->
         f"{_copy_text(TAG_SEPARATOR.join(sorted(row.tags)))}\n"
         for row in batch
     ]
+    undate = any(not _ISO_DATE.fullmatch(v) for row in batch for v in row.attributes.values())
+    return _PgChunk("".join(lines), undate)
+
+
+def _write_postgresql(bind: Connection, chunk: _PgChunk, now: datetime, *, first: bool) -> set[str]:
+    """Write a chunk; return the phones that were not there before."""
+    if first:
+        # Dropped at the transaction's end (an earlier import in the same transaction may have
+        # made it: emptied below all the same).
+        bind.execute(_PG_CREATE_BATCH)
+    bind.execute(text(f"TRUNCATE {_PG_BATCH}"))
+    driver = bind.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
     with driver.cursor() as cursor, cursor.copy(_PG_COPY_BATCH) as copy:
-        copy.write("".join(lines))
+        copy.write(chunk.copy_text)
     # A temporary table has no statistics until analysed: the planner would guess its size and
     # read the whole recipient table once per chunk instead of looking the phones up. The phone
     # column alone is enough for that (the joins are on it), and costs a sixth of analysing all
     # seven columns (the JSON ones above all): 0.4 s instead of 2.6 s of the server's CPU for a
     # million rows.
     bind.execute(text(f"ANALYZE {_PG_BATCH} (phone)"))
-    undate = any(not _ISO_DATE.fullmatch(v) for row in batch for v in row.attributes.values())
-    merge = _PG_MERGE if undate else _PG_MERGE_DATES_ONLY
+    merge = _PG_MERGE if chunk.undate else _PG_MERGE_DATES_ONLY
     return set(bind.execute(merge, {"now": now}).scalars())
 
 

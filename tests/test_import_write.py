@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -220,11 +219,13 @@ def test_an_error_while_writing_a_chunk_in_the_background_reaches_the_caller(
     calls = {"n": 0}
     real = audience.importer._write_postgresql
 
-    def failing_third(bind: Connection, batch: Sequence[object], now: datetime) -> set[str]:
+    def failing_third(
+        bind: Connection, chunk: audience.importer._PgChunk, now: datetime, *, first: bool
+    ) -> set[str]:
         calls["n"] += 1
         if calls["n"] == 3:
             bind.execute(text("SELECT 1 / 0"))
-        return real(bind, batch, now)  # type: ignore[arg-type]
+        return real(bind, chunk, now, first=first)
 
     monkeypatch.setattr(audience.importer, "_write_postgresql", failing_third)
     load(engine)
@@ -237,33 +238,41 @@ def test_an_error_while_writing_a_chunk_in_the_background_reaches_the_caller(
     engine.dispose()
 
 
-def test_the_collector_threshold_is_raised_during_an_import_and_restored_after(
+def test_the_interpreter_settings_change_during_an_import_and_are_restored_after(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The import raises the garbage collector's first threshold (it allocates containers by
-    the million, few cycles) and gives the process its own back, also when the import fails."""
+    the million, few cycles) and shortens the GIL's switch interval (the writer thread waits on
+    the server while the reading thread parses), and gives the process its own back, also when
+    the import fails."""
     import gc
+    import sys
+
+    def settings() -> tuple[tuple[int, int, int], float]:
+        return gc.get_threshold(), sys.getswitchinterval()
 
     monkeypatch.setattr(audience.importer, "CHUNK_SIZE", 2)
     load(engine)
-    before = gc.get_threshold()
-    seen: list[tuple[int, int, int]] = []
+    before = settings()
+    seen: list[tuple[tuple[int, int, int], float]] = []
     with session_scope(engine) as session:
         import_recipients(
             session,
             write(tmp_path, "1.csv", FIRST),
             now=NOW,
-            progress=lambda _rows, _done: seen.append(gc.get_threshold()),
+            progress=lambda _rows, _done: seen.append(settings()),
         )
-    # Told after each chunk (raised), and once more when the import is over (restored).
-    assert len(seen) > 2 and all(t == (70_000, *before[1:]) for t in seen[:-1])
+    # Told after each chunk (changed), and once more when the import is over (restored).
+    raised = (70_000, *before[0][1:])
+    assert len(seen) > 2, seen
+    assert all(t == raised and i == pytest.approx(0.0002) for t, i in seen[:-1]), seen
     assert seen[-1] == before
-    assert gc.get_threshold() == before
+    assert settings() == before
     bad = tmp_path / "bad.csv"
     bad.write_bytes(FIRST.encode() + b"0912000009,\xff\xfe\n")
     with pytest.raises(Exception, match="not UTF-8"), session_scope(engine) as session:
         import_recipients(session, bad, now=NOW)
-    assert gc.get_threshold() == before
+    assert settings() == before
 
 
 def test_merged_tags_are_distinct_and_in_code_point_order_on_both_databases(
