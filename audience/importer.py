@@ -708,8 +708,8 @@ class _PgChunk:
 
 def _pg_chunk(batch: Sequence[_Row]) -> _PgChunk:
     """Made by the reading thread, while the writer waits on the server with the chunk before:
-    made by the writer, it kept the server idle (a third of the writer's time for a fresh
-    import of a million rows was spent here, and the reading side was waiting on the writer).
+    made by the writer, it kept the server idle while the reading side, done with its chunk,
+    waited on the writer (docs/benchmarks.md, recipient import).
 
     The text is built directly rather than with psycopg's write_row(), which adapts each value
     in Python (a JSON dump, a list to an array literal) at several times the cost. Tags travel as
