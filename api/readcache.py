@@ -31,12 +31,13 @@ from datetime import datetime
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
+from broadcast.playlist import broadcast_version_columns
 from loa.apikeys import LAST_USED_EVERY, Caller, parse_key
 from loa.db import read_only, session_scope
-from loa.models import BroadcastItem, CacheGeneration, Campaign
+from loa.models import CacheGeneration
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +58,10 @@ def read_versions(session: Session) -> Versions:
             .scalar_subquery()
         )
 
-    row = session.execute(
-        select(
-            select(func.max(col(Campaign.updated_at))).scalar_subquery(),
-            select(func.max(col(BroadcastItem.id))).scalar_subquery(),
-            generation("area"),
-            generation("api_key"),
-        )
+    *broadcast, areas, keys = session.execute(
+        select(*broadcast_version_columns(), generation("area"), generation("api_key"))
     ).one()
-    return Versions(broadcast=(row[0], row[1]), areas=int(row[2]), keys=int(row[3]))
+    return Versions(broadcast=tuple(broadcast), areas=int(areas), keys=int(keys))
 
 
 class Freshness:

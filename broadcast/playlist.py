@@ -258,17 +258,19 @@ def audio_in_area(session: Session, sha256: str, area_path: str) -> bool:
     return found is not None
 
 
+def broadcast_version_columns() -> tuple[Any, Any]:
+    """What broadcast_version reads, as two scalar subqueries (the API reads them in its own
+    statement with the other versions it keeps: api/readcache.py)."""
+    return (
+        select(func.max(col(Campaign.updated_at))).scalar_subquery(),
+        select(func.max(col(BroadcastItem.id))).scalar_subquery(),
+    )
+
+
 def broadcast_version(session: Session) -> tuple[Any, ...]:
     """Moves whenever a playlist's content may have: every lifecycle transition (launch, pause,
     resume, cancel, completion) stamps its campaign's updated_at, and items are only ever added.
-    Two aggregates in one statement (it runs on every pull): over the campaign table (small) and
-    the item table's primary key (one index probe). The API's playlist cache and the pushes to
-    controllers both key on it."""
-    return tuple(
-        session.execute(
-            select(
-                select(func.max(col(Campaign.updated_at))).scalar_subquery(),
-                select(func.max(col(BroadcastItem.id))).scalar_subquery(),
-            )
-        ).one()
-    )
+    Two aggregates in one statement: over the campaign table (small) and the item table's
+    primary key (one index probe). The API's playlist cache and the pushes to controllers both
+    key on it."""
+    return tuple(session.execute(select(*broadcast_version_columns())).one())

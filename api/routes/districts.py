@@ -20,8 +20,8 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy import Engine
 from sqlmodel import Session
+from starlette.datastructures import State
 
 from api.deps import (
     CallerDep,
@@ -168,18 +168,7 @@ async def _serve(
         found = cache.peek(_key(fmt, code, _day(day), base_url, versions), now)
     if found is None:
         found = await run_in_threadpool(
-            _from_database,
-            state.engine,
-            settings,
-            caller,
-            code,
-            day,
-            fmt,
-            base_url,
-            versions,
-            now,
-            areas,
-            cache,
+            _from_database, state, settings, caller, code, day, fmt, base_url, versions, now
         )
     body, etag = found
     headers = {"ETag": etag, "Cache-Control": PLAYLIST_CACHE}
@@ -189,7 +178,7 @@ async def _serve(
 
 
 def _from_database(
-    engine: Engine,
+    state: State,
     settings: Settings,
     caller: Caller,
     code: str,
@@ -198,13 +187,13 @@ def _from_database(
     base_url: str,
     versions: Versions,
     now: datetime,
-    areas: AreaPaths,
-    cache: PlaylistCache,
 ) -> tuple[bytes, str]:
-    """What _serve did not find in memory, read and kept. The transaction begins after
-    `versions` was read, so what it reads is at least that new: kept under those versions, it
-    is replaced when they move."""
-    with session_scope(read_only(engine)) as session:
+    """What _serve did not find in memory, read and kept in the app's area paths and playlist
+    cache. The transaction begins after `versions` was read, so what it reads is at least that
+    new: kept under those versions, it is replaced when they move."""
+    areas: AreaPaths = state.areas
+    cache: PlaylistCache = state.playlists
+    with session_scope(read_only(state.engine)) as session:
         area = get_area(session, code)
         own = _own_area(session, caller)
         check_access(caller, code, area.path, own.path if own else None)

@@ -145,6 +145,10 @@ def _parse(gateway: Gateway, report: ReportMapping, document: Any) -> list[_Repo
     return parsed
 
 
+# Each report of a request, what came of it (None: nothing to record) and its answer.
+_Applied = list[tuple[_Report, ReportResult | None, dict[str, Any]]]
+
+
 @router.post("/{name}/status")
 async def gateway_status(
     name: str, request: Request, engine: EngineDep, clock: ClockDep
@@ -172,11 +176,9 @@ async def gateway_status(
         raise _refuse(request, exc) from None
     adapter = adapter_name(name)
 
-    Applied = list[tuple[_Report, ReportResult | None, dict[str, Any]]]
-
-    def record(session: Session, now: datetime) -> Applied:
+    def record(session: Session, now: datetime) -> _Applied:
         # Built anew by each attempt of the transaction.
-        applied: Applied = []
+        applied: _Applied = []
         for item in reports:
             if item.status is None:
                 applied.append((item, None, {"effect": IGNORED, "status": item.reported}))
